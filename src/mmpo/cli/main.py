@@ -1,0 +1,61 @@
+"""The `mmpo` command. Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args)``.
+
+User errors (:class:`mmpo.errors.UserError`) print one line and exit 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# (subcommand, module under mmpo.cli). Modules are imported lazily so `mmpo --help` stays fast.
+COMMANDS = [
+    ("rm", "mmpo.cli.train", "train a reward model (MMPO or a baseline loss)"),
+    ("dpo", "mmpo.cli.train", "train a policy with DPO-family losses (MMPO, DPO, cDPO, IPO, SimPO)"),
+    ("eval", "mmpo.cli.evaluate", "evaluate models: pairs, rewardbench, mtbench"),
+    ("data", "mmpo.cli.data", "read a preference data set and print its report"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmpo", description="Margin Matching Preference Optimization")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module, help_text in COMMANDS:
+        p = sub.add_parser(name, help=help_text, add_help=True)
+        p.set_defaults(_module=module, _name=name)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for user errors")
+        importlib.import_module(module).add_arguments(name, p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mmpo.errors import UserError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    args.extra = extra
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("MMPO_DEBUG") == "1"
+    try:
+        module = importlib.import_module(args._module)
+        if extra and not getattr(module, "ACCEPTS_OVERRIDES", {}).get(args._name, False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return int(module.run(args) or 0)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"mmpo {args._name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Turn preference pairs into token ids with the tokenizer's chat template.
+
+A pair becomes ``prompt_ids`` + ``chosen_ids`` / ``rejected_ids``. The prompt is cut from the left (the end
+of a conversation matters most), responses from the right, so ``len(prompt) + len(response) <= max_length``.
+Every cut is counted in :class:`TruncationStats` for the data report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mmpo.data.records import Message, PreferencePair
+from mmpo.errors import DataError
+
+# Used when a tokenizer has no chat template (tiny test tokenizers, encoder backbones).
+_PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+@dataclass
+class TokenizedPair:
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    p: float
+    margin: float | None
+    row: int
+
+
+@dataclass
+class TruncationStats:
+    pairs: int = 0
+    prompt_truncated: int = 0
+    response_truncated: int = 0
+    dropped_no_room: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def _plain_chat(messages: list[Message], add_generation_prompt: bool) -> str:
+    text = "".join(f"{_PLAIN_ROLES.get(m['role'], m['role'])}: {m['content']}\n" for m in messages)
+    return text + ("Assistant:" if add_generation_prompt else "")
+
+
+def render_prompt(tokenizer: Any, prompt: list[Message]) -> str:
+    """The prompt as text, ending where the assistant's answer starts."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    return _plain_chat(prompt, add_generation_prompt=True)
+
+
+def render_response(tokenizer: Any, prompt: list[Message], response: list[Message], prompt_text: str) -> str:
+    """The response's own text: the rendered full chat minus the rendered prompt."""
+    if getattr(tokenizer, "chat_template", None):
+        full = tokenizer.apply_chat_template(prompt + response, tokenize=False)
+    else:
+        full = prompt_text + " " + " ".join(m["content"] for m in response) + (tokenizer.eos_token or "")
+    if not full.startswith(prompt_text):
+        # Templates that rewrite earlier turns (e.g. drop reasoning) break the prefix property.
+        raise ValueError("chat template does not render the prompt as a prefix of prompt + response")
+    return full[len(prompt_text):]
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def tokenize_pair(
+    tokenizer: Any,
+    pair: PreferencePair,
+    max_length: int,
+    max_prompt_length: int,
+    stats: TruncationStats | None = None,
+) -> TokenizedPair | None:
+    """Token ids for one pair, truncated to fit ``max_length``; None when the pair cannot fit at all.
+
+    The prompt keeps its last ``max_prompt_length`` tokens; each response keeps its first
+    ``max_length - len(prompt_ids)`` tokens.
+    """
+    if max_prompt_length >= max_length:
+        raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length})")
+    stats = stats if stats is not None else TruncationStats()
+    stats.pairs += 1
+    prompt_text = render_prompt(tokenizer, pair.prompt)
+    prompt_ids = _ids(tokenizer, prompt_text)
+    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False) and (
+        not prompt_ids or prompt_ids[0] != tokenizer.bos_token_id
+    ):
+        prompt_ids = [tokenizer.bos_token_id] + prompt_ids
+    try:
+        chosen_ids = _ids(tokenizer, render_response(tokenizer, pair.prompt, pair.chosen, prompt_text))
+        rejected_ids = _ids(tokenizer, render_response(tokenizer, pair.prompt, pair.rejected, prompt_text))
+    except ValueError as e:
+        raise DataError(pair.source or "data", pair.row, "prompt", str(e)) from None
+    if len(prompt_ids) > max_prompt_length:
+        prompt_ids = prompt_ids[-max_prompt_length:]
+        stats.prompt_truncated += 1
+    room = max_length - len(prompt_ids)
+    if room <= 0 or not chosen_ids or not rejected_ids:
+        stats.dropped_no_room += 1
+        return None
+    if len(chosen_ids) > room or len(rejected_ids) > room:
+        stats.response_truncated += 1
+    return TokenizedPair(prompt_ids, chosen_ids[:room], rejected_ids[:room], pair.p, pair.margin, pair.row)

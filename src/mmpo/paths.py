@@ -1,0 +1,39 @@
+"""Where mmpo keeps models, data and caches: outside the repository, under one cache directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from collections.abc import Iterator
+
+
+def cache_dir() -> Path:
+    """``$MMPO_CACHE``, else ``$XDG_CACHE_HOME/mmpo``, else ``~/.cache/mmpo``."""
+    root = os.environ.get("MMPO_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "mmpo"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory beside ``final``; rename it into place only if the block succeeds.
+
+    A reader therefore sees either no directory or a complete one, never a half-written one.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,102 @@
+"""The shared pair trainer: a thin `transformers.Trainer` subclass.
+
+transformers/accelerate provide the loop, checkpoints, resume, mixed precision, gradient accumulation and
+DeepSpeed/FSDP. This class only says how a batch of pairs becomes a loss: a subclass returns per-pair
+chosen and rejected rewards (:meth:`pair_rewards`), the loss comes from :mod:`mmpo.losses`, and evaluation
+returns ``h`` and ``p`` so :func:`mmpo.evaluation.metrics.pair_metrics` scores held-out pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainerCallback
+
+from mmpo.evaluation.metrics import pair_metrics
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def compute_pair_metrics(eval_pred: Any) -> dict[str, float]:
+    """`compute_metrics` hook: predictions are ``h``, label_ids are the soft targets ``p``."""
+    h = np.asarray(eval_pred.predictions).reshape(-1)
+    p = np.asarray(eval_pred.label_ids).reshape(-1)
+    return pair_metrics(h, p)
+
+
+class MetricsJsonlCallback(TrainerCallback):
+    """Append every logged dict (train and eval) as one JSON line to ``output_dir/metrics.jsonl``."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D401 - transformers hook
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": state.epoch, **logs}
+        os.makedirs(args.output_dir, exist_ok=True)
+        with open(os.path.join(args.output_dir, METRICS_FILE), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class PairTrainer(Trainer):
+    """Trainer for pairwise preference losses. Subclasses implement :meth:`pair_rewards` and :meth:`pair_loss`."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("compute_metrics", compute_pair_metrics)
+        super().__init__(*args, **kwargs)
+        # We average the per-pair loss ourselves; let Trainer scale for gradient accumulation.
+        self.model_accepts_loss_kwargs = False
+        self._train_metrics: dict[str, list[float]] = defaultdict(list)
+        self.add_callback(MetricsJsonlCallback())
+
+    # --- to implement -------------------------------------------------------------------------------
+    def pair_rewards(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-pair ``(chosen_rewards, rejected_rewards, extras)``; ``h = chosen - rejected``."""
+        raise NotImplementedError
+
+    def pair_loss(self, chosen: torch.Tensor, rejected: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-pair loss from the rewards and the batch's targets."""
+        raise NotImplementedError
+
+    # --- Trainer hooks ------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        chosen, rejected, extras = self.pair_rewards(model, inputs)
+        losses = self.pair_loss(chosen, rejected, inputs)
+        loss = losses.mean()
+        if not torch.isfinite(loss):
+            rows = inputs["row"].tolist() if "row" in inputs else []
+            raise FloatingPointError(
+                f"non-finite loss ({loss.item()}) at step {self.state.global_step + 1}, batch rows {rows}; "
+                "the last complete checkpoint in output_dir is kept"
+            )
+        with torch.no_grad():
+            h = (chosen - rejected).detach().float()
+            self._train_metrics["accuracy"].append(((h > 0).float() + 0.5 * (h == 0).float()).mean().item())
+            self._train_metrics["margin"].append(h.mean().item())
+            self._train_metrics["chosen_reward"].append(chosen.detach().float().mean().item())
+            self._train_metrics["rejected_reward"].append(rejected.detach().float().mean().item())
+            for k, v in extras.items():
+                self._train_metrics[k].append(v.detach().float().mean().item())
+        return (loss, {"h": h}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            chosen, rejected, _ = self.pair_rewards(model, inputs)
+            loss = self.pair_loss(chosen, rejected, inputs).mean().detach()
+        if prediction_loss_only:
+            return loss, None, None
+        h = (chosen - rejected).float().detach()
+        return loss, h, inputs["p"].float()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Training logs carry the running means of the pair statistics since the last log.
+        if "loss" in logs and self._train_metrics:
+            for k, v in self._train_metrics.items():
+                logs[f"train_{k}"] = float(np.mean(v)) if v else math.nan
+            self._train_metrics.clear()
+        super().log(logs, start_time)
