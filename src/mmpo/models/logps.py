@@ -1,0 +1,90 @@
+"""Per-sequence log-probabilities of response tokens: ``log pi(y|x) = sum_t log pi(y_t | x, y_<t)``.
+
+Only response tokens count (prompt and padding are masked). The vocabulary projection is applied only at
+response positions, in row chunks, and under activation checkpointing during training, so the
+``[tokens, vocab]`` float32 logits of the whole batch never exist at once: at length 1024 with a 49k
+vocabulary that tensor alone would be 200 MB per sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+# Rows of the [rows, vocab] logits projected at once; 1024 x 49152 x 4 bytes = 200 MB.
+LOGIT_CHUNK_ROWS = 1024
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip padding, so left- and right-padded rows give the same log-probabilities."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _unwrap(model: Any) -> Any:
+    """The transformers model under DDP / accelerate / peft wrappers (for its head and config)."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def _token_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def response_logps(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    full_logits: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response-token log-probabilities and response lengths, one per row.
+
+    ``response_mask[i, t] = 1`` marks token ``t`` of row ``i`` as part of the response; token ``t`` is
+    predicted from position ``t - 1``. Returns ``(logps [N] float32, n_tokens [N])``.
+
+    The model is called through its own ``forward`` (so DDP/accelerate hooks run) with ``logits_to_keep=1``
+    and the final hidden states are projected here. ``full_logits=True`` instead takes the model's own logits
+    (needed where the head's weights are sharded outside forward: FSDP, ZeRO-3).
+    """
+    position_ids = position_ids_from_mask(attention_mask)
+    target_mask = response_mask[:, 1:].bool()
+    targets = input_ids[:, 1:][target_mask]
+    n_tokens = target_mask.sum(-1)
+    row_of = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(target_mask)[target_mask]
+    if full_logits:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        logits = out.logits[:, :-1][target_mask].float()
+        token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    else:
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            output_hidden_states=True,
+            logits_to_keep=1,
+        )
+        hidden = out.hidden_states[-1][:, :-1][target_mask]
+        base = _unwrap(model)
+        head = base.get_output_embeddings()
+        softcap = getattr(base.config, "final_logit_softcapping", None)
+        pieces = []
+        for start in range(0, hidden.shape[0], LOGIT_CHUNK_ROWS):
+            h, t = hidden[start : start + LOGIT_CHUNK_ROWS], targets[start : start + LOGIT_CHUNK_ROWS]
+            if torch.is_grad_enabled():
+                # Recompute the chunk's logits in backward instead of keeping them alive.
+                pieces.append(checkpoint(_token_logps, head, h, t, softcap, use_reentrant=False))
+            else:
+                pieces.append(_token_logps(head, h, t, softcap))
+        token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
+    logps = logps.index_add(0, row_of, token_logps.float())
+    return logps, n_tokens

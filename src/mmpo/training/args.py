@@ -1,0 +1,87 @@
+"""Mapping an mmpo run config onto `transformers.TrainingArguments`, and choosing where to resume."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import torch
+from transformers import TrainingArguments
+
+from mmpo.errors import UserError
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def use_bf16(setting: Any) -> bool:
+    """``auto``: bf16 where a CUDA device supports it, float32 on CPU. ``true`` on a CPU is an error."""
+    if isinstance(setting, str) and setting.lower() == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if setting and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        raise UserError("bf16: true needs a GPU with bfloat16 support; use bf16: auto (float32 on CPU)")
+    return bool(setting)
+
+
+def training_arguments(config: Any, **extra: Any) -> TrainingArguments:
+    """TrainingArguments for a run: epoch or step-based eval/save, no external loggers, our metrics file."""
+    eval_strategy = "steps" if config.eval_steps else "epoch"
+    save_strategy = "steps" if config.save_steps else "epoch"
+    kwargs = dict(
+        output_dir=config.output_dir,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_ratio=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=use_bf16(config.bf16),
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        eval_strategy=eval_strategy,
+        eval_steps=config.eval_steps,
+        save_strategy=save_strategy,
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        report_to="none",
+        remove_unused_columns=False,  # our collator builds the batch from token-id fields
+        label_names=["p"],
+        dataloader_num_workers=config.dataloader_num_workers,
+        torch_compile=config.torch_compile,
+        disable_tqdm=False,
+    )
+    kwargs.update(extra)
+    return TrainingArguments(**kwargs)
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest ``checkpoint-N`` in ``output_dir`` that has its trainer state (written last), or None."""
+    if not os.path.isdir(output_dir):
+        return None
+    found = []
+    for name in os.listdir(output_dir):
+        m = _CHECKPOINT.match(name)
+        path = os.path.join(output_dir, name)
+        if m and os.path.isfile(os.path.join(path, "trainer_state.json")):
+            found.append((int(m.group(1)), path))
+    return max(found)[1] if found else None
+
+
+def resume_checkpoint(config: Any) -> str | None:
+    """What to pass as ``resume_from_checkpoint``: ``auto`` finds the last complete one, a path is checked."""
+    setting = config.resume
+    if setting in (False, None) or (isinstance(setting, str) and setting.lower() in ("false", "no", "never")):
+        return None
+    if isinstance(setting, str) and setting.lower() == "auto" or setting is True:
+        return last_complete_checkpoint(config.output_dir)
+    if not os.path.isdir(str(setting)):
+        raise UserError(f"resume checkpoint does not exist: {setting}")
+    return str(setting)

@@ -1,0 +1,35 @@
+"""Recipes load into configs and every key can be overridden from the command line."""
+
+import pytest
+
+from mmpo.config import DPOConfig, RMConfig, load_config, parse_overrides
+from mmpo.errors import UserError
+
+
+def test_overrides_parse_types():
+    got = parse_overrides(["--learning_rate", "1e-5", "--gamma", "none", "--lora-r=8", "--bf16", "--max_steps", "-1"])
+    assert got == {"learning_rate": 1e-5, "gamma": None, "lora_r": 8, "bf16": True, "max_steps": -1}
+
+
+def test_yaml_then_cli_override(tmp_path):
+    recipe = tmp_path / "rm.yaml"
+    recipe.write_text("model: embedded\ndata: train.jsonl\ngamma: 2.2\nlearning_rate: 3e-6\nloss: bt\n")
+    config = load_config(RMConfig, recipe, ["--gamma", "0.3", "--max_steps", "5"])
+    assert (config.gamma, config.max_steps, config.loss, config.data) == (0.3, 5, "bt", "train.jsonl")
+    assert isinstance(config.learning_rate, float) and config.learning_rate == pytest.approx(3e-6)
+
+
+def test_unknown_key_suggests_closest(tmp_path):
+    with pytest.raises(UserError, match="did you mean 'gamma'"):
+        load_config(RMConfig, overrides={"gama": 1.0, "data": "x.jsonl"})
+
+
+@pytest.mark.parametrize("cls,key,value", [(RMConfig, "gamma", 0.0), (DPOConfig, "beta", -0.1), (RMConfig, "loss", "hinge")])
+def test_invalid_values_are_user_errors(cls, key, value):
+    with pytest.raises(UserError, match=key if key != "loss" else "loss"):
+        load_config(cls, overrides={key: value, "data": "x.jsonl"})
+
+
+def test_prompt_budget_defaults_to_half_the_length():
+    config = load_config(DPOConfig, overrides={"data": "x.jsonl", "max_length": 300})
+    assert config.prompt_budget == 150
