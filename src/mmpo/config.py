@@ -129,9 +129,16 @@ def _parse_value(text: str) -> Any:
     if text.strip().lower() in ("none", "null", "~"):
         return None
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):
+        # YAML 1.1 reads "1e-5" as a string; a command-line number should be a number.
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
