@@ -11,22 +11,29 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import rotate_checkpoints
 
 from mmpo.evaluation.metrics import pair_metrics
 
 METRICS_FILE = "metrics.jsonl"
+STAGING_DIR = ".staging"  # checkpoints are written here, then renamed into place
+
+
+EVAL_SCORES_FILE = "eval_scores.jsonl"
 
 
 def compute_pair_metrics(eval_pred: Any) -> dict[str, float]:
-    """`compute_metrics` hook: predictions are ``h``, label_ids are the soft targets ``p``."""
+    """`compute_metrics` hook: predictions are ``h``; label_ids are ``[p, margin, row]`` per pair."""
     h = np.asarray(eval_pred.predictions).reshape(-1)
-    p = np.asarray(eval_pred.label_ids).reshape(-1)
+    labels = np.asarray(eval_pred.label_ids)
+    p = labels[:, 0] if labels.ndim == 2 else labels.reshape(-1)
     return pair_metrics(h, p)
 
 
@@ -51,6 +58,7 @@ class PairTrainer(Trainer):
         # We average the per-pair loss ourselves; let Trainer scale for gradient accumulation.
         self.model_accepts_loss_kwargs = False
         self._train_metrics: dict[str, list[float]] = defaultdict(list)
+        self._staging: str | None = None
         self.add_callback(MetricsJsonlCallback())
 
     # --- to implement -------------------------------------------------------------------------------
@@ -61,6 +69,36 @@ class PairTrainer(Trainer):
     def pair_loss(self, chosen: torch.Tensor, rejected: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-pair loss from the rewards and the batch's targets."""
         raise NotImplementedError
+
+    # --- atomic checkpoints --------------------------------------------------------------------------
+    def _get_output_dir(self, trial):
+        return self._staging if self._staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        """Write ``checkpoint-N`` under ``output_dir/.staging`` and rename it into place when complete.
+
+        A run killed mid-save leaves only a staging directory, which resume never looks at; so the newest
+        ``checkpoint-N`` is always a complete one.
+        """
+        run_dir = super()._get_output_dir(trial)
+        name = f"checkpoint-{self.state.global_step}"
+        staging_root = os.path.join(run_dir, STAGING_DIR)
+        if self.args.should_save:
+            shutil.rmtree(os.path.join(staging_root, name), ignore_errors=True)  # leftovers of a killed save
+        self.accelerator.wait_for_everyone()
+        self._staging = staging_root
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        self.accelerator.wait_for_everyone()  # every rank's shards are written before the rename
+        if self.args.should_save:
+            final = os.path.join(run_dir, name)
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging_root, name), final)
+            rotate_checkpoints(run_dir, save_total_limit=self.args.save_total_limit, use_mtime=False)
+        self.accelerator.wait_for_everyone()
 
     # --- Trainer hooks ------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -91,7 +129,24 @@ class PairTrainer(Trainer):
         if prediction_loss_only:
             return loss, None, None
         h = (chosen - rejected).float().detach()
-        return loss, h, inputs["p"].float()
+        labels = torch.stack([inputs["p"].float(), inputs["margin"].float(), inputs["row"].float()], dim=-1)
+        return loss, h, labels
+
+    def save_eval_scores(self, dataset: Any, path: str | None = None) -> dict[str, float]:
+        """Score held-out pairs once more and write one line per pair (row, h, p, margin) for reports.
+
+        Returns the metrics of that pass (identical to a final ``evaluate``). Only the main process writes.
+        """
+        out = self.predict(dataset, metric_key_prefix="eval")
+        path = path or os.path.join(self.args.output_dir, EVAL_SCORES_FILE)
+        if self.args.should_save:
+            h = np.asarray(out.predictions).reshape(-1)
+            labels = np.asarray(out.label_ids).reshape(len(h), -1)
+            with open(path, "w") as f:
+                for hi, (p, margin, row) in zip(h, labels):
+                    rec = {"row": int(row), "h": float(hi), "p": float(p), "margin": None if np.isnan(margin) else float(margin)}
+                    f.write(json.dumps(rec) + "\n")
+        return out.metrics
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Training logs carry the running means of the pair statistics since the last log.
