@@ -15,6 +15,8 @@ COMMANDS = [
     ("rm", "mmpo.cli.train", "train a reward model (MMPO or a baseline loss)"),
     ("dpo", "mmpo.cli.train", "train a policy with DPO-family losses (MMPO, DPO, cDPO, IPO, SimPO)"),
     ("eval", "mmpo.cli.evaluate", "evaluate models: pairs, rewardbench, mtbench"),
+    ("report", "mmpo.cli.report", "compare finished runs: calibration, accuracy by margin, training curves"),
+    ("sweep", "mmpo.cli.sweep", "train one recipe for several gammas and pick the lowest held-out NLL"),
     ("data", "mmpo.cli.data", "read a preference data set and print its report"),
 ]
 
