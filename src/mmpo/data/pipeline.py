@@ -62,8 +62,7 @@ def tokenize_pairs(pairs: list[PreferencePair], tokenizer: Any, max_length: int,
     report.truncation = stats.as_dict()
     if stats.dropped_no_room:
         report.dropped["no room for the response at max_length"] += stats.dropped_no_room
-        report.targets = [t["p"] for t in out]
-        report.margins = [t["margin"] for t in out if t["margin"] is not None]
+    report.keep([t["p"] for t in out], [t["margin"] for t in out])
     return out
 
 
@@ -83,8 +82,4 @@ def prepare_data(config: Any, tokenizer: Any) -> PreparedData:
     budget = config.prompt_budget
     train_tok = tokenize_pairs(train, tokenizer, config.max_length, budget, train_report)
     eval_tok = tokenize_pairs(held, tokenizer, config.max_length, budget, eval_report)
-    train_report.targets = [t["p"] for t in train_tok]
-    train_report.margins = [t["margin"] for t in train_tok if t["margin"] is not None]
-    eval_report.targets = [t["p"] for t in eval_tok]
-    eval_report.margins = [t["margin"] for t in eval_tok if t["margin"] is not None]
     return PreparedData(train_tok, eval_tok, reports)

@@ -8,10 +8,17 @@ from typing import Any
 
 import numpy as np
 
+# Up to this many distinct margins are listed value by value (Likert and 1-10 scores); more get quantiles.
+_MAX_LISTED_MARGINS = 12
+
 
 @dataclass
 class DataReport:
-    """Counts for one data source. ``dropped`` and ``fixed`` map a reason to how many pairs it hit."""
+    """Counts for one data source. ``dropped`` and ``fixed`` map a reason to how many pairs it hit.
+
+    ``read`` counts input rows; ``kept`` the pairs that survive every drop (``read - sum(dropped)``);
+    ``truncation`` holds the tokenizer's cut counts; ``margins`` / ``targets`` are the kept pairs' values.
+    """
 
     source: str
     read: int = 0
@@ -31,6 +38,11 @@ class DataReport:
     def fix(self, reason: str) -> None:
         self.fixed[reason] += 1
 
+    def keep(self, targets: list[float], margins: list[float | None]) -> None:
+        """Record the kept pairs' targets p and margins (None = the pair had no margin)."""
+        self.targets = [float(p) for p in targets]
+        self.margins = [float(m) for m in margins if m is not None]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -40,41 +52,61 @@ class DataReport:
             "fixed": dict(self.fixed),
             "truncation": dict(self.truncation),
             "margin": _summary(self.margins),
+            "margin_counts": _value_counts(self.margins),
             "p": _summary(self.targets),
             "p_histogram": _histogram(self.targets),
         }
 
     def render(self) -> str:
         lines = [f"data {self.source}: read {self.read}, kept {self.kept}"]
-        for reason, n in sorted(self.dropped.items()):
-            lines.append(f"  dropped {n}: {reason}")
-        for reason, n in sorted(self.fixed.items()):
-            lines.append(f"  fixed {n}: {reason}")
-        for key, n in sorted(self.truncation.items()):
-            if n and key != "pairs":
-                lines.append(f"  {key.replace('_', ' ')}: {n}")
+        lines += [f"  dropped {n}: {reason}" for reason, n in sorted(self.dropped.items())]
+        lines += [f"  fixed {n}: {reason}" for reason, n in sorted(self.fixed.items())]
+        lines += [f"  {key.replace('_', ' ')}: {n}" for key, n in sorted(self.truncation.items()) if n and key != "pairs"]
         if self.margins:
-            m = _summary(self.margins)
-            lines.append(f"  margin: min {m['min']:.3g}  median {m['median']:.3g}  max {m['max']:.3g}  ({m['distinct']} distinct)")
+            lines.append("  margin: " + _render_margins(self.margins))
+        if len(self.margins) < self.kept:
+            lines.append(f"  no margin (judged p or hard label): {self.kept - len(self.margins)}")
         if self.targets:
             t = _summary(self.targets)
             lines.append(f"  target p: min {t['min']:.3f}  mean {t['mean']:.3f}  max {t['max']:.3f}")
-            hist = _histogram(self.targets)
-            lines.append("  p histogram [0.5-0.6 ... 0.9-1.0]: " + " ".join(str(c) for c in hist["counts"][5:]))
+            counts = _histogram(self.targets)["counts"]
+            lines.append("  p histogram [0.5-0.6 ... 0.9-1.0]: " + " ".join(str(c) for c in counts[5:]))
+            if sum(counts[:5]):
+                lines.append(f"  p below 0.5: {sum(counts[:5])}")
         return "\n".join(lines)
+
+
+def _render_margins(margins: list[float]) -> str:
+    counts = _value_counts(margins)
+    if counts:
+        return "  ".join(f"{v:g}: {n}" for v, n in counts.items())
+    m = _summary(margins)
+    return (
+        f"min {m['min']:.3g}  q25 {m['q25']:.3g}  median {m['median']:.3g}  q75 {m['q75']:.3g}  "
+        f"max {m['max']:.3g}  ({m['distinct']} distinct)"
+    )
 
 
 def _summary(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
     a = np.asarray(values, dtype=np.float64)
+    q25, median, q75 = np.quantile(a, [0.25, 0.5, 0.75])
     return {
         "min": float(a.min()),
+        "q25": float(q25),
         "mean": float(a.mean()),
-        "median": float(np.median(a)),
+        "median": float(median),
+        "q75": float(q75),
         "max": float(a.max()),
         "distinct": int(len(np.unique(a))),
     }
+
+
+def _value_counts(values: list[float]) -> dict[float, int]:
+    """Count per distinct value when there are few (else empty)."""
+    counts = Counter(values)
+    return dict(sorted(counts.items())) if len(counts) <= _MAX_LISTED_MARGINS else {}
 
 
 def _histogram(values: list[float]) -> dict[str, list]:

@@ -94,7 +94,9 @@ def tokenize_pair(
     except ValueError as e:
         raise DataError(pair.source or "data", pair.row, "prompt", str(e)) from None
     if len(prompt_ids) > max_prompt_length:
-        prompt_ids = prompt_ids[-max_prompt_length:]
+        # Cut from the left but keep a leading BOS: models expect it at position 0.
+        head = prompt_ids[:1] if prompt_ids[0] == tokenizer.bos_token_id else []
+        prompt_ids = head + prompt_ids[len(prompt_ids) - (max_prompt_length - len(head)):]
         stats.prompt_truncated += 1
     room = max_length - len(prompt_ids)
     if room <= 0 or not chosen_ids or not rejected_ids:
