@@ -9,6 +9,8 @@ import importlib
 # (name, module, help). Modules are imported lazily when their command runs.
 EVALUATIONS = [
     ("pairs", "mmpo.cli.eval_pairs", "score a pair file with a reward model or a policy (implicit reward)"),
+    ("rewardbench", "mmpo.cli.eval_rewardbench", "RewardBench: section and overall scores (plus optional Prior Sets)"),
+    ("mtbench", "mmpo.cli.eval_mtbench", "MT-bench: generate answers, then grade them with an LLM judge over HTTP"),
 ]
 
 

@@ -18,6 +18,8 @@ COMMANDS = [
     ("report", "mmpo.cli.report", "compare finished runs: calibration, accuracy by margin, training curves"),
     ("sweep", "mmpo.cli.sweep", "train one recipe for several gammas and pick the lowest held-out NLL"),
     ("data", "mmpo.cli.data", "read a preference data set and print its report"),
+    ("make-data", "mmpo.cli.make_data", "write the graded-tasks preference set (checkable prompts, graded responses)"),
+    ("serve", "mmpo.cli.serve", "serve a chat model over an OpenAI-compatible HTTP API"),
 ]
 
 
