@@ -77,6 +77,8 @@ class TrainConfig:
             raise UserError(f"gamma must be > 0 (got {self.gamma}); use 'gamma: none' for hard labels")
         if self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
             raise UserError(f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length})")
+        if not 0 <= self.warmup_ratio < 1:
+            raise UserError(f"warmup_ratio must lie in [0, 1) (got {self.warmup_ratio})")
         if self.ties not in ("keep", "drop"):
             raise UserError(f"ties must be 'keep' or 'drop' (got {self.ties!r})")
         if self.order_conflict not in ("swap", "drop", "error"):
@@ -121,6 +123,8 @@ class DPOConfig(TrainConfig):
             raise UserError(f"unknown policy loss {self.loss!r}: choose mmpo, dpo, cdpo, ipo, simpo or simpo_mmpo")
         if not self.beta > 0:
             raise UserError(f"beta must be > 0 (got {self.beta})")
+        if self.reference is None:  # `reference: none` arrives as None (none/null are YAML's null)
+            self.reference = "none"
         if self.reference not in ("auto", "model", "adapter", "precomputed", "none"):
             raise UserError(f"reference must be auto, model, adapter, precomputed or none (got {self.reference!r})")
 

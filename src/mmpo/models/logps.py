@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import warnings
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
@@ -53,6 +55,10 @@ def response_logps(
     The model is called through its own ``forward`` (so DDP/accelerate hooks run) with ``logits_to_keep=1``
     and the final hidden states are projected here. ``full_logits=True`` instead takes the model's own logits
     (needed where the head's weights are sharded outside forward: FSDP, ZeRO-3).
+
+    The hidden-state path assumes ``logits = head(last hidden state)`` (plus Gemma-2's soft-capping). Each call
+    checks that assumption on the one position the model did project (its last); an architecture that
+    scales or post-processes its logits differently fails the check and is scored with ``full_logits``.
     """
     position_ids = position_ids_from_mask(attention_mask)
     target_mask = response_mask[:, 1:].bool()
@@ -72,10 +78,13 @@ def response_logps(
             output_hidden_states=True,
             logits_to_keep=1,
         )
-        hidden = out.hidden_states[-1][:, :-1][target_mask]
         base = _unwrap(model)
         head = base.get_output_embeddings()
         softcap = getattr(base.config, "final_logit_softcapping", None)
+        if not _head_matches(head, out.hidden_states[-1][:, -1], out.logits[:, -1], softcap):
+            _warn_head_mismatch(type(base).__name__)
+            return response_logps(model, input_ids, attention_mask, response_mask, full_logits=True)
+        hidden = out.hidden_states[-1][:, :-1][target_mask]
         pieces = []
         for start in range(0, hidden.shape[0], LOGIT_CHUNK_ROWS):
             h, t = hidden[start : start + LOGIT_CHUNK_ROWS], targets[start : start + LOGIT_CHUNK_ROWS]
@@ -88,3 +97,25 @@ def response_logps(
     logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
     logps = logps.index_add(0, row_of, token_logps.float())
     return logps, n_tokens
+
+
+def _head_matches(head: torch.nn.Module, last_hidden: torch.Tensor, model_logits: torch.Tensor, softcap: float | None) -> bool:
+    """Does projecting the final hidden state ourselves reproduce the model's own logits at that position?"""
+    with torch.no_grad():
+        ours = head(last_hidden).float()
+        if softcap:
+            ours = torch.tanh(ours / softcap) * softcap
+        theirs = model_logits.float()
+        scale = theirs.abs().max().clamp(min=1.0)
+        return bool(((ours - theirs).abs().max() <= 1e-2 * scale).item())
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_head_mismatch(name: str) -> None:
+    if name not in _WARNED:
+        _WARNED.add(name)
+        warnings.warn(
+            f"{name}: logits are not head(final hidden state); scoring with full logits (more memory)", stacklevel=3
+        )

@@ -1,0 +1,408 @@
+"""`mmpo dpo`: train a causal LM as a policy from preference pairs with DPO-family losses.
+
+For a pair (x, y_w, y_l) with soft target p (see :func:`mmpo.losses.soft_targets`) the policy's preference
+logit is DPO's implicit reward difference
+
+    h = beta * [(log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))]
+
+and the losses are
+
+* ``mmpo``        -p log sigmoid(h) - (1-p) log sigmoid(-h)       (soft targets; MMPO)
+* ``dpo``         -log sigmoid(h)                                 (hard targets, p = 1)
+* ``cdpo``        the same cross-entropy with every target at 1 - label_smoothing
+* ``ipo``         (h / beta - 1 / (2 beta))^2
+* ``simpo``       -log sigmoid(h'),  h' = beta * (log pi(y_w|x)/|y_w| - log pi(y_l|x)/|y_l|) - simpo_margin
+* ``simpo_mmpo``  the MMPO cross-entropy on SimPO's h'             (reference-free, length-normalised)
+
+Chosen and rejected are scored in ONE forward pass over the 2B rows the collator stacks. The reference is a
+frozen copy, the LoRA base with the adapter disabled, or log-probs precomputed and cached
+(:mod:`mmpo.models.reference`).
+
+Logged with every training log and every evaluation (as ``train_*`` / ``eval_*``): loss, accuracy of
+``h > 0``, mean margin ``h``, calibration of ``sigmoid(h)`` against the soft targets (ECE, soft ECE, NLL,
+Brier; evaluation only, from :func:`mmpo.evaluation.metrics.pair_metrics`), the policy's summed response
+log-probs, and the log-ratio drift from the reference
+
+    logratio_chosen = mean over pairs of (log pi(y_w|x) - log pi_ref(y_w|x))       (likewise logratio_rejected)
+
+This is the Monte-Carlo estimate of KL(pi || pi_ref) only when y_w is *sampled from pi*. Preference data
+comes from other models, so here it is the log-ratio drift on the data's responses: it can be negative
+(DPO usually pushes both log-probs down) and is reported under that honest name; no ``kl_estimate`` is
+claimed, since an unbiased one would need samples from the policy.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmpo.config import DPOConfig, save_config
+from mmpo.data.collate import PairCollator
+from mmpo.data.pipeline import PreparedData, prepare_data
+from mmpo.errors import UserError
+from mmpo.evaluation.metrics import pair_metrics
+from mmpo.losses import bt_loss, dpo_logits, ipo_loss, label_smoothing_loss, mmpo_loss, simpo_logits
+from mmpo.models.embedded import resolve_model_path
+from mmpo.models.loading import load_tokenizer, lora_config
+from mmpo.models.logps import response_logps
+from mmpo.models.policy import freeze, load_causal_lm, save_policy
+from mmpo.models.reference import (
+    REFERENCE_FREE_LOSSES,
+    attach_reference_logps,
+    cached_reference_logps,
+    model_identity,
+    resolve_reference_mode,
+)
+from mmpo.training.args import resume_checkpoint, training_arguments, use_bf16
+from mmpo.training.base import PairTrainer
+
+POLICY_LOSSES = ("mmpo", "dpo", "cdpo", "ipo", "simpo", "simpo_mmpo")
+EVAL_RESULTS_FILE = "eval_results.json"
+DATA_REPORT_FILE = "data_report.json"
+CONFIG_FILE = "config.yaml"
+
+
+# --- the math on recorded log-probs ------------------------------------------------------------------------
+
+def policy_rewards(
+    loss: str,
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    chosen_lengths: torch.Tensor,
+    rejected_lengths: torch.Tensor,
+    reference_chosen_logps: torch.Tensor | None,
+    reference_rejected_logps: torch.Tensor | None,
+    beta: float,
+    simpo_margin: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair (chosen, rejected) rewards whose difference is ``h``.
+
+    DPO family: ``beta * (log pi - log pi_ref)`` (:func:`mmpo.losses.dpo_logits`). SimPO family:
+    ``beta * log pi / |y|`` with ``simpo_margin`` taken off chosen (:func:`mmpo.losses.simpo_logits`).
+    """
+    if loss in REFERENCE_FREE_LOSSES:
+        return simpo_logits(policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths, beta, simpo_margin)
+    if reference_chosen_logps is None or reference_rejected_logps is None:
+        raise ValueError(f"loss {loss!r} needs reference log-probabilities")
+    return dpo_logits(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta)
+
+
+def policy_loss(
+    loss: str, chosen: torch.Tensor, rejected: torch.Tensor, p: torch.Tensor, beta: float, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Per-pair loss for rewards from :func:`policy_rewards` (formulas in the module docstring)."""
+    if loss in ("mmpo", "simpo_mmpo"):
+        return mmpo_loss(chosen, rejected, p)
+    if loss in ("dpo", "simpo"):
+        return bt_loss(chosen, rejected)
+    if loss == "cdpo":
+        return label_smoothing_loss(chosen, rejected, label_smoothing)
+    if loss == "ipo":
+        return ipo_loss(chosen, rejected, beta)
+    raise UserError(f"unknown policy loss {loss!r}: choose {', '.join(POLICY_LOSSES)}")
+
+
+def policy_eval_metrics(eval_pred: Any, extra_names: tuple[str, ...] = ()) -> dict[str, float]:
+    """`compute_metrics`: predictions are ``[n, 1 + k]`` (``h`` then the extras), label_ids the targets ``p``.
+
+    Returns :func:`pair_metrics` (accuracy, ECE, soft ECE, NLL, Brier), the mean margin, and each extra's mean.
+    """
+    preds = np.asarray(eval_pred.predictions, dtype=np.float64)
+    if preds.ndim == 1:
+        preds = preds[:, None]
+    h = preds[:, 0]
+    p = np.asarray(eval_pred.label_ids, dtype=np.float64).reshape(-1)
+    out = pair_metrics(h, p)
+    out["margin"] = float(h.mean())
+    for i, name in enumerate(extra_names):
+        out[name] = float(preds[:, 1 + i].mean())
+    return out
+
+
+# --- the trainer -------------------------------------------------------------------------------------------
+
+class PolicyTrainer(PairTrainer):
+    """PairTrainer for a causal-LM policy: rewards are DPO's implicit rewards (or SimPO's), see module docstring."""
+
+    def __init__(
+        self,
+        *args: Any,
+        loss: str = "mmpo",
+        beta: float = 0.1,
+        simpo_margin: float = 0.0,
+        label_smoothing: float = 0.0,
+        reference_mode: str = "precomputed",
+        reference_model: torch.nn.Module | None = None,
+        **kwargs: Any,
+    ):
+        if loss not in POLICY_LOSSES:
+            raise UserError(f"unknown policy loss {loss!r}: choose {', '.join(POLICY_LOSSES)}")
+        if reference_mode == "model" and reference_model is None:
+            raise ValueError("reference_mode 'model' needs a reference_model")
+        self.loss_name = loss
+        self.beta = beta
+        self.simpo_margin = simpo_margin
+        self.label_smoothing = label_smoothing
+        self.reference_mode = reference_mode
+        self.reference_model = reference_model
+        self._reference_on_device = False
+        self.extra_names: tuple[str, ...] = ("policy_chosen_logps", "policy_rejected_logps")
+        if reference_mode != "none":
+            self.extra_names += ("logratio_chosen", "logratio_rejected")
+        kwargs.setdefault("compute_metrics", partial(policy_eval_metrics, extra_names=self.extra_names))
+        super().__init__(*args, **kwargs)
+
+    def _full_logits(self) -> bool:
+        # Sharded heads (FSDP, ZeRO-3) are only whole inside the model's forward: take its logits.
+        if self.is_fsdp_enabled:
+            return True
+        if self.is_deepspeed_enabled:
+            plugin = self.accelerator.state.deepspeed_plugin
+            return plugin is not None and plugin.zero_stage == 3
+        return False
+
+    def reference_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(log pi_ref(y_w|x), log pi_ref(y_l|x))`` for the batch, or None when running reference-free."""
+        mode = self.reference_mode
+        if mode == "none":
+            return None
+        if mode == "precomputed":
+            if "reference_chosen_logps" not in batch:
+                raise RuntimeError("reference: precomputed, but the batch carries no reference log-probs")
+            return batch["reference_chosen_logps"], batch["reference_rejected_logps"]
+        args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        if mode == "model":
+            if not self._reference_on_device:
+                self.reference_model.to(self.accelerator.device)
+                self._reference_on_device = True
+            with torch.no_grad(), self.accelerator.autocast():
+                logps, _ = response_logps(self.reference_model, *args, full_logits=self._full_logits())
+        elif mode == "adapter":
+            peft_model = self.accelerator.unwrap_model(model)
+            was_training = model.training
+            model.eval()  # the reference has no dropout
+            try:
+                with torch.no_grad(), peft_model.disable_adapter():
+                    logps, _ = response_logps(model, *args, full_logits=self._full_logits())
+            finally:
+                model.train(was_training)
+        else:
+            raise ValueError(f"unknown reference mode {mode!r}")
+        half = logps.shape[0] // 2
+        return logps[:half].detach(), logps[half:].detach()
+
+    def pair_rewards(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        reference = self.reference_logps(model, batch)
+        logps, n_tokens = response_logps(
+            model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], full_logits=self._full_logits()
+        )
+        half = logps.shape[0] // 2
+        policy_chosen, policy_rejected = logps[:half], logps[half:]
+        ref_chosen, ref_rejected = reference if reference is not None else (None, None)
+        chosen, rejected = policy_rewards(
+            self.loss_name, policy_chosen, policy_rejected, n_tokens[:half], n_tokens[half:],
+            ref_chosen, ref_rejected, self.beta, self.simpo_margin,
+        )
+        extras = {"policy_chosen_logps": policy_chosen.detach(), "policy_rejected_logps": policy_rejected.detach()}
+        if reference is not None:
+            extras["logratio_chosen"] = (policy_chosen.detach() - ref_chosen.float())
+            extras["logratio_rejected"] = (policy_rejected.detach() - ref_rejected.float())
+        return chosen, rejected, extras
+
+    def pair_loss(self, chosen: torch.Tensor, rejected: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return policy_loss(self.loss_name, chosen, rejected, batch["p"], self.beta, self.label_smoothing)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            chosen, rejected, extras = self.pair_rewards(model, inputs)
+            loss = self.pair_loss(chosen, rejected, inputs).mean().detach()
+        if prediction_loss_only:
+            return loss, None, None
+        # One [B, 1 + k] tensor so the extras are gathered across processes along with h.
+        columns = [(chosen - rejected).float()] + [extras[name].float() for name in self.extra_names]
+        return loss, torch.stack(columns, dim=1).detach(), inputs["p"].float()
+
+
+# --- putting a run together ----------------------------------------------------------------------------------
+
+@dataclass
+class PolicyRun:
+    """Everything :func:`build_policy_run` sets up; :func:`train_policy` trains and saves it."""
+
+    config: DPOConfig
+    trainer: PolicyTrainer
+    tokenizer: Any
+    data: PreparedData
+    reference_mode: str
+    train_features: list[dict[str, Any]]
+    eval_features: list[dict[str, Any]]
+    reference_cache: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _model_dtype(config: DPOConfig, bf16: bool) -> torch.dtype:
+    # A frozen LoRA base can live in bf16; fully trained weights stay float32 masters under mixed precision.
+    return torch.bfloat16 if bf16 and config.lora_r > 0 else torch.float32
+
+
+def _precompute(config: DPOConfig, model: torch.nn.Module, dtype: torch.dtype, bf16: bool, features: dict[str, list], pad_token_id: int) -> tuple[dict[str, list], dict[str, dict[str, Any]]]:
+    from accelerate import PartialState
+
+    ref_name = config.ref_model or config.model
+    identity = model_identity(resolve_model_path(ref_name))
+    settings = {
+        "max_length": config.max_length,
+        "max_prompt_length": config.prompt_budget,
+        "dtype": str(dtype),
+        "autocast_bf16": bf16,
+    }
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    loaded: dict[str, torch.nn.Module] = {}
+
+    def get_model() -> torch.nn.Module:
+        if "model" not in loaded:
+            ref = model if config.ref_model is None else freeze(load_causal_lm(config.ref_model, dtype))
+            loaded["model"] = ref.to(device)
+        return loaded["model"]
+
+    out, info = {}, {}
+    # The main process fills the cache first; the others then read it instead of recomputing.
+    with PartialState().main_process_first():
+        for split, feats in features.items():
+            cached = cached_reference_logps(
+                get_model, feats, identity, settings, pad_token_id,
+                batch_size=config.per_device_eval_batch_size, device=device,
+                autocast_dtype=torch.bfloat16 if bf16 else None, desc=f"reference log-probs ({split})",
+            )
+            out[split] = attach_reference_logps(feats, cached.chosen, cached.rejected)
+            info[split] = {"path": str(cached.path), "from_cache": cached.from_cache, "pairs": len(feats)}
+            print(f"reference log-probs ({split}): {'reused' if cached.from_cache else 'computed and cached'} at {cached.path}")
+    if "model" in loaded and loaded["model"] is not model:
+        del loaded["model"]
+    return out, info
+
+
+def build_policy_run(config: DPOConfig) -> PolicyRun:
+    """Tokenizer, data (with its report written), model (+LoRA), reference and trainer for ``config``."""
+    from transformers import set_seed
+
+    config.validate()
+    set_seed(config.seed)
+    mode = resolve_reference_mode(config.loss, config.reference, config.lora_r)
+    if config.ref_model is not None and mode == "adapter":
+        raise UserError("ref_model cannot be used with reference: adapter (the reference is the LoRA base itself)")
+    bf16 = use_bf16(config.bf16)
+    tokenizer = load_tokenizer(config.tokenizer or config.model)
+    data = prepare_data(config, tokenizer)
+    print(data.render())
+    os.makedirs(config.output_dir, exist_ok=True)
+    save_config(config, os.path.join(config.output_dir, CONFIG_FILE))
+    with open(os.path.join(config.output_dir, DATA_REPORT_FILE), "w") as f:
+        json.dump({split: r.to_dict() for split, r in data.reports.items()}, f, indent=2)
+    if not data.train:
+        raise UserError(f"no training pairs left from {config.data!r} (see the data report above)")
+
+    dtype = _model_dtype(config, bf16)
+    model = load_causal_lm(config.model, dtype)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.use_cache = False  # no generation during training; the KV cache only costs memory
+
+    train_features, eval_features = data.train, data.eval
+    reference_model = None
+    cache_info: dict[str, dict[str, Any]] = {}
+    if mode == "precomputed":
+        splits = {"train": train_features}
+        if eval_features:
+            splits["eval"] = eval_features
+        with_ref, cache_info = _precompute(config, model, dtype, bf16, splits, tokenizer.pad_token_id)
+        train_features, eval_features = with_ref["train"], with_ref.get("eval", [])
+    elif mode == "model":
+        reference_model = freeze(
+            load_causal_lm(config.ref_model, dtype) if config.ref_model else copy.deepcopy(model)
+        )
+
+    if config.lora_r > 0:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(config, "CAUSAL_LM"))
+        model.print_trainable_parameters()
+
+    extra_args: dict[str, Any] = {}
+    if not eval_features:
+        extra_args["eval_strategy"] = "no"
+    args = training_arguments(config, **extra_args)
+    trainer = PolicyTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_features,
+        eval_dataset=eval_features or None,
+        data_collator=PairCollator(pad_token_id=tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        loss=config.loss,
+        beta=config.beta,
+        simpo_margin=config.simpo_margin,
+        label_smoothing=config.label_smoothing,
+        reference_mode=mode,
+        reference_model=reference_model,
+    )
+    return PolicyRun(config, trainer, tokenizer, data, mode, train_features, eval_features, cache_info)
+
+
+def final_eval_metrics(trainer: PolicyTrainer) -> dict[str, float]:
+    """Held-out metrics of the final weights: reused when the loop already evaluated at the last step."""
+    step = trainer.state.global_step
+    for entry in reversed(trainer.state.log_history):
+        if entry.get("step") == step and "eval_loss" in entry:
+            return {k: v for k, v in entry.items() if k.startswith("eval_")}
+    return trainer.evaluate()
+
+
+def train_policy(config: DPOConfig) -> dict[str, Any]:
+    """Train a policy per ``config`` and save it to ``config.output_dir``; returns a summary dict.
+
+    Writes ``config.yaml`` and ``data_report.json`` before training, ``checkpoint-N/`` while training (a
+    rerun of the same command resumes from the last complete one, see ``resume``), and at the end the model
+    (LoRA merged into the base when ``merge_lora``, else the adapter) with its tokenizer and chat template,
+    so ``AutoModelForCausalLM.from_pretrained(output_dir)`` loads it, plus ``eval_results.json``.
+    """
+    run = build_policy_run(config)
+    trainer = run.trainer
+    resume_from = resume_checkpoint(config)
+    if resume_from:
+        print(f"resuming from {resume_from}")
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
+    eval_metrics = final_eval_metrics(trainer) if run.eval_features else {}
+    saved = None
+    if trainer.is_deepspeed_enabled:
+        # ZeRO-3 holds shards; Trainer gathers them for saving (merging LoRA is left to a later step).
+        trainer.save_model(config.output_dir)
+        saved = "deepspeed"
+    elif trainer.accelerator.is_main_process:
+        saved = save_policy(trainer.accelerator.unwrap_model(trainer.model), run.tokenizer, config.output_dir, config.merge_lora)
+    summary = {
+        "output_dir": config.output_dir,
+        "loss": config.loss,
+        "reference": run.reference_mode,
+        "reference_cache": run.reference_cache,
+        "resumed_from": resume_from,
+        "global_step": trainer.state.global_step,
+        "train": train_output.metrics,
+        "eval": eval_metrics,
+        "saved": saved,
+    }
+    if trainer.accelerator.is_main_process:
+        with open(os.path.join(config.output_dir, EVAL_RESULTS_FILE), "w") as f:
+            json.dump({"eval": eval_metrics, "train": train_output.metrics, "global_step": trainer.state.global_step}, f, indent=2)
+        if eval_metrics:
+            shown = {k: round(v, 4) for k, v in eval_metrics.items() if isinstance(v, float)}
+            print(f"held-out: {shown}")
+        print(f"saved the policy ({saved}) to {config.output_dir}")
+    return summary

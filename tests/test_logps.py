@@ -1,0 +1,143 @@
+"""response_logps against a brute-force per-sequence computation, for both code paths and both paddings."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from mmpo.models.logps import position_ids_from_mask, response_logps
+
+VOCAB = 61
+PAD = 0
+
+
+def tiny_causal_lm(seed: int = 0, tie: bool = False) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=tie,
+        pad_token_id=PAD,
+    )
+    return AutoModelForCausalLM.from_config(config).float()
+
+
+# (prompt length, response length): prompts and responses of different lengths in one batch.
+SHAPES = [(3, 5), (7, 2), (1, 6), (5, 4)]
+
+
+def make_sequences(seed: int = 1) -> list[tuple[list[int], int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(1, VOCAB, (p + r,), generator=g).tolist(), r) for p, r in SHAPES]
+
+
+def pad_batch(sequences: list[tuple[list[int], int]], side: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s, _ in sequences) + 2  # extra padding on every row
+    n = len(sequences)
+    ids = torch.full((n, width), PAD, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    response = torch.zeros((n, width), dtype=torch.long)
+    for i, (seq, r) in enumerate(sequences):
+        start = 0 if side == "right" else width - len(seq)
+        ids[i, start : start + len(seq)] = torch.tensor(seq)
+        attention[i, start : start + len(seq)] = 1
+        response[i, start + len(seq) - r : start + len(seq)] = 1
+    return ids, attention, response
+
+
+def brute_force_logps(model: torch.nn.Module, sequences: list[tuple[list[int], int]]) -> torch.Tensor:
+    """One unpadded forward per sequence; sum log_softmax at the response tokens."""
+    out = []
+    for seq, r in sequences:
+        ids = torch.tensor([seq])
+        logprobs = torch.log_softmax(model(input_ids=ids).logits.float()[0], dim=-1)
+        # token t is predicted at position t - 1; the response is the last r tokens.
+        positions = range(len(seq) - r, len(seq))
+        out.append(sum(logprobs[t - 1, seq[t]] for t in positions))
+    return torch.stack(out)
+
+
+def test_position_ids_skip_left_padding():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0]])
+    assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 2, 2]]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("full_logits", [False, True])
+def test_response_logps_match_brute_force_values_and_gradients(side, full_logits):
+    model = tiny_causal_lm()
+    sequences = make_sequences()
+    weights = torch.tensor([0.3, -1.2, 0.7, 2.0])  # a generic linear functional, so every row's gradient counts
+
+    model.zero_grad()
+    expected = brute_force_logps(model, sequences)
+    (expected * weights).sum().backward()
+    expected_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model.zero_grad()
+    ids, attention, response = pad_batch(sequences, side)
+    logps, n_tokens = response_logps(model, ids, attention, response, full_logits=full_logits)
+    (logps * weights).sum().backward()
+
+    assert n_tokens.tolist() == [r for _, r in SHAPES]
+    torch.testing.assert_close(logps, expected.detach(), rtol=1e-5, atol=1e-5)
+    assert expected_grads, "the brute-force pass produced no gradients"
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_tied_embeddings_and_no_grad_path():
+    model = tiny_causal_lm(seed=3, tie=True)
+    sequences = make_sequences(seed=4)
+    ids, attention, response = pad_batch(sequences, "right")
+    with torch.no_grad():
+        logps, _ = response_logps(model, ids, attention, response)
+        expected = brute_force_logps(model, sequences)
+    torch.testing.assert_close(logps, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_rows_without_response_tokens_score_zero():
+    model = tiny_causal_lm()
+    ids, attention, response = pad_batch(make_sequences(), "right")
+    response[1] = 0
+    with torch.no_grad():
+        logps, n_tokens = response_logps(model, ids, attention, response)
+    assert n_tokens[1].item() == 0 and logps[1].item() == 0.0
+    assert logps[0].item() < 0
+
+
+class _ScaledLogits(torch.nn.Module):
+    """A model whose logits are NOT head(final hidden state): it doubles them, like a logit_scale config."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+    def forward(self, **kwargs):
+        out = self.inner(**kwargs)
+        return types.SimpleNamespace(logits=out.logits * 2.0, hidden_states=out.hidden_states)
+
+
+def test_hidden_state_path_falls_back_when_the_head_is_not_the_whole_story():
+    model = _ScaledLogits(tiny_causal_lm())
+    sequences = make_sequences()
+    ids, attention, response = pad_batch(sequences, "right")
+    with torch.no_grad(), pytest.warns(UserWarning, match="full logits"):
+        logps, _ = response_logps(model, ids, attention, response)
+    with torch.no_grad():
+        expected = brute_force_logps(model, sequences)
+        unscaled = brute_force_logps(model.inner, sequences)
+    torch.testing.assert_close(logps, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(logps, unscaled, atol=1e-3)
