@@ -162,7 +162,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     values: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.exists():
+        if not p.is_file():
             raise UserError(f"config file not found: {path}")
         try:
             loaded = yaml.safe_load(p.read_text()) or {}

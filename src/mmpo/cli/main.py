@@ -12,6 +12,7 @@ import sys
 
 # (subcommand, module under mmpo.cli). Modules are imported lazily so `mmpo --help` stays fast.
 COMMANDS = [
+    ("demo", "mmpo.cli.demo", "the main job: MMPO vs BT reward models and MMPO vs DPO policies on the embedded model"),
     ("rm", "mmpo.cli.train", "train a reward model (MMPO or a baseline loss)"),
     ("dpo", "mmpo.cli.train", "train a policy with DPO-family losses (MMPO, DPO, cDPO, IPO, SimPO)"),
     ("eval", "mmpo.cli.evaluate", "evaluate models: pairs, rewardbench, mtbench"),
@@ -54,11 +55,30 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if debug:
             raise
+        _close_progress_bars()
         print(f"mmpo {args._name}: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:
+        # A diverged run (see PairTrainer.compute_loss): the message names the step and batch rows.
+        if debug:
+            raise
+        _close_progress_bars()
+        print(f"mmpo {args._name}: stopped: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
+
+
+def _close_progress_bars() -> None:
+    """End any open tqdm bar so the error message starts on its own line."""
+    try:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
 
 
 if __name__ == "__main__":

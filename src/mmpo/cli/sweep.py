@@ -8,7 +8,7 @@ ACCEPTS_OVERRIDES = {"sweep": True}
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="recipe YAML (as for mmpo rm / mmpo dpo)")
+    p.usage = "mmpo sweep [CONFIG.yaml] --gamma 0.3,1,2.2,none [--kind rm|dpo] [--key value ...]"
     p.add_argument("--gamma", dest="gammas", required=True, help="comma-separated gammas; 'none' = hard labels")
     p.add_argument("--kind", choices=["rm", "dpo"], default="rm", help="train reward models (rm) or policies (dpo)")
     p.add_argument("--out", default=None, help="sweep directory (default: the recipe's output_dir)")
@@ -17,7 +17,10 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmpo.reports.sweep import gamma_name, parse_gammas, run_sweep
 
-    result = run_sweep(args.kind, args.config, parse_gammas(args.gammas), args.extra, args.out)
+    from mmpo.cli.train import split_recipe
+
+    recipe, overrides = split_recipe(args.extra)
+    result = run_sweep(args.kind, recipe, parse_gammas(args.gammas), overrides, args.out)
     print("\n| gamma | held-out NLL (binary) |\n|---|---|")
     for name, r in result["runs"].items():
         print(f"| {name} | {r['nll_binary']:.4f} |")

@@ -8,8 +8,17 @@ ACCEPTS_OVERRIDES = {"rm": True, "dpo": True}
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="YAML recipe (see recipes/); every key can be overridden with --key value")
-    p.epilog = "Any config key can be given as --key value, e.g. --gamma 2.2 --max_steps 100 --lora_r 8"
+    # The recipe path is taken from the leftover tokens (see split_recipe): an argparse positional would
+    # swallow the value of an override such as `--model DIR` given before it.
+    p.usage = f"mmpo {name} [CONFIG.yaml] [--key value ...]"
+    p.epilog = "CONFIG.yaml is a recipe (see recipes/). Any config key can be given as --key value, e.g. --gamma 2.2 --max_steps 100 --lora_r 8"
+
+
+def split_recipe(tokens: list[str]) -> tuple[str | None, list[str]]:
+    """``["recipe.yaml", "--gamma", "1"]`` -> ``("recipe.yaml", ["--gamma", "1"])``; the recipe is optional."""
+    if tokens and not tokens[0].startswith("--"):
+        return tokens[0], tokens[1:]
+    return None, list(tokens)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -18,11 +27,11 @@ def run(args: argparse.Namespace) -> int:
     if args._name == "rm":
         from mmpo.training.rm import train_reward_model
 
-        config = load_config(RMConfig, args.config, args.extra)
+        config = load_config(RMConfig, *split_recipe(args.extra))
         train_reward_model(config)
     else:
         from mmpo.training.dpo import train_policy
 
-        config = load_config(DPOConfig, args.config, args.extra)
+        config = load_config(DPOConfig, *split_recipe(args.extra))
         train_policy(config)
     return 0

@@ -290,7 +290,8 @@ def _margin(raw: dict[str, Any], ref: RowRef) -> float | None:
     if raw.get("margin") is not None:
         return number(raw["margin"], ref, "margin")
     if raw.get("score_chosen") is not None or raw.get("score_rejected") is not None:
-        return number(raw.get("score_chosen"), ref, "score_chosen") - number(raw.get("score_rejected"), ref, "score_rejected")
+        # Rounded so that 4.2 - 0.0 and 8.7 - 4.5 are the same margin in reports and bins.
+        return round(number(raw.get("score_chosen"), ref, "score_chosen") - number(raw.get("score_rejected"), ref, "score_rejected"), 9)
     return None
 
 

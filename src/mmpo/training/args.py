@@ -36,7 +36,8 @@ def training_arguments(config: Any, **extra: Any) -> TrainingArguments:
         per_device_eval_batch_size=config.per_device_eval_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         lr_scheduler_type=config.lr_scheduler_type,
-        warmup_ratio=config.warmup_ratio,
+        # transformers 5 folds warmup_ratio into warmup_steps: a float in [0, 1) is a share of all steps.
+        warmup_steps=float(config.warmup_ratio),
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         seed=config.seed,
@@ -52,6 +53,10 @@ def training_arguments(config: Any, **extra: Any) -> TrainingArguments:
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
         report_to="none",
+        # Without a GPU, say so: then `torchrun`/`accelerate launch` processes form a gloo group (MULTI_CPU)
+        # instead of each training alone.
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,  # our collator builds the batch from token-id fields
         label_names=["p"],
         dataloader_num_workers=config.dataloader_num_workers,

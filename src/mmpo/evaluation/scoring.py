@@ -1,0 +1,214 @@
+"""Scoring preference pairs with a trained model: ``(reward(chosen), reward(rejected))`` per pair.
+
+Two kinds of scorer, chosen from the saved config's ``architectures``:
+
+* ``reward``: a ``...ForSequenceClassification`` model; the reward is its scalar output
+  (:func:`mmpo.models.reward.sequence_rewards`, the same function training uses).
+* ``policy``: a ``...ForCausalLM`` model used as an implicit reward model (DPO):
+  ``reward(x, y) = beta * (log pi(y|x) - log pi_ref(y|x))`` with summed response-token log-probabilities
+  (:func:`mmpo.models.logps.response_logps`). Without a reference model the scorer is reference-free:
+  ``reward(x, y) = beta * log pi(y|x)``; that ranks pairs by plain likelihood, so it favours short answers.
+
+Pairs are tokenized exactly as in training (:func:`mmpo.data.tokenize.tokenize_pair`), sorted by length so
+each batch pads little, scored in batches of ``batch_size`` pairs (2 x batch_size rows, chosen first) and
+returned in input order.
+
+``score_pairs`` loads a model directory and scores; ``score_with_models`` does the same on already-loaded
+models (for callers that score several data sets with one model, e.g. RewardBench).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from mmpo.data.collate import PairCollator
+from mmpo.data.records import PreferencePair
+from mmpo.data.tokenize import TokenizedPair, tokenize_pair
+from mmpo.errors import DataError, UserError
+from mmpo.models.embedded import resolve_model_path
+
+ModelKind = Literal["reward", "policy"]
+DEFAULT_BETA = 0.1  # DPOConfig's default, used when neither --beta nor the policy's config.yaml gives one
+
+
+def model_kind(model_dir: str) -> ModelKind:
+    """``reward`` for a ``*ForSequenceClassification`` checkpoint, ``policy`` for ``*ForCausalLM``."""
+    resolved = resolve_model_path(model_dir)
+    config_file = Path(resolved) / "config.json"
+    if config_file.exists():
+        architectures = json.loads(config_file.read_text()).get("architectures") or []
+    elif Path(resolved).is_dir():
+        raise UserError(f"{model_dir}: no config.json (not a saved transformers model)")
+    else:  # a hub id
+        from transformers import AutoConfig
+
+        try:
+            architectures = AutoConfig.from_pretrained(resolved).architectures or []
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read the config of {model_dir!r}: {str(e).splitlines()[0]}") from None
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "reward"
+    if any(a.endswith(("ForCausalLM", "ForConditionalGeneration")) for a in architectures):
+        return "policy"
+    raise UserError(
+        f"{config_file}: architectures {architectures} is neither a reward model (*ForSequenceClassification) "
+        "nor a policy (*ForCausalLM)"
+    )
+
+
+def training_config(model_dir: str) -> dict[str, Any]:
+    """The ``config.yaml`` mmpo wrote beside a trained model (empty when there is none)."""
+    import yaml
+
+    path = Path(model_dir) / "config.yaml"
+    if not path.exists():
+        return {}
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return {}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def scoring_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on GPUs that support it (as trained there), else float32."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_scoring_model(model_dir: str, kind: ModelKind | None = None, device: torch.device | None = None) -> tuple[Any, Any, ModelKind]:
+    """``(model, tokenizer, kind)`` in eval mode on ``device``; ``kind`` detected when not given."""
+    from transformers import AutoModelForCausalLM
+
+    from mmpo.models.loading import load_tokenizer
+    from mmpo.models.reward import load_reward_model
+
+    kind = kind or model_kind(model_dir)
+    device = device or default_device()
+    dtype = scoring_dtype(device)
+    tokenizer = load_tokenizer(model_dir)
+    if kind == "reward":
+        model = load_reward_model(model_dir, tokenizer, dtype=dtype)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(resolve_model_path(model_dir), dtype=dtype)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load {model_dir!r} as a policy: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval(), tokenizer, kind
+
+
+def tokenize_for_scoring(pairs: list[PreferencePair], tokenizer: Any, max_length: int, max_prompt_length: int | None = None) -> list[TokenizedPair]:
+    """Tokenize like training; ``max_prompt_length`` defaults to ``max_length // 2`` (the training default)."""
+    budget = max_prompt_length if max_prompt_length is not None else max_length // 2
+    out = []
+    for pair in pairs:
+        tok = tokenize_pair(tokenizer, pair, max_length, budget)
+        if tok is None:
+            raise DataError(pair.source or "data", pair.row, "chosen/rejected", "a response is empty after tokenization")
+        out.append(tok)
+    return out
+
+
+@torch.no_grad()
+def _batch_rewards(
+    model: Any, kind: ModelKind, batch: dict[str, torch.Tensor], ref_model: Any | None, beta: float
+) -> torch.Tensor:
+    if kind == "reward":
+        from mmpo.models.reward import sequence_rewards
+
+        return sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
+    from mmpo.models.logps import response_logps
+
+    logps, _ = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    if ref_model is not None:
+        ref_logps, _ = response_logps(ref_model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        logps = logps - ref_logps
+    return beta * logps
+
+
+def score_with_models(
+    model: Any,
+    tokenizer: Any,
+    pairs: list[PreferencePair] | list[TokenizedPair],
+    kind: ModelKind,
+    ref_model: Any | None = None,
+    beta: float | None = None,
+    batch_size: int = 8,
+    max_length: int = 1024,
+    max_prompt_length: int | None = None,
+    progress: bool = True,
+) -> list[tuple[float, float]]:
+    """``(chosen_reward, rejected_reward)`` per pair, in input order, with loaded models.
+
+    ``pairs`` may be already tokenized. For ``kind="policy"``: ``beta`` (default 0.1) scales the summed
+    log-probabilities; ``ref_model`` (optional) is subtracted. The models stay where they are; batches go to
+    ``model``'s device.
+    """
+    if kind == "reward" and ref_model is not None:
+        raise UserError("a reference model only applies to a policy (implicit reward), not to a reward model")
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1 (got {batch_size})")
+    beta = DEFAULT_BETA if beta is None else float(beta)
+    if kind == "policy" and not beta > 0:
+        raise UserError(f"beta must be > 0 (got {beta})")
+    if all(isinstance(p, TokenizedPair) for p in pairs):
+        tokenized: list[TokenizedPair] = list(pairs)  # type: ignore[arg-type]
+    else:
+        tokenized = tokenize_for_scoring(list(pairs), tokenizer, max_length, max_prompt_length)  # type: ignore[arg-type]
+    if not tokenized:
+        return []
+    device = next(model.parameters()).device
+    collate = PairCollator(pad_token_id=tokenizer.pad_token_id)
+    # Longest first: the first batch shows at once whether memory suffices; neighbours pad little.
+    order = sorted(
+        range(len(tokenized)),
+        key=lambda i: len(tokenized[i].prompt_ids) + max(len(tokenized[i].chosen_ids), len(tokenized[i].rejected_ids)),
+        reverse=True,
+    )
+    scores: list[tuple[float, float]] = [(float("nan"), float("nan"))] * len(tokenized)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=f"scoring pairs ({kind})", unit="batch", disable=not progress):
+        idx = order[start : start + batch_size]
+        batch = collate([tokenized[i].__dict__ for i in idx])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        rewards = _batch_rewards(model, kind, batch, ref_model, beta).float().cpu()
+        n = len(idx)
+        for j, i in enumerate(idx):
+            scores[i] = (float(rewards[j]), float(rewards[n + j]))
+    return scores
+
+
+def score_pairs(
+    pairs: list[PreferencePair],
+    model_dir: str,
+    ref_model: str | None = None,
+    beta: float | None = None,
+    batch_size: int = 8,
+    max_length: int = 1024,
+    max_prompt_length: int | None = None,
+    progress: bool = True,
+) -> list[tuple[float, float]]:
+    """Load ``model_dir`` (reward model or policy, detected) and score ``pairs``; see :func:`score_with_models`.
+
+    For a policy, ``beta`` defaults to the ``beta`` in the policy's ``config.yaml`` (written by ``mmpo dpo``),
+    else 0.1; ``ref_model`` is a model directory or hub id, or None for reference-free scoring.
+    """
+    model, tokenizer, kind = load_scoring_model(model_dir)
+    ref = None
+    if kind == "policy":
+        if beta is None:
+            beta = training_config(model_dir).get("beta")
+        if ref_model is not None:
+            ref, _, _ = load_scoring_model(ref_model, kind="policy", device=next(model.parameters()).device)
+    elif ref_model is not None:
+        raise UserError(f"{model_dir} is a reward model; --ref-model only applies to a policy")
+    return score_with_models(model, tokenizer, pairs, kind, ref, beta, batch_size, max_length, max_prompt_length, progress)

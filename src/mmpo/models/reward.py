@@ -1,0 +1,75 @@
+"""Reward models: a backbone with a one-output head, ``r(x, y) = head(hidden state at the last token)``.
+
+Any checkpoint that ``AutoModelForSequenceClassification`` can build works: a causal LM (the head, ``score``,
+is new and randomly initialised), an encoder (``classifier``), or a saved reward model. The reward is read the
+way transformers reads it, so a saved model scores identically in plain transformers code:
+
+* decoder models: the head's output at the rightmost token that is not ``config.pad_token_id``. With right
+  padding that is the last real token, unless the text itself ends with the pad token (tokenizers that reuse
+  EOS as padding and templates ending in EOS): then the reward is read one token earlier, the same way in
+  training, in :mod:`mmpo.evaluation.scoring` and in anyone's transformers code.
+* encoder models: the head on the pooled first (``[CLS]``) token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mmpo.errors import UserError
+from mmpo.models.embedded import resolve_model_path
+
+# Attribute names transformers uses for the classification head (decoders: score; encoders: classifier).
+HEAD_NAMES = ("score", "classifier")
+
+
+def head_module_names(model: Any) -> list[str]:
+    """Names of the classification-head submodules present on ``model`` (trained fully under LoRA)."""
+    return [name for name in HEAD_NAMES if isinstance(getattr(model, name, None), torch.nn.Module)]
+
+
+def load_reward_model(name_or_path: str, tokenizer: Any, dtype: torch.dtype | None = torch.float32) -> Any:
+    """``AutoModelForSequenceClassification`` with one output and ``config.pad_token_id`` from ``tokenizer``.
+
+    ``name_or_path`` is a hub id, a local directory or ``embedded``. A causal-LM checkpoint gets a fresh
+    scalar head; a reward model saved by mmpo loads unchanged. ``dtype=None`` keeps the checkpoint's dtype.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    path = resolve_model_path(name_or_path)
+    kwargs: dict[str, Any] = {"num_labels": 1}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load {name_or_path!r} as a reward model: {str(e).splitlines()[0]}") from None
+    if tokenizer is not None and tokenizer.pad_token_id is not None:
+        # Without it, batches larger than one cannot find each row's last token.
+        model.config.pad_token_id = tokenizer.pad_token_id
+        text_config = model.config.get_text_config()
+        if text_config is not model.config:
+            text_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def sequence_rewards(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """One float32 reward per row: ``model(input_ids, attention_mask).logits[:, 0]``.
+
+    The single place a reward is read, shared by training and scoring.
+    """
+    # Decoders would otherwise build a key/value cache nobody reads; encoders take no such argument.
+    base = model.module if hasattr(model, "module") else model
+    extra = {"use_cache": False} if getattr(base.config, "use_cache", None) is not None else {}
+    out = model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+    return out.logits[:, 0].float()
+
+
+def add_lora(model: Any, config: Any) -> Any:
+    """Wrap ``model`` in a peft LoRA adapter (task SEQ_CLS); the classification head is trained in full."""
+    from peft import get_peft_model
+
+    from mmpo.models.loading import lora_config
+
+    return get_peft_model(model, lora_config(config, "SEQ_CLS", modules_to_save=head_module_names(model)))

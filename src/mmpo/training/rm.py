@@ -1,0 +1,190 @@
+"""`mmpo rm`: train a reward model on preference pairs with MMPO or a baseline loss.
+
+The model is ``AutoModelForSequenceClassification`` with one output (see :mod:`mmpo.models.reward`). A
+batch of B pairs is 2B rows (chosen first) scored in ONE forward pass; ``h = r(chosen) - r(rejected)``.
+
+Losses (``config.loss``), all per pair, from :mod:`mmpo.losses`:
+
+* ``mmpo``             ``-p log sigmoid(h) - (1 - p) log sigmoid(-h)``, ``p = sigmoid(gamma * margin)``
+* ``bt``               ``-log sigmoid(h)`` (hard labels; ``p`` only enters the held-out metrics)
+* ``margin``           ``-log sigmoid(h - m)``, ``m`` the raw score margin, 0 where the data gave none
+* ``label_smoothing``  ``-(1 - eps) log sigmoid(h) - eps log sigmoid(-h)``, ``eps = config.label_smoothing``
+
+Output directory: ``checkpoint-N/`` (resumable), the final model (LoRA merged) with its tokenizer,
+``config.yaml``, ``data_report.json``, ``metrics.jsonl``, ``eval_results.json`` (final held-out metrics)
+and ``eval_scores.jsonl`` (one line per held-out pair: row, h, p, margin).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from transformers import TrainerCallback, set_seed
+
+from mmpo.config import RMConfig, save_config
+from mmpo.data.collate import PairCollator
+from mmpo.data.pipeline import prepare_data
+from mmpo.errors import UserError
+from mmpo.losses import bt_loss, label_smoothing_loss, margin_loss, mmpo_loss
+from mmpo.models.loading import load_tokenizer
+from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards
+from mmpo.training.args import resume_checkpoint, training_arguments
+from mmpo.training.base import PairTrainer
+
+RM_LOSSES = ("mmpo", "bt", "margin", "label_smoothing")
+EVAL_RESULTS_FILE = "eval_results.json"
+DATA_REPORT_FILE = "data_report.json"
+
+
+def reward_pair_loss(loss: str, chosen: torch.Tensor, rejected: torch.Tensor, batch: dict[str, torch.Tensor], label_smoothing: float = 0.1) -> torch.Tensor:
+    """Per-pair loss ``loss`` (one of :data:`RM_LOSSES`) from rewards and the batch's ``p`` / ``margin``."""
+    if loss == "mmpo":
+        return mmpo_loss(chosen, rejected, batch["p"])
+    if loss == "bt":
+        return bt_loss(chosen, rejected)
+    if loss == "margin":
+        # The collator marks a missing margin as NaN; such pairs get no offset (plain BT).
+        return margin_loss(chosen, rejected, torch.nan_to_num(batch["margin"].float(), nan=0.0))
+    if loss == "label_smoothing":
+        return label_smoothing_loss(chosen, rejected, label_smoothing)
+    raise UserError(f"unknown reward-model loss {loss!r}: choose {', '.join(RM_LOSSES)}")
+
+
+class RewardTrainer(PairTrainer):
+    """PairTrainer for a scalar-head reward model: one forward on the 2B rows, split into chosen / rejected."""
+
+    def __init__(self, *args: Any, loss: str = "mmpo", label_smoothing: float = 0.1, **kwargs: Any):
+        if loss not in RM_LOSSES:
+            raise UserError(f"unknown reward-model loss {loss!r}: choose {', '.join(RM_LOSSES)}")
+        self.loss_name = loss
+        self.label_smoothing = label_smoothing
+        super().__init__(*args, **kwargs)
+
+    def pair_rewards(self, model, batch):
+        rewards = sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
+        n_pairs = batch["p"].shape[0]
+        return rewards[:n_pairs], rewards[n_pairs:], {}
+
+    def pair_loss(self, chosen, rejected, batch):
+        return reward_pair_loss(self.loss_name, chosen, rejected, batch, self.label_smoothing)
+
+
+class FinalEvalByCaller(TrainerCallback):
+    """Drop Trainer's own evaluation at the last step: the caller evaluates once more right after training
+    (with per-pair scores), and on a CPU one pass over the held-out pairs can cost as much as many steps."""
+
+    def _skip_at_end(self, state, control):
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            control.should_evaluate = False
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        return self._skip_at_end(state, control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        return self._skip_at_end(state, control)
+
+
+def build_model(config: RMConfig, tokenizer: Any) -> Any:
+    """The reward model to train: backbone + scalar head, LoRA-wrapped when ``lora_r > 0``."""
+    model = load_reward_model(config.model, tokenizer)
+    if config.lora_r > 0:
+        model = add_lora(model, config)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        print(f"LoRA r={config.lora_r}: training {trainable:,} of {total:,} parameters ({trainable / total:.2%})")
+    return model
+
+
+# eval_results.json: the pair metrics plus the held-out mean of the training loss, without runtime counters.
+RESULT_KEYS = ("n", "accuracy", "ece", "soft_ece", "nll", "brier", "loss")
+
+
+def _final_results(metrics: dict[str, float], step: int) -> dict[str, float]:
+    plain = {k[len("eval_"):] if k.startswith("eval_") else k: v for k, v in metrics.items()}
+    return {**{k: plain[k] for k in RESULT_KEYS if k in plain}, "step": step}
+
+
+def save_final_model(trainer: RewardTrainer, tokenizer: Any, output_dir: str) -> None:
+    """Save the trained model so ``AutoModelForSequenceClassification.from_pretrained(output_dir)`` loads it.
+
+    A LoRA model is merged into its backbone first. Under DeepSpeed ZeRO-3 the weights are partitioned and
+    cannot be merged in place, so Trainer's own saver writes the adapter (merge it later with peft).
+    """
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    is_peft = hasattr(model, "merge_and_unload")
+    if not is_peft:
+        trainer.save_model(output_dir)  # handles ZeRO-3 / FSDP gathering; saves the tokenizer too
+        return
+    if trainer.is_deepspeed_enabled and getattr(trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3:
+        trainer.save_model(output_dir)
+        print(f"note: LoRA under ZeRO-3: saved the adapter in {output_dir}; merge it with peft's merge_and_unload")
+        return
+    if trainer.args.should_save:
+        merged = model.merge_and_unload()
+        merged.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
+    trainer.accelerator.wait_for_everyone()
+
+
+def train_reward_model(config: RMConfig) -> dict[str, float]:
+    """Train a reward model as ``config`` says; return the final held-out metrics (``eval_results.json``).
+
+    Keys: n, accuracy, ece, soft_ece, nll, brier (see :mod:`mmpo.evaluation.metrics`), loss (the held-out
+    mean of the training loss) and step. Empty when there is no held-out set.
+    """
+    config.validate()
+    # Under accelerate/torchrun every rank runs this; only the first writes files and prints the report.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    os.makedirs(config.output_dir, exist_ok=True)
+    if main_process:
+        save_config(config, os.path.join(config.output_dir, "config.yaml"))
+
+    tokenizer = load_tokenizer(config.tokenizer or config.model)
+    data = prepare_data(config, tokenizer)
+    if main_process:
+        print(data.render())
+        with open(os.path.join(config.output_dir, DATA_REPORT_FILE), "w") as f:
+            json.dump({name: r.to_dict() for name, r in data.reports.items()}, f, indent=2)
+    if not data.train:
+        raise UserError(f"no training pairs left after filtering {config.data!r} (see the data report above)")
+
+    set_seed(config.seed)  # the new reward head's initialisation is part of the run's seed
+    model = build_model(config, tokenizer)
+    extra: dict[str, Any] = {}
+    if not data.eval:
+        print("no held-out pairs: skipping evaluation (set eval_data or eval_split > 0)")
+        extra["eval_strategy"] = "no"
+    trainer = RewardTrainer(
+        model=model,
+        args=training_arguments(config, **extra),
+        data_collator=PairCollator(pad_token_id=tokenizer.pad_token_id),
+        train_dataset=data.train,
+        eval_dataset=data.eval or None,
+        processing_class=tokenizer,
+        loss=config.loss,
+        label_smoothing=config.label_smoothing,
+    )
+    if data.eval:
+        trainer.add_callback(FinalEvalByCaller())
+    checkpoint = resume_checkpoint(config)
+    if checkpoint:
+        print(f"resuming from {checkpoint}")
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+    results: dict[str, float] = {}
+    if data.eval:
+        # One more pass over the held-out pairs: metrics plus eval_scores.jsonl (row, h, p, margin) for reports.
+        final = trainer.save_eval_scores(data.eval)
+        trainer.log(dict(final))
+        results = _final_results(final, trainer.state.global_step)
+        print("held-out: " + "  ".join(f"{k} {v:.4g}" for k, v in results.items()))
+    save_final_model(trainer, tokenizer, config.output_dir)
+    if trainer.args.should_save:
+        with open(os.path.join(config.output_dir, EVAL_RESULTS_FILE), "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"saved the reward model to {config.output_dir}")
+    return results
