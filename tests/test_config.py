@@ -33,3 +33,18 @@ def test_invalid_values_are_user_errors(cls, key, value):
 def test_prompt_budget_defaults_to_half_the_length():
     config = load_config(DPOConfig, overrides={"data": "x.jsonl", "max_length": 300})
     assert config.prompt_budget == 150
+
+
+def test_lora_layers_adapts_only_the_top_blocks(tiny_model_dir):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from mmpo.models.loading import lora_config
+
+    config = load_config(DPOConfig, overrides={"data": "x.jsonl", "lora_r": 4, "lora_layers": 1})
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = get_peft_model(model, lora_config(config, "CAUSAL_LM", model=model))
+    adapted = {name.split(".layers.")[1].split(".")[0] for name, _ in peft_model.named_parameters() if "lora_" in name}
+    assert adapted == {"1"}  # the tiny model has blocks 0 and 1
+    with pytest.raises(UserError, match="lora_layers"):
+        lora_config(load_config(DPOConfig, overrides={"data": "x.jsonl", "lora_r": 4, "lora_layers": 5}), "CAUSAL_LM", model=model)

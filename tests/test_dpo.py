@@ -262,11 +262,15 @@ def test_saved_policy_loads_with_from_pretrained(tmp_path, tiny_model_dir, pair_
     out = Path(config.output_dir)
     assert summary["saved"] == ("merged" if merge_lora else "adapter")
     assert (out / ("model.safetensors" if merge_lora else "adapter_model.safetensors")).exists()
-    for name in ("eval_results.json", "config.yaml", "data_report.json", "metrics.jsonl"):
+    for name in ("eval_results.json", "eval_scores.jsonl", "config.yaml", "data_report.json", "metrics.jsonl"):
         assert (out / name).exists(), name
-    results = json.loads((out / "eval_results.json").read_text())["eval"]
-    for key in ("eval_loss", "eval_accuracy", "eval_ece", "eval_nll", "eval_logratio_chosen", "eval_margin"):
+    results = json.loads((out / "eval_results.json").read_text())
+    for key in ("loss", "accuracy", "ece", "nll", "logratio_chosen", "margin", "step"):
         assert key in results, key
+    # eval_scores.jsonl holds h per held-out pair; its mean is the reported mean margin.
+    scores = [json.loads(line) for line in (out / "eval_scores.jsonl").read_text().splitlines()]
+    assert len(scores) == results["n"]
+    assert sum(s["h"] for s in scores) / len(scores) == pytest.approx(results["margin"], rel=1e-4, abs=1e-6)
     report = json.loads((out / "data_report.json").read_text())
     assert report["train"]["kept"] + report["eval"]["kept"] == 16
 

@@ -31,6 +31,7 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target_modules: Any = "all-linear"
+    lora_layers: int | None = None  # adapt only the last N blocks (None = all); backward stops below them
     gradient_checkpointing: bool = False
     bf16: Any = "auto"  # auto = bf16 where the hardware has it, float32 on CPU
     # data (a path, a hub name / source name, or a mapping; see mmpo.data.sources.load_pairs)
@@ -38,7 +39,8 @@ class TrainConfig:
     eval_data: Any = None
     eval_split: float = 0.05  # held-out share of `data` when eval_data is not given
     data_columns: dict[str, str] = field(default_factory=dict)
-    max_pairs: int | None = None
+    max_pairs: int | None = None  # a seeded sample of this many training pairs (None = all)
+    max_eval_pairs: int | None = None  # the same for eval_data (None = all)
     ties: str = "keep"  # keep (p = 0.5) | drop
     order_conflict: str = "swap"  # score_chosen < score_rejected: swap | drop | error
     pairs_per_prompt: int | None = None

@@ -120,8 +120,9 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
             raise UserError(f"recipe not found: {settings.recipes / name} (pass --recipes DIR)")
 
     data_dir, summary = make_dataset(SyntheticConfig(seed=settings.seed, prompts=settings.prompts), reuse=True)
-    print(f"== data: {data_dir} ({summary.get('train', {}).get('pairs', '?')} train pairs, "
-          f"{summary.get('eval', {}).get('pairs', '?')} held-out pairs)", flush=True)
+    pairs = summary.get("pairs", {})
+    print(f"== data: {data_dir} ({pairs.get('train', '?')} train pairs, {pairs.get('eval', '?')} held-out pairs; "
+          "the recipes sample from them)", flush=True)
     data = {"data": str(data_dir / "train.jsonl"), "eval_data": str(data_dir / "eval.jsonl")}
 
     rows: dict[str, dict[str, Any]] = {}

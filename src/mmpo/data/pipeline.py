@@ -23,7 +23,7 @@ class PreparedData:
         return "\n".join(r.render() for r in self.reports.values())
 
 
-def pair_options(config: Any, split: str | None = None) -> PairOptions:
+def pair_options(config: Any, split: str | None = None, held_out: bool = False) -> PairOptions:
     return PairOptions(
         gamma=config.gamma,
         columns=dict(config.data_columns or {}),
@@ -31,7 +31,7 @@ def pair_options(config: Any, split: str | None = None) -> PairOptions:
         order_conflict=config.order_conflict,
         pairs_per_prompt=config.pairs_per_prompt,
         margin_bins=config.margin_bins,
-        max_pairs=config.max_pairs,
+        max_pairs=config.max_eval_pairs if held_out else config.max_pairs,
         seed=config.seed,
         split=split,
     )
@@ -71,7 +71,7 @@ def prepare_data(config: Any, tokenizer: Any) -> PreparedData:
     pairs, train_report = load_pairs(config.data, pair_options(config))
     reports = {"train": train_report}
     if config.eval_data is not None:
-        held, eval_report = load_pairs(config.eval_data, pair_options(config))
+        held, eval_report = load_pairs(config.eval_data, pair_options(config, held_out=True))
         train = pairs
     else:
         train, held = split_by_prompt(pairs, config.eval_split, config.seed) if config.eval_split > 0 else (pairs, [])

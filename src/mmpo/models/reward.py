@@ -72,4 +72,4 @@ def add_lora(model: Any, config: Any) -> Any:
 
     from mmpo.models.loading import lora_config
 
-    return get_peft_model(model, lora_config(config, "SEQ_CLS", modules_to_save=head_module_names(model)))
+    return get_peft_model(model, lora_config(config, "SEQ_CLS", modules_to_save=head_module_names(model), model=model))

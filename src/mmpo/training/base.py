@@ -31,7 +31,8 @@ EVAL_SCORES_FILE = "eval_scores.jsonl"
 
 def compute_pair_metrics(eval_pred: Any) -> dict[str, float]:
     """`compute_metrics` hook: predictions are ``h``; label_ids are ``[p, margin, row]`` per pair."""
-    h = np.asarray(eval_pred.predictions).reshape(-1)
+    preds = np.asarray(eval_pred.predictions)
+    h = preds[:, 0] if preds.ndim == 2 else preds.reshape(-1)
     labels = np.asarray(eval_pred.label_ids)
     p = labels[:, 0] if labels.ndim == 2 else labels.reshape(-1)
     return pair_metrics(h, p)
@@ -49,6 +50,33 @@ class MetricsJsonlCallback(TrainerCallback):
             f.write(json.dumps(record) + "\n")
 
 
+class FinalEvalByCaller(TrainerCallback):
+    """Drop Trainer's own evaluation at the last step: the caller evaluates once more right after training
+    (:meth:`PairTrainer.save_eval_scores`, with per-pair scores), and on a CPU one pass over the held-out
+    pairs can cost as much as many training steps."""
+
+    def _skip_at_end(self, state, control):
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            control.should_evaluate = False
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        return self._skip_at_end(state, control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        return self._skip_at_end(state, control)
+
+
+# Trainer's runtime counters are not results.
+_RUNTIME_KEYS = ("runtime", "samples_per_second", "steps_per_second")
+
+
+def final_results(metrics: dict[str, float], step: int) -> dict[str, float]:
+    """``eval_results.json``: the held-out metrics without the ``eval_`` prefix or runtime counters, plus the step."""
+    plain = {k[len("eval_"):] if k.startswith("eval_") else k: v for k, v in metrics.items()}
+    return {**{k: v for k, v in plain.items() if k not in _RUNTIME_KEYS and k != "epoch"}, "step": step}
+
+
 class PairTrainer(Trainer):
     """Trainer for pairwise preference losses. Subclasses implement :meth:`pair_rewards` and :meth:`pair_loss`."""
 
@@ -60,6 +88,8 @@ class PairTrainer(Trainer):
         self._train_metrics: dict[str, list[float]] = defaultdict(list)
         self._staging: str | None = None
         self.add_callback(MetricsJsonlCallback())
+        if self.eval_dataset is not None:
+            self.add_callback(FinalEvalByCaller())
 
     # --- to implement -------------------------------------------------------------------------------
     def pair_rewards(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -129,8 +159,12 @@ class PairTrainer(Trainer):
         if prediction_loss_only:
             return loss, None, None
         h = (chosen - rejected).float().detach()
-        labels = torch.stack([inputs["p"].float(), inputs["margin"].float(), inputs["row"].float()], dim=-1)
-        return loss, h, labels
+        return loss, h, self.pair_labels(inputs)
+
+    @staticmethod
+    def pair_labels(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, 3]``: target ``p``, raw margin (NaN if none) and source row, gathered with the predictions."""
+        return torch.stack([inputs["p"].float(), inputs["margin"].float(), inputs["row"].float()], dim=-1)
 
     def save_eval_scores(self, dataset: Any, path: str | None = None) -> dict[str, float]:
         """Score held-out pairs once more and write one line per pair (row, h, p, margin) for reports.
@@ -140,7 +174,8 @@ class PairTrainer(Trainer):
         out = self.predict(dataset, metric_key_prefix="eval")
         path = path or os.path.join(self.args.output_dir, EVAL_SCORES_FILE)
         if self.args.should_save:
-            h = np.asarray(out.predictions).reshape(-1)
+            preds = np.asarray(out.predictions)
+            h = preds[:, 0] if preds.ndim == 2 else preds.reshape(-1)
             labels = np.asarray(out.label_ids).reshape(len(h), -1)
             with open(path, "w") as f:
                 for hi, (p, margin, row) in zip(h, labels):

@@ -61,7 +61,7 @@ from mmpo.models.reference import (
     resolve_reference_mode,
 )
 from mmpo.training.args import resume_checkpoint, training_arguments, use_bf16
-from mmpo.training.base import PairTrainer
+from mmpo.training.base import PairTrainer, final_results
 
 POLICY_LOSSES = ("mmpo", "dpo", "cdpo", "ipo", "simpo", "simpo_mmpo")
 EVAL_RESULTS_FILE = "eval_results.json"
@@ -118,7 +118,8 @@ def policy_eval_metrics(eval_pred: Any, extra_names: tuple[str, ...] = ()) -> di
     if preds.ndim == 1:
         preds = preds[:, None]
     h = preds[:, 0]
-    p = np.asarray(eval_pred.label_ids, dtype=np.float64).reshape(-1)
+    labels = np.asarray(eval_pred.label_ids, dtype=np.float64)
+    p = labels[:, 0] if labels.ndim == 2 else labels.reshape(-1)  # [p, margin, row] per pair
     out = pair_metrics(h, p)
     out["margin"] = float(h.mean())
     for i, name in enumerate(extra_names):
@@ -228,7 +229,7 @@ class PolicyTrainer(PairTrainer):
             return loss, None, None
         # One [B, 1 + k] tensor so the extras are gathered across processes along with h.
         columns = [(chosen - rejected).float()] + [extras[name].float() for name in self.extra_names]
-        return loss, torch.stack(columns, dim=1).detach(), inputs["p"].float()
+        return loss, torch.stack(columns, dim=1).detach(), self.pair_labels(inputs)
 
 
 # --- putting a run together ----------------------------------------------------------------------------------
@@ -332,7 +333,7 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
     if config.lora_r > 0:
         from peft import get_peft_model
 
-        model = get_peft_model(model, lora_config(config, "CAUSAL_LM"))
+        model = get_peft_model(model, lora_config(config, "CAUSAL_LM", model=model))
         model.print_trainable_parameters()
 
     extra_args: dict[str, Any] = {}
@@ -356,15 +357,6 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
     return PolicyRun(config, trainer, tokenizer, data, mode, train_features, eval_features, cache_info)
 
 
-def final_eval_metrics(trainer: PolicyTrainer) -> dict[str, float]:
-    """Held-out metrics of the final weights: reused when the loop already evaluated at the last step."""
-    step = trainer.state.global_step
-    for entry in reversed(trainer.state.log_history):
-        if entry.get("step") == step and "eval_loss" in entry:
-            return {k: v for k, v in entry.items() if k.startswith("eval_")}
-    return trainer.evaluate()
-
-
 def train_policy(config: DPOConfig) -> dict[str, Any]:
     """Train a policy per ``config`` and save it to ``config.output_dir``; returns a summary dict.
 
@@ -379,7 +371,11 @@ def train_policy(config: DPOConfig) -> dict[str, Any]:
     if resume_from:
         print(f"resuming from {resume_from}")
     train_output = trainer.train(resume_from_checkpoint=resume_from)
-    eval_metrics = final_eval_metrics(trainer) if run.eval_features else {}
+    eval_metrics: dict[str, float] = {}
+    if run.eval_features:
+        # One pass over the held-out pairs: metrics plus eval_scores.jsonl (row, h, p, margin) for reports.
+        eval_metrics = trainer.save_eval_scores(run.eval_features)
+        trainer.log(dict(eval_metrics))
     saved = None
     if trainer.is_deepspeed_enabled:
         # ZeRO-3 holds shards; Trainer gathers them for saving (merging LoRA is left to a later step).
@@ -400,7 +396,7 @@ def train_policy(config: DPOConfig) -> dict[str, Any]:
     }
     if trainer.accelerator.is_main_process:
         with open(os.path.join(config.output_dir, EVAL_RESULTS_FILE), "w") as f:
-            json.dump({"eval": eval_metrics, "train": train_output.metrics, "global_step": trainer.state.global_step}, f, indent=2)
+            json.dump(final_results(eval_metrics, trainer.state.global_step) if eval_metrics else {}, f, indent=2)
         if eval_metrics:
             shown = {k: round(v, 4) for k, v in eval_metrics.items() if isinstance(v, float)}
             print(f"held-out: {shown}")

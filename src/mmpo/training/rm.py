@@ -22,7 +22,7 @@ import os
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, set_seed
+from transformers import set_seed
 
 from mmpo.config import RMConfig, save_config
 from mmpo.data.collate import PairCollator
@@ -32,7 +32,7 @@ from mmpo.losses import bt_loss, label_smoothing_loss, margin_loss, mmpo_loss
 from mmpo.models.loading import load_tokenizer
 from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards
 from mmpo.training.args import resume_checkpoint, training_arguments
-from mmpo.training.base import PairTrainer
+from mmpo.training.base import PairTrainer, final_results
 
 RM_LOSSES = ("mmpo", "bt", "margin", "label_smoothing")
 EVAL_RESULTS_FILE = "eval_results.json"
@@ -72,22 +72,6 @@ class RewardTrainer(PairTrainer):
         return reward_pair_loss(self.loss_name, chosen, rejected, batch, self.label_smoothing)
 
 
-class FinalEvalByCaller(TrainerCallback):
-    """Drop Trainer's own evaluation at the last step: the caller evaluates once more right after training
-    (with per-pair scores), and on a CPU one pass over the held-out pairs can cost as much as many steps."""
-
-    def _skip_at_end(self, state, control):
-        if state.max_steps > 0 and state.global_step >= state.max_steps:
-            control.should_evaluate = False
-        return control
-
-    def on_step_end(self, args, state, control, **kwargs):
-        return self._skip_at_end(state, control)
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        return self._skip_at_end(state, control)
-
-
 def build_model(config: RMConfig, tokenizer: Any) -> Any:
     """The reward model to train: backbone + scalar head, LoRA-wrapped when ``lora_r > 0``."""
     model = load_reward_model(config.model, tokenizer)
@@ -97,15 +81,6 @@ def build_model(config: RMConfig, tokenizer: Any) -> Any:
         total = sum(p.numel() for p in model.parameters())
         print(f"LoRA r={config.lora_r}: training {trainable:,} of {total:,} parameters ({trainable / total:.2%})")
     return model
-
-
-# eval_results.json: the pair metrics plus the held-out mean of the training loss, without runtime counters.
-RESULT_KEYS = ("n", "accuracy", "ece", "soft_ece", "nll", "brier", "loss")
-
-
-def _final_results(metrics: dict[str, float], step: int) -> dict[str, float]:
-    plain = {k[len("eval_"):] if k.startswith("eval_") else k: v for k, v in metrics.items()}
-    return {**{k: plain[k] for k in RESULT_KEYS if k in plain}, "step": step}
 
 
 def save_final_model(trainer: RewardTrainer, tokenizer: Any, output_dir: str) -> None:
@@ -168,8 +143,6 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
         loss=config.loss,
         label_smoothing=config.label_smoothing,
     )
-    if data.eval:
-        trainer.add_callback(FinalEvalByCaller())
     checkpoint = resume_checkpoint(config)
     if checkpoint:
         print(f"resuming from {checkpoint}")
@@ -180,7 +153,7 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
         # One more pass over the held-out pairs: metrics plus eval_scores.jsonl (row, h, p, margin) for reports.
         final = trainer.save_eval_scores(data.eval)
         trainer.log(dict(final))
-        results = _final_results(final, trainer.state.global_step)
+        results = final_results(final, trainer.state.global_step)
         print("held-out: " + "  ".join(f"{k} {v:.4g}" for k, v in results.items()))
     save_final_model(trainer, tokenizer, config.output_dir)
     if trainer.args.should_save:
