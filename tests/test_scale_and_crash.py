@@ -39,12 +39,13 @@ def test_two_gloo_processes_match_one_process(kind, tiny_model_dir, pair_file, t
     if kind == "dpo":
         common += ["--reference", "precomputed"]
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run(_mmpo(*common, "--per_device_train_batch_size", "4", "--output_dir", str(one)),
-                   env=ENV, check=True, capture_output=True, timeout=300)
+    single_run = subprocess.run(_mmpo(*common, "--per_device_train_batch_size", "4", "--output_dir", str(one)),
+                                env=ENV, capture_output=True, text=True, timeout=300)
+    assert single_run.returncode == 0, single_run.stderr[-3000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mmpo.cli.main"]
     done = subprocess.run(torchrun + [*common, "--per_device_train_batch_size", "2", "--output_dir", str(two)],
                           env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     single, double = _train_losses(one), _train_losses(two)
     assert sorted(single) == sorted(double) == [1, 2, 3]  # logged once (main process only), same global batches
     for step in single:
