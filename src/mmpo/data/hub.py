@@ -30,7 +30,9 @@ def _open_text(path: Path):
     return open(path, encoding="utf-8")
 
 
-def _json_lines(path: Path) -> Iterator[RawRow]:
+def json_lines(path: Path) -> Iterator[RawRow]:
+    """``(source, line number, object)`` for each non-empty line of a JSONL file (optionally .gz); a
+    malformed line is a DataError naming its line."""
     with _open_text(path) as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -51,7 +53,7 @@ def _json_document(path: Path) -> Iterator[RawRow]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # several objects, one per line: JSON Lines under a .json name
-            yield from _json_lines(path)
+            yield from json_lines(path)
             return
         raise DataError(str(path), e.lineno, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
     if isinstance(data, dict):  # {"data": [...]} and similar wrappers
@@ -90,7 +92,7 @@ def read_file(path: str | Path) -> Iterator[RawRow]:
         raise UserError(f"data file not found: {path}")
     suffix = file_suffix(path)
     if suffix in (".jsonl", ".jsonl.gz"):
-        return _json_lines(path)
+        return json_lines(path)
     if suffix in (".json", ".json.gz"):
         return _json_document(path)
     if suffix in (".parquet", ".csv"):

@@ -229,22 +229,12 @@ def load_answers(path: str | os.PathLike) -> dict[int, Answer]:
 
 def _numbered_records(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
     """(line number, record) for every non-empty line of a JSONL file; malformed lines are errors."""
+    from mmpo.data.hub import json_lines
+
     path = Path(path)
     if not path.exists():
         raise UserError(f"file not found: {path}")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(str(path), lineno, None, f"malformed JSON line ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataError(str(path), lineno, None, "each line must be a JSON object")
-            out.append((lineno, rec))
-    return out
+    return [(lineno, rec) for _, lineno, rec in json_lines(path)]
 
 
 # --- generation ------------------------------------------------------------------------------------------

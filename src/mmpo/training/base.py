@@ -143,12 +143,16 @@ class PairTrainer(Trainer):
             )
         with torch.no_grad():
             h = (chosen - rejected).detach().float()
-            self._train_metrics["accuracy"].append(((h > 0).float() + 0.5 * (h == 0).float()).mean().item())
-            self._train_metrics["margin"].append(h.mean().item())
-            self._train_metrics["chosen_reward"].append(chosen.detach().float().mean().item())
-            self._train_metrics["rejected_reward"].append(rejected.detach().float().mean().item())
-            for k, v in extras.items():
-                self._train_metrics[k].append(v.detach().float().mean().item())
+            stats = {
+                "accuracy": ((h > 0).float() + 0.5 * (h == 0).float()).mean(),
+                "margin": h.mean(),
+                "chosen_reward": chosen.detach().float().mean(),
+                "rejected_reward": rejected.detach().float().mean(),
+                **{k: v.detach().float().mean() for k, v in extras.items()},
+            }
+            # One device-to-host copy per step, not one per statistic.
+            for k, v in zip(stats, torch.stack(list(stats.values())).tolist()):
+                self._train_metrics[k].append(v)
         return (loss, {"h": h}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
