@@ -39,18 +39,24 @@ def test_two_gloo_processes_match_one_process(kind, tiny_model_dir, pair_file, t
     if kind == "dpo":
         common += ["--reference", "precomputed"]
     one, two = tmp_path / "one", tmp_path / "two"
+    # Separate caches, so the 2-process run computes its reference log-probs in shards, one per rank.
     single_run = subprocess.run(_mmpo(*common, "--per_device_train_batch_size", "4", "--output_dir", str(one)),
-                                env=ENV, capture_output=True, text=True, timeout=300)
+                                env={**ENV, "MMPO_CACHE": str(tmp_path / "cache-one")}, capture_output=True, text=True, timeout=300)
     assert single_run.returncode == 0, single_run.stderr[-3000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mmpo.cli.main"]
     done = subprocess.run(torchrun + [*common, "--per_device_train_batch_size", "2", "--output_dir", str(two)],
-                          env=ENV, capture_output=True, text=True, timeout=300)
+                          env={**ENV, "MMPO_CACHE": str(tmp_path / "cache-two")}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     single, double = _train_losses(one), _train_losses(two)
     assert sorted(single) == sorted(double) == [1, 2, 3]  # logged once (main process only), same global batches
     for step in single:
         assert double[step] == pytest.approx(single[step], rel=1e-5, abs=1e-6)
     assert (two / "config.json").exists()
+    if kind == "dpo":
+        assert "reference log-probs (train): computed and cached" in done.stdout
+        # The shards were gathered and written once, as the whole set.
+        entries = list((tmp_path / "cache-two" / "reference_logps").iterdir())
+        assert len(entries) == 1 and (entries[0] / "meta.json").exists()
 
 
 def test_kill_9_then_rerun_ends_like_an_uninterrupted_run(tiny_model_dir, pair_file, tmp_path):

@@ -198,24 +198,50 @@ def cached_reference_logps(
 ) -> CachedReference:
     """Reference log-probs for ``features`` from the cache, or computed with ``get_model()`` and stored.
 
-    ``get_model`` is only called on a cache miss, so a rerun never loads or runs the reference model.
+    ``get_model`` is only called on a cache miss, so a rerun never loads or runs the reference model. Under
+    several processes each rank computes its shard of the pairs, the shards are gathered on every rank, and
+    only the main process writes the cache entry.
     """
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list, gather_object
+
     key = reference_cache_key(identity, features, settings)
     path = (root or cache_dir() / "reference_logps") / key
+    state = PartialState()
     found = _read_entry(path, key, len(features)) if path.exists() else None
+    if state.num_processes > 1:
+        # Every rank takes the main process's branch, or some would wait forever in the gather below.
+        hit = [found is not None]
+        broadcast_object_list(hit)
+        if hit[0] and found is None:
+            found = _read_entry(path, key, len(features))
+            if found is None:
+                raise RuntimeError(f"reference cache {path} readable on the main process but not on rank {state.process_index}")
+        if not hit[0]:
+            found = None
     if found is not None:
         return CachedReference(found[0], found[1], path, from_cache=True)
-    chosen, rejected = compute_reference_logps(
-        get_model(), features, pad_token_id, batch_size, device, autocast_dtype, full_logits, desc
+    # Each rank scores its shard (rows rank, rank + world, ...); the shards are gathered on every rank.
+    mine = list(range(state.process_index, len(features), state.num_processes))
+    part_chosen, part_rejected = compute_reference_logps(
+        get_model(), [features[i] for i in mine], pad_token_id, batch_size, device, autocast_dtype, full_logits, desc
     )
+    chosen = torch.zeros(len(features), dtype=torch.float32)
+    rejected = torch.zeros(len(features), dtype=torch.float32)
+    shards = [(mine, part_chosen.tolist(), part_rejected.tolist())]
+    for idx, c, r in (gather_object(shards) if state.num_processes > 1 else shards):
+        chosen[idx] = torch.tensor(c, dtype=torch.float32)
+        rejected[idx] = torch.tensor(r, dtype=torch.float32)
     if not (torch.isfinite(chosen).all() and torch.isfinite(rejected).all()):
         raise FloatingPointError("non-finite reference log-probabilities; not caching them")
-    with atomic_directory(path) as tmp:
-        torch.save({"chosen": chosen, "rejected": rejected}, tmp / _VALUES)
-        # meta.json last: its presence with the right key and count marks a complete entry.
-        (tmp / _META).write_text(
-            json.dumps({"key": key, "count": len(features), "model": identity, "settings": settings, "pid": os.getpid()})
-        )
+    if state.is_main_process:
+        with atomic_directory(path) as tmp:
+            torch.save({"chosen": chosen, "rejected": rejected}, tmp / _VALUES)
+            # meta.json last: its presence with the right key and count marks a complete entry.
+            (tmp / _META).write_text(
+                json.dumps({"key": key, "count": len(features), "model": identity, "settings": settings, "pid": os.getpid()})
+            )
+    state.wait_for_everyone()
     return CachedReference(chosen, rejected, path, from_cache=False)
 
 

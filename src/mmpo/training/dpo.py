@@ -264,7 +264,7 @@ def _precompute(config: DPOConfig, model: torch.nn.Module, dtype: torch.dtype, b
         "dtype": str(dtype),
         "autocast_bf16": bf16,
     }
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = PartialState().device  # this rank's device
     loaded: dict[str, torch.nn.Module] = {}
 
     def get_model() -> torch.nn.Module:
@@ -274,17 +274,16 @@ def _precompute(config: DPOConfig, model: torch.nn.Module, dtype: torch.dtype, b
         return loaded["model"]
 
     out, info = {}, {}
-    # The main process fills the cache first; the others then read it instead of recomputing.
-    with PartialState().main_process_first():
-        for split, feats in features.items():
-            cached = cached_reference_logps(
-                get_model, feats, identity, settings, pad_token_id,
-                batch_size=config.per_device_eval_batch_size, device=device,
-                autocast_dtype=torch.bfloat16 if bf16 else None, desc=f"reference log-probs ({split})",
-            )
-            out[split] = attach_reference_logps(feats, cached.chosen, cached.rejected)
-            info[split] = {"path": str(cached.path), "from_cache": cached.from_cache, "pairs": len(feats)}
-            print(f"reference log-probs ({split}): {'reused' if cached.from_cache else 'computed and cached'} at {cached.path}")
+    # Every rank takes part: on a cache miss each computes its shard (see cached_reference_logps).
+    for split, feats in features.items():
+        cached = cached_reference_logps(
+            get_model, feats, identity, settings, pad_token_id,
+            batch_size=config.per_device_eval_batch_size, device=device,
+            autocast_dtype=torch.bfloat16 if bf16 else None, desc=f"reference log-probs ({split})",
+        )
+        out[split] = attach_reference_logps(feats, cached.chosen, cached.rejected)
+        info[split] = {"path": str(cached.path), "from_cache": cached.from_cache, "pairs": len(feats)}
+        print(f"reference log-probs ({split}): {'reused' if cached.from_cache else 'computed and cached'} at {cached.path}")
     if "model" in loaded and loaded["model"] is not model:
         del loaded["model"]
     return out, info
