@@ -60,7 +60,7 @@ def build_byte_tokenizer() -> Any:
     return tokenizer
 
 
-def build_tiny_llama(vocab_size: int, seed: int = 0) -> Any:
+def build_tiny_llama(vocab_size: int, seed: int = 0, tie: bool = False, pad_token_id: int = 3) -> Any:
     """A randomly initialised 2-layer Llama causal LM (hidden 32); deterministic for a given seed."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -76,8 +76,8 @@ def build_tiny_llama(vocab_size: int, seed: int = 0) -> Any:
         max_position_embeddings=1024,
         bos_token_id=1,
         eos_token_id=2,
-        pad_token_id=3,
-        tie_word_embeddings=False,
+        pad_token_id=pad_token_id,
+        tie_word_embeddings=tie,
     )
     return LlamaForCausalLM(config)
 

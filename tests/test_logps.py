@@ -6,7 +6,7 @@ import types
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+from conftest import build_tiny_llama
 
 from mmpo.models.logps import position_ids_from_mask, response_logps
 
@@ -15,19 +15,7 @@ PAD = 0
 
 
 def tiny_causal_lm(seed: int = 0, tie: bool = False) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=tie,
-        pad_token_id=PAD,
-    )
-    return AutoModelForCausalLM.from_config(config).float()
+    return build_tiny_llama(VOCAB, seed=seed, tie=tie, pad_token_id=PAD).float()
 
 
 # (prompt length, response length): prompts and responses of different lengths in one batch.

@@ -70,21 +70,14 @@ def response_logps(
         logits = out.logits[:, :-1][target_mask].float()
         token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     else:
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-            output_hidden_states=True,
-            logits_to_keep=1,
-        )
         base = _unwrap(model)
+        final_hidden, out = _forward_final_hidden(model, base, input_ids, attention_mask, position_ids)
         head = base.get_output_embeddings()
         softcap = getattr(base.config, "final_logit_softcapping", None)
-        if not _head_matches(head, out.hidden_states[-1][:, -1], out.logits[:, -1], softcap):
+        if not _head_matches(head, final_hidden[:, -1], out.logits[:, -1], softcap):
             _warn_head_mismatch(type(base).__name__)
             return response_logps(model, input_ids, attention_mask, response_mask, full_logits=True)
-        hidden = out.hidden_states[-1][:, :-1][target_mask]
+        hidden = final_hidden[:, :-1][target_mask]
         pieces = []
         for start in range(0, hidden.shape[0], LOGIT_CHUNK_ROWS):
             h, t = hidden[start : start + LOGIT_CHUNK_ROWS], targets[start : start + LOGIT_CHUNK_ROWS]
@@ -97,6 +90,31 @@ def response_logps(
     logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
     logps = logps.index_add(0, row_of, token_logps.float())
     return logps, n_tokens
+
+
+def _forward_final_hidden(model: Any, base: Any, input_ids, attention_mask, position_ids) -> tuple[torch.Tensor, Any]:
+    """The model's forward with ``logits_to_keep=1``, plus its final (normed) hidden states ``[N, T, H]``.
+
+    The decoder's output is caught with a forward hook: asking for ``output_hidden_states`` instead would keep
+    every layer's hidden states alive, which under ``no_grad`` (reference pass, evaluation) costs layers x the
+    memory of one. Models without ``get_decoder`` fall back to ``output_hidden_states``.
+    """
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, logits_to_keep=1)
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    if decoder is None or decoder is base:
+        out = model(**kwargs, output_hidden_states=True)
+        return out.hidden_states[-1], out
+    caught: dict[str, torch.Tensor] = {}
+
+    def keep(module, args, output):
+        caught["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    handle = decoder.register_forward_hook(keep)
+    try:
+        out = model(**kwargs)
+    finally:
+        handle.remove()
+    return caught["hidden"], out
 
 
 def _head_matches(head: torch.nn.Module, last_hidden: torch.Tensor, model_logits: torch.Tensor, softcap: float | None) -> bool:
