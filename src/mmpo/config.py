@@ -73,7 +73,11 @@ class TrainConfig:
     eval_steps: int | None = None  # None = evaluate at the end of each epoch
     save_steps: int | None = None  # None = save at the end of each epoch
     save_total_limit: int | None = 2
-    resume: Any = "auto"  # auto = from the last complete checkpoint in output_dir; false; or a path
+    # auto = resume the run in output_dir when its settings match (a finished one is reused; see
+    # mmpo.training.run_dir); false = start over there; or a checkpoint path
+    resume: Any = "auto"
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "start over in output_dir: delete the earlier run's checkpoints, metrics and results there first"})
     dataloader_num_workers: int = 0
     torch_compile: bool = False
     debug: bool = False
@@ -287,4 +291,7 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
 
 
 def save_config(config: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    """Write ``config`` as YAML (atomically), loadable again with :func:`load_config`."""
+    from mmpo.paths import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
