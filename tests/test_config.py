@@ -94,3 +94,30 @@ def test_bare_lora_r_on_the_cli_exits_with_one_line(capsys):
     assert main(["rm", "--data", "x.jsonl", "--lora_r"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["mmpo rm: error: config key 'lora_r' expects an integer (got true on the command line)"]
+
+
+@pytest.mark.parametrize("written", ["$MMPO_CACHE/data/x.jsonl", "${MMPO_CACHE}/data/x.jsonl"])
+def test_recipes_name_the_cache_directory(tmp_path, monkeypatch, written):
+    # Issue 14.6: recipes must follow $MMPO_CACHE, and its default when unset.
+    recipe = tmp_path / "rm.yaml"
+    recipe.write_text(f"data: {written}\neval_data:\n  path: {written}\noutput_dir: $MMPO_CACHEX/run\n")
+    monkeypatch.setenv("MMPO_CACHE", str(tmp_path / "cache"))
+    config = load_config(RMConfig, recipe)
+    assert config.data == f"{tmp_path}/cache/data/x.jsonl" and config.eval_data == {"path": config.data}
+    assert config.output_dir == "$MMPO_CACHEX/run"  # another variable's name is left alone
+    monkeypatch.delenv("MMPO_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert load_config(RMConfig, recipe).data == f"{tmp_path}/xdg/mmpo/data/x.jsonl"
+
+
+def test_embedded_recipes_do_not_hard_code_the_cache():
+    from pathlib import Path
+
+    import mmpo
+
+    recipes = sorted((Path(mmpo.__file__).parent / "recipes" / "embedded").glob("*.yaml"))
+    assert len(recipes) == 2
+    for recipe in recipes:
+        text = recipe.read_text()
+        assert ".cache/mmpo" not in "".join(line.split("#")[0] for line in text.splitlines()), recipe
+        assert "$MMPO_CACHE/data/graded-tasks-0/train.jsonl" in text

@@ -5,6 +5,8 @@
 checked against its field's type (``none`` only where the type allows it; a number written as text, e.g. ``1e-5``,
 becomes the field's number type); a mismatch, like ``gamma: true`` or a bare ``--lora_r``, is a one-line error
 naming the key and where it came from. Unknown keys are an error that suggests the closest known key.
+``$MMPO_CACHE`` (or ``${MMPO_CACHE}``) in a value is the cache directory, also when the variable is unset
+(default ``~/.cache/mmpo``): recipes name data made by `mmpo make-data` that way.
 """
 
 from __future__ import annotations
@@ -229,6 +231,19 @@ def _coerce(name: str, value: Any, tp: Any, where: str) -> Any:
     return fitted
 
 
+def _expand_cache(value: Any) -> Any:
+    """``$MMPO_CACHE`` in any string of a value (also inside mappings and lists), see :func:`expand_cache_variable`."""
+    from mmpo.paths import expand_cache_variable
+
+    if isinstance(value, str):
+        return expand_cache_variable(value)
+    if isinstance(value, dict):
+        return {k: _expand_cache(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_cache(v) for v in value]
+    return value
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> T:
     """Build ``cls`` from a YAML file and ``--key value`` overrides (a list of CLI tokens or a dict)."""
     values: dict[str, Any] = {}
@@ -256,6 +271,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             where = f" in {path}" if path is not None else ""
             raise UserError(f"unknown config key '{key}'{where}{hint}")
+    values = {k: _expand_cache(v) for k, v in values.items()}
     types_of = typing.get_type_hints(cls)
     from_file = set(values) - set(overrides if isinstance(overrides, dict) else cli_values)
     kwargs = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -18,6 +19,17 @@ def cache_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+_CACHE_VARIABLE = re.compile(r"\$\{MMPO_CACHE\}|\$MMPO_CACHE(?![A-Za-z0-9_])")
+
+
+def expand_cache_variable(value: str) -> str:
+    """``$MMPO_CACHE`` or ``${MMPO_CACHE}`` in a config value (a recipe's data path) becomes :func:`cache_dir`,
+    which has a default when the variable is unset; nothing else in the text is touched."""
+    if "MMPO_CACHE" not in value:
+        return value
+    return _CACHE_VARIABLE.sub(lambda _: str(cache_dir()), value)
 
 
 @contextmanager

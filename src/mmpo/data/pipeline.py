@@ -67,7 +67,14 @@ def tokenize_pairs(pairs: list[PreferencePair], tokenizer: Any, max_length: int,
 
 
 def prepare_data(config: Any, tokenizer: Any) -> PreparedData:
-    """Load, split and tokenize ``config.data`` / ``config.eval_data`` (or an ``eval_split`` of data)."""
+    """Load, split and tokenize ``config.data`` / ``config.eval_data`` (or an ``eval_split`` of data).
+
+    The graded-tasks set a recipe names under ``$MMPO_CACHE/data/graded-tasks-<seed>/`` is written on first use.
+    """
+    from mmpo.data.synthetic import generate_if_default_and_missing
+
+    for spec in (config.data, config.eval_data):
+        generate_if_default_and_missing(spec)
     pairs, train_report = load_pairs(config.data, pair_options(config))
     reports = {"train": train_report}
     if config.eval_data is not None:
