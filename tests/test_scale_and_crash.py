@@ -61,6 +61,23 @@ def test_two_gloo_processes_match_one_process(kind, tiny_model_dir, pair_file, t
         assert len(entries) == 1 and (entries[0] / "meta.json").exists()
 
 
+def test_the_cli_leaves_the_process_group_before_the_interpreter_exits(pair_file, tmp_path):
+    """Issue 14.3: a torchrun child that exits with its gloo group alive dies of SIGABRT now and then ("terminate
+    called without an active exception", seen in about half the runs of a 2-process script on a loaded machine);
+    `mmpo` tears the group down before it returns."""
+    import torch.distributed as dist
+
+    from mmpo.cli.main import main
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert main(["data", str(pair_file(4))]) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_kill_9_then_rerun_ends_like_an_uninterrupted_run(tiny_model_dir, pair_file, tmp_path):
     data = pair_file(96)
     common = ["rm", "--model", str(tiny_model_dir), "--data", str(data), "--eval_split", "0.2", "--max_steps", "150",
