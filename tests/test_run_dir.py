@@ -70,7 +70,7 @@ def test_a_finished_run_is_reused_even_with_other_bookkeeping(tiny_model_dir, pa
     again = train_reward_model(rm_config(tiny_model_dir, data, out, logging_steps=5, save_steps=10,
                                          per_device_eval_batch_size=2, save_total_limit=1))
     assert again == first and first["step"] == 2
-    assert "finished (step 2): reusing it" in capsys.readouterr().out
+    assert "holds this run, finished at step 2: reusing it" in capsys.readouterr().out
     assert checkpoints(out) == ["checkpoint-1", "checkpoint-2"]  # no step 3
     assert (out / "metrics.jsonl").read_text() == lines  # nothing logged twice
 

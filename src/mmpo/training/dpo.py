@@ -365,7 +365,6 @@ def train_policy(config: DPOConfig) -> dict[str, Any]:
     main_process = int(os.environ.get("RANK", "0")) == 0
     plan = plan_run(config, main_process)
     if plan.finished is not None:
-        print(f"{config.output_dir} holds this run, finished (step {plan.finished.get('step', '?')}): reusing it")
         return {"output_dir": config.output_dir, "loss": config.loss, "reused": True,
                 "global_step": plan.finished.get("step"), "eval": plan.finished}
     run = build_policy_run(config)

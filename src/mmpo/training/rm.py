@@ -117,7 +117,6 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
     main_process = int(os.environ.get("RANK", "0")) == 0
     plan = plan_run(config, main_process)
     if plan.finished is not None:
-        print(f"{config.output_dir} holds this run, finished (step {plan.finished.get('step', '?')}): reusing it")
         return plan.finished
 
     tokenizer = load_tokenizer(config.tokenizer or config.model)

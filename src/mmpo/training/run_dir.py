@@ -142,7 +142,12 @@ def plan_run(config: Any, main_process: bool = True) -> RunPlan:
             )
     results = os.path.join(out, RESULTS_FILE)
     if os.path.isfile(results):
-        return RunPlan(finished=json.loads(open(results).read()))
+        finished = json.loads(open(results).read())
+        last = last_complete_checkpoint(out)
+        step = finished.get("step", int(last.rsplit("-", 1)[1]) if last else "?")
+        if main_process:
+            print(f"{out} holds this run, finished at step {step}: reusing it (to train again: overwrite_output_dir: true)")
+        return RunPlan(finished=finished)
     checkpoint = last_complete_checkpoint(out)
     if main_process:
         rewind_metrics(out, checkpoint)
