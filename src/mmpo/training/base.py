@@ -21,9 +21,8 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from mmpo.evaluation.metrics import pair_metrics
-from mmpo.training.run_dir import METRICS_FILE, METRICS_LINES_FILE, STAGING_DIR, metrics_lines
-
 # Checkpoints are written under STAGING_DIR, then renamed into place.
+from mmpo.training.run_dir import METRICS_FILE, METRICS_LINES_FILE, STAGING_DIR, metrics_lines
 
 
 EVAL_SCORES_FILE = "eval_scores.jsonl"

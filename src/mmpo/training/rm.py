@@ -110,7 +110,9 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
     """Train a reward model as ``config`` says; return the final held-out metrics (``eval_results.json``).
 
     Keys: n, accuracy, ece, soft_ece, nll, brier (see :mod:`mmpo.evaluation.metrics`), loss (the held-out
-    mean of the training loss) and step. Empty when there is no held-out set.
+    mean of the training loss) and step. Empty when there is no held-out set. ``output_dir`` is resumed,
+    reused (a finished run with the same settings: its saved results are returned) or refused as
+    :func:`mmpo.training.run_dir.plan_run` says.
     """
     config.validate()
     # Under accelerate/torchrun every rank runs this; only the first writes files and prints the report.
