@@ -122,6 +122,7 @@ class DPOConfig(TrainConfig):
     over_length: str = field(default="truncate", metadata={"help": "a pair longer than max_length: truncate it (a policy compares the answers' openings) or drop it (counted)"})
     beta: float = 0.1
     simpo_margin: float = 0.0  # SimPO's target reward margin (its "gamma")
+    ipo_logps: str = field(default="summed", metadata={"help": "IPO's log-probs: summed over the response (TRL 0.7.7, the official MMPO code) or averaged per token (TRL 1.x); betas do not transfer"})
     learning_rate: float = 5e-6
     reference: str = "auto"  # auto | model | adapter | precomputed | none
     ref_model: str | None = None  # default: the starting model
@@ -134,6 +135,8 @@ class DPOConfig(TrainConfig):
             raise UserError(f"unknown policy loss {self.loss!r}: choose mmpo, dpo, cdpo, ipo, simpo or simpo_mmpo")
         if not self.beta > 0:
             raise UserError(f"beta must be > 0 (got {self.beta})")
+        if self.ipo_logps not in ("summed", "averaged"):
+            raise UserError(f"ipo_logps must be summed or averaged (got {self.ipo_logps!r})")
         if self.reference is None:  # `reference: none` arrives as None (none/null are YAML's null)
             self.reference = "none"
         if self.reference not in ("auto", "model", "adapter", "precomputed", "none"):

@@ -112,7 +112,7 @@ def likert_pair(prompt: Any, response_1: Any, response_2: Any, strength: float, 
 
 # --- the sources -----------------------------------------------------------------------------------------
 
-@register_source("local", required=("chosen", "rejected"))
+@register_source("local", required=("chosen", "rejected"), test_split="test")
 def _generic(raw: dict[str, Any], ref: RowRef, spec: dict[str, Any]) -> dict[str, Any]:
     """The generic schema is the canonical one."""
     return raw
