@@ -54,14 +54,16 @@ def _gamma(value: Any, trained: dict[str, Any]) -> float | None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from mmpo.data.sources import PairOptions, load_pairs
+    from mmpo.data.pipeline import PairOptions, load_pairs
+    from mmpo.data.sources import held_out_split
     from mmpo.errors import UserError
     from mmpo.evaluation.metrics import pair_metrics
     from mmpo.evaluation.scoring import DEFAULT_BETA, load_scoring_model, score_with_models, training_config
 
     trained = training_config(args.model)
     gamma = _gamma(args.gamma, trained)
-    pairs, report = load_pairs(args.data, PairOptions(gamma=gamma, max_pairs=args.max_pairs))
+    # A data set named without a split is scored on its test split (a local file is read whole).
+    pairs, report = load_pairs(args.data, PairOptions(gamma=gamma, max_pairs=args.max_pairs, split=held_out_split(args.data)))
     print(report.render())
     if not pairs:
         raise UserError(f"{args.data}: no pairs to score")

@@ -170,8 +170,9 @@ def tokenize_pairs(pairs: list[PreferencePair], tokenizer: Any, max_length: int,
         raise UserError(f"over_length must be {' or '.join(OVER_LENGTH)} (got {over_length!r})")
     stats = TruncationStats()
     out = []
+    cache: dict = {}  # each prompt and answer is tokenized once (scored-response data repeats them)
     for pair in pairs:
-        tok = tokenize_pair(tokenizer, pair, max_length, max_prompt_length, stats, over_length=over_length)
+        tok = tokenize_pair(tokenizer, pair, max_length, max_prompt_length, stats, over_length=over_length, cache=cache)
         if tok is not None:
             out.append(tok.__dict__)
     report.truncation = stats.as_dict()
