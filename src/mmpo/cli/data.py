@@ -18,7 +18,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--ties", default="keep", help="keep (p = 0.5) or drop")
     p.add_argument("--order-conflict", default="swap", help="chosen rated below rejected: swap, drop or error")
     p.add_argument("--pairs-per-prompt", type=int, default=None, help="cap per prompt (default: the source's; 0 = none)")
-    p.add_argument("--margin-bins", type=int, default=0, help="sample uniformly across this many margin bins")
+    p.add_argument("--margin-bins", type=int, default=0, help="sample uniformly across this many margin quantile bins")
     p.add_argument("--max-pairs", type=int, default=None)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
