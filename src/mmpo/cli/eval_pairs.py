@@ -62,7 +62,8 @@ def _is_none(value: str | None) -> bool:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from mmpo.data.sources import PairOptions, load_pairs
+    from mmpo.data.pipeline import PairOptions, load_pairs
+    from mmpo.data.sources import held_out_split
     from mmpo.errors import UserError
     from mmpo.evaluation.metrics import pair_metrics
     from mmpo.evaluation.scoring import DEFAULT_BETA, load_scoring_model, model_kind, score_with_models, training_config
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     if kind == "reward" and (args.ref_model is not None or args.beta is not None):
         raise UserError(f"{args.model} is a reward model: --ref-model and --beta only apply to a policy")
     gamma = _gamma(args.gamma, trained)
-    pairs, report = load_pairs(args.data, PairOptions(gamma=gamma, max_pairs=args.max_pairs))
+    # A data set named without a split is scored on its test split (a local file is read whole).
+    pairs, report = load_pairs(args.data, PairOptions(gamma=gamma, max_pairs=args.max_pairs, split=held_out_split(args.data)))
     print(report.render())
     if not pairs:
         raise UserError(f"{args.data}: no pairs to score")
