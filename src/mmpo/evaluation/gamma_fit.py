@@ -78,6 +78,14 @@ def mle_gamma(margins: np.ndarray, outcomes: np.ndarray) -> float:
     """The root of :func:`gamma_score`; raises :class:`SeparableData` when there is none below ``MAX_GAMMA``."""
     if not np.any(margins != 0):
         raise SeparableData("every margin is 0: the outcomes say nothing about gamma")
+    # U's limits as gamma -> +-infinity: U(+inf) = sum_{m>0} (1-y) m + sum_{m<0} y |m| >= 0 and
+    # U(-inf) = -(sum_{m<0} (1-y) |m| + sum_{m>0} y m) <= 0. A limit of 0 means U never crosses zero on that side.
+    pos, neg = margins > 0, margins < 0
+    scale = float(np.sum(np.abs(margins)))
+    if float(np.sum((1 - outcomes[pos]) * margins[pos]) - np.sum(outcomes[neg] * margins[neg])) <= 1e-12 * scale:
+        raise SeparableData("the margins separate the outcomes (gamma -> +infinity): every outcome agrees with its margin's sign")
+    if float(-np.sum((1 - outcomes[neg]) * margins[neg]) + np.sum(outcomes[pos] * margins[pos])) <= 1e-12 * scale:
+        raise SeparableData("the margins separate the outcomes the wrong way (gamma -> -infinity)")
     f = lambda g: gamma_score(g, margins, outcomes)  # noqa: E731
     lo, hi = -1.0, 1.0
     while f(lo) > 0:
