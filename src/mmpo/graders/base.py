@@ -14,6 +14,7 @@ A grader whose scores are on a logit scale (a Bradley-Terry reward model) derive
 ``_compare_uncached``; one whose scores are not logits (a checker's 0-10 grade) sets ``compare_from_scores``
 to False and says how it compares.
 
+Without a ``cache_path`` nothing is kept between calls (equal items within one call are graded once).
 Every result is cached on disk when the grader has a ``cache_path``: one JSON line per finished item,
 ``{"key", "value"}``, appended as soon as its batch is done (:mod:`mmpo.evaluation.jsonl_cache`), keyed by a
 hash of the grader's ``fingerprint`` and the item. A rerun reads the file and grades only what is missing;
@@ -138,6 +139,8 @@ class Grader:
     # --- machinery ------------------------------------------------------------------------------------
 
     def _load_cache(self) -> dict[str, Any]:
+        if self.cache_path is None:
+            return {}  # no cache: nothing outlives the call (a server's grader must not grow without bound)
         if self._cache is None:
             self._cache = {}
             if self.cache_path is not None:

@@ -84,6 +84,11 @@ class RewardModelGrader(Grader):
                 self._tokens[key] = tok
         return tok
 
+    def token_count(self, prompt: list[dict[str, str]], response: str) -> int:
+        """Tokens the model reads for ``response`` to ``prompt`` (after truncation)."""
+        tok = self._tokenize(prompt, response, response)
+        return len(tok.prompt_ids) + len(tok.chosen_ids)
+
     def _sort_key(self, kind: str, item: Any) -> Any:
         # Longest first (as mmpo.evaluation.scoring does): the first batch shows at once whether memory suffices.
         if isinstance(item, PairItem):
