@@ -258,3 +258,26 @@ def test_failing_endpoint_is_missing_after_retries(tmp_path, write_jsonl):
     assert out.read_text() == ""
     missing = [json.loads(line) for line in (tmp_path / "o.unlabeled.jsonl").read_text().splitlines()]
     assert [m["prompt"] for m in missing] == ["q", "r"] and all("judge" in m["label_error"] for m in missing)
+
+
+def test_mmpo_serve_command_detects_a_reward_model(rm_dir, tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "mmpo.cli.main", "serve", "--model", str(rm_dir), "--port", "0", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = []
+        for line in proc.stdout:  # "listening on" is printed once the model is loaded and the port bound
+            seen.append(line)
+            if "listening on" in line:
+                break
+        assert "listening on" in line and "reward model" in line, "".join(seen)
+        url = line.split("listening on ", 1)[1].split()[0]
+        status, payload = _post(url + "/score", {"text_1": "hi", "text_2": ["a", "b"]})
+        assert status == 200 and len(payload["data"]) == 2
+        status, _ = _post(url + "/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
+        assert status == 400
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

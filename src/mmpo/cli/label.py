@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     from mmpo.errors import DataError, UserError
     from mmpo.graders import PairItem, load_grader
 
+    if args.judge_model and not args.judge_url:
+        raise UserError("--judge-model goes with --judge-url")
     files = side_files(args.out)
     if Path(args.out).resolve() == Path(args.data).resolve():
         raise UserError("--out must differ from --data")
