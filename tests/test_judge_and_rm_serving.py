@@ -281,3 +281,12 @@ def test_mmpo_serve_command_detects_a_reward_model(rm_dir, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_judge_rating_scores_and_missing():
+    replies = iter(["[[7]]", "I cannot rate this."])
+    client = _CannedClient(lambda payload: {"choices": [{"message": {"content": next(replies)}}]})
+    grader = JudgeGrader("http://unused", "m", client=client, progress=False, concurrency=1)
+    prompt = [{"role": "user", "content": "q"}]
+    assert grader.score([ScoreItem(prompt, "first"), ScoreItem(prompt, "second")]) == [7.0, None]
+    assert grader.stats["unparseable"] == 1 and all(p["temperature"] == 0.0 for p in client.payloads)

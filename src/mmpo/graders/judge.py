@@ -224,7 +224,11 @@ class JudgeGrader(Grader):
         return votes.count("A") / len(votes)
 
     def _sample(self, messages: list[Message], seed: int) -> str:
-        data = self.client.request({"messages": messages, "temperature": self.sample_temperature, "max_tokens": 16, "seed": seed})
+        return self._text({"messages": messages, "temperature": self.sample_temperature, "max_tokens": 16, "seed": seed})
+
+    def _text(self, payload: dict[str, Any]) -> str:
+        """The answer's text for ``payload`` (raises :class:`JudgeRequestError` when the request fails for good)."""
+        data = self.client.request(payload)
         try:
             content = data["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
@@ -250,7 +254,7 @@ class JudgeGrader(Grader):
 
     def _rate_one(self, item: ScoreItem) -> float | None:
         try:
-            data = self.client.complete(rating_messages(item.prompt, item.response), temperature=0.0, max_tokens=16)
+            data = self._text({"messages": rating_messages(item.prompt, item.response), "temperature": 0.0, "max_tokens": 16})
         except JudgeRequestError as e:
             self._missing("requests_failed", str(e))
             return None
