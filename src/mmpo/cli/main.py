@@ -20,7 +20,9 @@ COMMANDS = [
     ("sweep", "mmpo.cli.sweep", "train one recipe for several gammas and pick the lowest held-out NLL"),
     ("data", "mmpo.cli.data", "read a preference data set and print its report"),
     ("make-data", "mmpo.cli.make_data", "write the graded-tasks preference set (checkable prompts, graded responses)"),
-    ("serve", "mmpo.cli.serve", "serve a chat model over an OpenAI-compatible HTTP API"),
+    ("label", "mmpo.cli.label", "add a margin to every pair from a reward model, an LLM judge or a checker"),
+    ("fit-gamma", "mmpo.cli.fit_gamma", "fit gamma of p = sigmoid(gamma * margin) to independent preference outcomes"),
+    ("serve", "mmpo.cli.serve", "serve a chat model or a reward model over HTTP (OpenAI / vLLM-style APIs)"),
 ]
 
 
