@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mmpo.training.online import GradeRequest, OnlineConfig, graded_pairs, grade_with_retries, read_jsonl, train_online
+from mmpo.graders import ScoreItem
+from mmpo.training.online import OnlineConfig, graded_pairs, grade_with_retries, read_jsonl, train_online
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -71,7 +72,7 @@ def test_failing_grader_is_retried_then_counted_missing():
             raise ConnectionError("endpoint down")
         return [None if r.response == "bad" else 5.0 for r in requests]
 
-    reqs = [GradeRequest([{"role": "user", "content": "q"}], a, {}) for a in ("ok", "bad", "fine")]
+    reqs = [ScoreItem([{"role": "user", "content": "q"}], a, {}) for a in ("ok", "bad", "fine")]
     grades, failed = grade_with_retries(flaky, reqs, retries=2, wait_s=0.0)
     assert grades == [5.0, None, 5.0]
     assert failed == 1

@@ -36,6 +36,7 @@ from typing import Any
 from mmpo.config import DPOConfig
 from mmpo.data.records import Message
 from mmpo.errors import UserError
+from mmpo.graders import ScoreItem
 
 LOG_FILE = "log.jsonl"
 PAIRINGS = ("all", "best_worst")
@@ -57,7 +58,7 @@ class OnlineConfig(DPOConfig):
     max_new_tokens: int = field(default=48, metadata={"help": "longest answer sampled or generated for evaluation"})
     generation_batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
     pairing: str = field(default="all", metadata={"help": "all: every two differently graded answers; best_worst: top vs bottom per prompt"})
-    grader: Any = field(default="checker:graded_tasks", metadata={"help": "checker:graded_tasks, checker:module:function, or a grader spec mmpo.graders understands"})
+    grader: Any = field(default="checker:graded-tasks", metadata={"help": "checker:graded-tasks, checker:module:function, reward_model:DIR or judge:MODEL@URL (see mmpo.graders)"})
     grader_retries: int = field(default=2, metadata={"help": "retries of a failed grading call before its answers count as missing"})
     grader_retry_wait: float = field(default=0.5, metadata={"help": "seconds before the first retry; doubled for each further one"})
     steps_per_round: int = field(default=16, metadata={"help": "training steps on each round's pairs"})
@@ -131,51 +132,22 @@ def graded_pairs(responses: Sequence[str], grades: Sequence[float | None], pairi
 # --- graders ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class GradeRequest:
-    """One answer to grade: the chat that prompted it, the answer, and the prompt row's other fields."""
-
-    prompt: list[Message]
-    response: str
-    meta: dict[str, Any]
+# A grader here is any ``score(items) -> list[float | None]`` over :class:`mmpo.graders.ScoreItem`: the
+# ``score`` method of a :class:`mmpo.graders.Grader` (checker, reward model or judge), or a plain function.
+GradeFn = Callable[[Sequence[ScoreItem]], list[float | None]]
 
 
-Grader = Callable[[Sequence[GradeRequest]], list[float | None]]
-
-
-def checker_grader(fn: Callable[[dict[str, Any], str], float]) -> Grader:
-    """A grader from ``fn(prompt_row, answer) -> grade``; the graded-tasks checker has this shape."""
-
-    def grade_all(requests: Sequence[GradeRequest]) -> list[float | None]:
-        return [float(fn(r.meta, r.response)) for r in requests]
-
-    return grade_all
-
-
-def load_grader(spec: Any) -> Grader:
-    """``checker:graded_tasks`` (:func:`mmpo.data.synthetic.grade`), ``checker:module:function``, or a callable."""
+def load_grader(spec: Any) -> GradeFn:
+    """A callable, or a :func:`mmpo.graders.load_grader` spec (``checker:graded-tasks``, ``checker:module:function``,
+    ``reward_model:DIR``, ``judge:MODEL@URL``, or a mapping) turned into its ``score`` method."""
     if callable(spec):
         return spec
-    if isinstance(spec, str) and spec.startswith("checker:"):
-        target = spec[len("checker:"):]
-        if target == "graded_tasks":
-            from mmpo.data.synthetic import grade
+    from mmpo.graders import load_grader as build
 
-            return checker_grader(grade)
-        module, _, name = target.rpartition(":")
-        if not module:
-            raise UserError(f"grader {spec!r}: expected checker:graded_tasks or checker:module:function")
-        import importlib
-
-        try:
-            fn = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as e:
-            raise UserError(f"grader {spec!r}: cannot import {module}:{name} ({e})") from None
-        return checker_grader(fn)
-    raise UserError(f"unknown grader {spec!r}: use checker:graded_tasks or checker:module:function")
+    return build(spec, progress=False).score
 
 
-def grade_with_retries(grader: Grader, requests: Sequence[GradeRequest], retries: int, wait_s: float = 0.5) -> tuple[list[float | None], int]:
+def grade_with_retries(grader: GradeFn, requests: Sequence[ScoreItem], retries: int, wait_s: float = 0.5) -> tuple[list[float | None], int]:
     """Grades of ``requests``, calling ``grader`` again (after ``wait_s * 2**attempt``) when it raises or
     returns a non-finite grade. Returns ``(grades, failed_calls)``; what still fails is ``None`` (missing)."""
     grades: list[float | None] = [None] * len(requests)
@@ -287,7 +259,7 @@ def _seed(*parts: Any) -> int:
 @dataclass
 class OnlineRun:
     config: OnlineConfig
-    grader: Grader
+    grader: GradeFn
     train_rows: list[dict[str, Any]]
     eval_rows: list[dict[str, Any]]
     out: Path
@@ -347,7 +319,7 @@ class OnlineRun:
         todo = [s for s in samples if s["i"] not in done]
         for s in tqdm(todo, desc=desc, unit="prompt", disable=not todo):
             messages = _messages(s["prompt"])
-            requests = [GradeRequest(messages, a, s["meta"]) for a in s["answers"]]
+            requests = [ScoreItem(messages, a, s["meta"]) for a in s["answers"]]
             grades, failed = grade_with_retries(self.grader, requests, self.config.grader_retries, self.config.grader_retry_wait)
             failed_calls += failed
             rec = {**s, "grades": grades}
@@ -470,7 +442,7 @@ def _carry_over(model: str, target: Path) -> None:
     load_tokenizer(model).save_pretrained(target)
 
 
-def train_online(config: OnlineConfig, grader: Grader | None = None) -> list[dict[str, Any]]:
+def train_online(config: OnlineConfig, grader: GradeFn | None = None) -> list[dict[str, Any]]:
     """Run ``config.rounds`` rounds (resuming finished work in ``output_dir``); returns ``log.jsonl``'s records.
 
     Round 0 is the starting model's held-out evaluation. ``grader`` overrides ``config.grader`` (for the API).
