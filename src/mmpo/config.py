@@ -163,9 +163,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     """Build ``cls`` from a YAML file and ``--key value`` overrides (a list of CLI tokens or a dict)."""
     values: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config file not found: {path}")
+        from mmpo.recipes import resolve_recipe
+
+        p = resolve_recipe(path)  # a file, or a packaged recipe by name (embedded/rm)
         try:
             loaded = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
