@@ -29,10 +29,11 @@ from mmpo.data.collate import PairCollator
 from mmpo.data.pipeline import prepare_data
 from mmpo.errors import UserError
 from mmpo.losses import bt_loss, label_smoothing_loss, margin_loss, mmpo_loss
-from mmpo.models.loading import load_tokenizer
+from mmpo.models.loading import load_tokenizer, model_load_kwargs
 from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards
 from mmpo.training.args import resume_checkpoint, training_arguments
-from mmpo.training.base import PairTrainer, final_results
+from mmpo.training.base import PairTrainer, final_results, run_summary
+from mmpo.training.card import push_final_model, write_model_card
 
 RM_LOSSES = ("mmpo", "bt", "margin", "label_smoothing")
 EVAL_RESULTS_FILE = "eval_results.json"
@@ -74,7 +75,7 @@ class RewardTrainer(PairTrainer):
 
 def build_model(config: RMConfig, tokenizer: Any) -> Any:
     """The reward model to train: backbone + scalar head, LoRA-wrapped when ``lora_r > 0``."""
-    model = load_reward_model(config.model, tokenizer)
+    model = load_reward_model(config.model, tokenizer, **model_load_kwargs(config, torch.float32))
     if config.lora_r > 0:
         model = add_lora(model, config)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -118,7 +119,7 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
     if main_process:
         save_config(config, os.path.join(config.output_dir, "config.yaml"))
 
-    tokenizer = load_tokenizer(config.tokenizer or config.model)
+    tokenizer = load_tokenizer(config.tokenizer or config.model, config.revision if not config.tokenizer else None, config.trust_remote_code)
     data = prepare_data(config, tokenizer)
     if main_process:
         print(data.render())
@@ -154,10 +155,11 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
         final = trainer.save_eval_scores(data.eval)
         trainer.log(dict(final))
         results = final_results(final, trainer.state.global_step)
-        print("held-out: " + "  ".join(f"{k} {v:.4g}" for k, v in results.items()))
     save_final_model(trainer, tokenizer, config.output_dir)
     if trainer.args.should_save:
         with open(os.path.join(config.output_dir, EVAL_RESULTS_FILE), "w") as f:
             json.dump(results, f, indent=2)
-        print(f"saved the reward model to {config.output_dir}")
+        write_model_card(config.output_dir, config, "reward_model", results)
+        print(run_summary("reward model", config.output_dir, results))
+    push_final_model(trainer, config.output_dir)
     return results
