@@ -131,3 +131,15 @@ def prepare_quantized_for_lora(model: Any, config: Any) -> Any:
         model, use_gradient_checkpointing=bool(config.gradient_checkpointing),
         gradient_checkpointing_kwargs={"use_reentrant": False},
     )
+
+
+def get_lora_model(model: Any, lora: Any) -> Any:
+    """peft's ``get_peft_model``, without the FutureWarning peft triggers by reading transformers' deprecated
+    ``is_gradient_checkpointing`` property (a peft / transformers version skew, not something a user set)."""
+    import warnings
+
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, lora)

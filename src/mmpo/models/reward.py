@@ -111,9 +111,7 @@ def add_lora(model: Any, config: Any) -> Any:
     """Wrap ``model`` in a peft LoRA adapter (task SEQ_CLS); the classification head is trained in full.
 
     A 4/8-bit base (QLoRA) is prepared for training first."""
-    from peft import get_peft_model
-
-    from mmpo.models.loading import lora_config, prepare_quantized_for_lora
+    from mmpo.models.loading import get_lora_model, lora_config, prepare_quantized_for_lora
 
     model = prepare_quantized_for_lora(model, config)
-    return get_peft_model(model, lora_config(config, "SEQ_CLS", modules_to_save=head_module_names(model), model=model))
+    return get_lora_model(model, lora_config(config, "SEQ_CLS", modules_to_save=head_module_names(model), model=model))

@@ -50,7 +50,7 @@ from mmpo.errors import UserError
 from mmpo.evaluation.metrics import pair_metrics
 from mmpo.losses import bt_loss, dpo_logits, ipo_loss, label_smoothing_loss, mmpo_loss, simpo_logits
 from mmpo.models.embedded import resolve_model_path
-from mmpo.models.loading import load_tokenizer, lora_config, model_load_kwargs, prepare_quantized_for_lora
+from mmpo.models.loading import get_lora_model, load_tokenizer, lora_config, model_load_kwargs, prepare_quantized_for_lora
 from mmpo.models.logps import response_logps
 from mmpo.models.policy import freeze, load_causal_lm, save_policy
 from mmpo.models.reference import (
@@ -342,10 +342,8 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
         )
 
     if config.lora_r > 0:
-        from peft import get_peft_model
-
         model = prepare_quantized_for_lora(model, config)  # QLoRA: a 4/8-bit base
-        model = get_peft_model(model, lora_config(config, "CAUSAL_LM", model=model))
+        model = get_lora_model(model, lora_config(config, "CAUSAL_LM", model=model))
         model.print_trainable_parameters()
 
     extra_args: dict[str, Any] = {}
