@@ -155,6 +155,7 @@ def test_model_card_loads_with_huggingface_hub(rm_run):
     assert "base_model" not in meta  # a local directory is no Hub id
     mmpo = meta["mmpo"]
     assert (mmpo["loss"], mmpo["gamma"], mmpo["base_model"], mmpo["data"]) == ("mmpo", 1.0, config.model, config.data)
+    assert mmpo["eval_data"] is None  # held out from data by eval_split
     assert mmpo["held_out"]["accuracy"] == pytest.approx(results["accuracy"], abs=1e-6)
     assert mmpo["held_out"]["step"] == 3
     assert mmpo["command"].split()[0] in ("mmpo", "python")
@@ -209,12 +210,13 @@ def test_policy_prints_the_same_summary_and_writes_a_card(tiny_model_dir, pair_f
 
     from mmpo.training.dpo import train_policy
 
-    config = _config(DPOConfig, tiny_model_dir, pair_file(16), tmp_path / "dpo", max_steps=2, reference="model")
+    config = _config(DPOConfig, tiny_model_dir, pair_file(16), tmp_path / "dpo", max_steps=2, lora_r=4, reference="adapter")
     train_policy(config)
     stdout = capsys.readouterr().out
     results = json.loads((tmp_path / "dpo" / "eval_results.json").read_text())
+    assert "LoRA r=4: training " in stdout  # the same line as mmpo rm prints
     assert f"held-out ({results['n']} pairs, step 2): " in stdout
-    assert f"saved the policy (full) to {tmp_path / 'dpo'} (card: README.md" in stdout
+    assert f"saved the policy (merged) to {tmp_path / 'dpo'} (card: README.md" in stdout
     meta = ModelCard.load(tmp_path / "dpo" / "README.md").data.to_dict()
     assert meta["pipeline_tag"] == "text-generation" and meta["mmpo"]["beta"] == config.beta
     assert meta["mmpo"]["held_out"]["nll"] == pytest.approx(results["nll"], abs=1e-6)

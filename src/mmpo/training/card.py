@@ -60,6 +60,7 @@ def card_metadata(config: Any, kind: str, results: dict[str, Any], command: str)
     mmpo.update({
         "base_model": str(config.model),
         "data": config.data if isinstance(config.data, (str, dict, list)) else str(config.data),
+        "eval_data": config.eval_data if isinstance(config.eval_data, (str, dict, list)) or config.eval_data is None else str(config.eval_data),
         "held_out": _numbers(results),
         "command": command,
     })

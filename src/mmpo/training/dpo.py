@@ -50,7 +50,14 @@ from mmpo.errors import UserError
 from mmpo.evaluation.metrics import pair_metrics
 from mmpo.losses import bt_loss, dpo_logits, ipo_loss, label_smoothing_loss, mmpo_loss, simpo_logits
 from mmpo.models.embedded import resolve_model_path
-from mmpo.models.loading import get_lora_model, load_tokenizer, lora_config, model_load_kwargs, prepare_quantized_for_lora
+from mmpo.models.loading import (
+    get_lora_model,
+    load_tokenizer,
+    lora_config,
+    model_load_kwargs,
+    prepare_quantized_for_lora,
+    trainable_summary,
+)
 from mmpo.models.logps import response_logps
 from mmpo.models.policy import freeze, load_causal_lm, save_policy
 from mmpo.models.reference import (
@@ -344,7 +351,7 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
     if config.lora_r > 0:
         model = prepare_quantized_for_lora(model, config)  # QLoRA: a 4/8-bit base
         model = get_lora_model(model, lora_config(config, "CAUSAL_LM", model=model))
-        model.print_trainable_parameters()
+        print(trainable_summary(model, config))
 
     extra_args: dict[str, Any] = {}
     if not eval_features:

@@ -29,7 +29,7 @@ from mmpo.data.collate import PairCollator
 from mmpo.data.pipeline import prepare_data
 from mmpo.errors import UserError
 from mmpo.losses import bt_loss, label_smoothing_loss, margin_loss, mmpo_loss
-from mmpo.models.loading import load_tokenizer, model_load_kwargs
+from mmpo.models.loading import load_tokenizer, model_load_kwargs, trainable_summary
 from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards
 from mmpo.training.args import resume_checkpoint, training_arguments
 from mmpo.training.base import PairTrainer, final_results, run_summary
@@ -78,9 +78,7 @@ def build_model(config: RMConfig, tokenizer: Any) -> Any:
     model = load_reward_model(config.model, tokenizer, **model_load_kwargs(config, torch.float32))
     if config.lora_r > 0:
         model = add_lora(model, config)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
-        print(f"LoRA r={config.lora_r}: training {trainable:,} of {total:,} parameters ({trainable / total:.2%})")
+        print(trainable_summary(model, config))
     return model
 
 
