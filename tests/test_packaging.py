@@ -140,8 +140,9 @@ def test_mt_bench_cache_comes_before_the_development_copy(tmp_path, monkeypatch)
 
 @pytest.fixture(scope="module")
 def installed_wheel(tmp_path_factory):
-    """Build the wheel (no build isolation: nothing downloaded) and install it with --no-deps into a fresh
-    virtual environment that sees the current interpreter's packages; returns (python, mmpo script)."""
+    """Build the wheel (no build isolation, with the environment's setuptools from requirements.lock: nothing is
+    downloaded) and install it with --no-deps into a fresh virtual environment that sees the current
+    interpreter's packages through a .pth file; returns (python, mmpo script, work directory)."""
     import shutil
 
     work = tmp_path_factory.mktemp("wheel")

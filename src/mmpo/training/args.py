@@ -53,12 +53,22 @@ def check_trackers(report_to: Any) -> Any:
 
 def passthrough_arguments(config: Any) -> dict[str, Any]:
     """The run's ``trainer_args`` (any other TrainingArguments key), numbers given as text made numbers."""
-    from mmpo.config import _coerce, check_trainer_args
+    from mmpo.config import check_trainer_args
 
     given = dict(getattr(config, "trainer_args", None) or {})
     check_trainer_args(given)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainingArguments)}
-    return {k: _coerce(k, v, defaults.get(k)) for k, v in given.items()}
+    return {k: _as_number(k, v, defaults.get(k)) for k, v in given.items()}
+
+
+def _as_number(key: str, value: Any, default: Any) -> Any:
+    # YAML 1.1 reads `adam_epsilon: 1e-8` as a string; a key whose default is a number gets a number.
+    if not isinstance(value, str) or isinstance(default, bool) or not isinstance(default, (int, float)):
+        return value
+    try:
+        return int(value) if isinstance(default, int) and value.strip().lstrip("-").isdigit() else float(value)
+    except ValueError:
+        raise UserError(f"{key} expects a number (got {value!r})") from None
 
 
 def training_arguments(config: Any, **extra: Any) -> TrainingArguments:
@@ -110,7 +120,7 @@ def training_arguments(config: Any, **extra: Any) -> TrainingArguments:
     try:
         return TrainingArguments(**kwargs)
     except (ValueError, TypeError, ImportError) as e:
-        # e.g. an unknown optim name, report_to naming a tracker that is not installed
+        # e.g. an unknown optim or scheduler name: transformers' own message, on one line
         raise UserError(f"training arguments: {str(e).strip().splitlines()[0]}") from None
 
 
