@@ -57,7 +57,7 @@ class TrainConfig:
     # loss
     loss: str = "mmpo"
     gamma: float | None = 1.0  # None = hard labels (p = 1)
-    eval_gamma: Any = field(default="same", metadata={"help": "held-out truth p = sigmoid(eval_gamma * margin): 'same' = gamma, a number > 0, or none = hard labels; fix it to score runs with different losses against one truth"})
+    eval_gamma: float | str | None = field(default="same", metadata={"help": "held-out truth p = sigmoid(eval_gamma * margin): 'same' = gamma, a number > 0, or none = hard labels; fix it to score runs with different losses against one truth"})
     label_smoothing: float = 0.1
     # optimisation
     learning_rate: float = 1e-5
