@@ -15,6 +15,7 @@ COMMANDS = [
     ("demo", "mmpo.cli.demo", "the main job: MMPO vs BT reward models and MMPO vs DPO policies on the embedded model"),
     ("rm", "mmpo.cli.train", "train a reward model (MMPO or a baseline loss)"),
     ("dpo", "mmpo.cli.train", "train a policy with DPO-family losses (MMPO, DPO, cDPO, IPO, SimPO)"),
+    ("online", "mmpo.cli.online", "on-policy MMPO: sample from the policy, grade the samples, train on their margins, repeat"),
     ("eval", "mmpo.cli.evaluate", "evaluate models: pairs, rewardbench, mtbench"),
     ("report", "mmpo.cli.report", "compare finished runs: calibration, accuracy by margin, training curves"),
     ("sweep", "mmpo.cli.sweep", "train one recipe for several gammas and pick the lowest held-out NLL"),
