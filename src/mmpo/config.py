@@ -64,7 +64,7 @@ class TrainConfig:
     # loss
     loss: str = field(default="mmpo", metadata={"help": "training loss"})
     gamma: float | None = field(default=1.0, metadata={"help": "MMPO target sharpness: p = sigmoid(gamma * score margin); none = hard labels (p = 1)"})
-    eval_gamma: Any = field(default="same", metadata={"help": "held-out truth p = sigmoid(eval_gamma * margin): 'same' = gamma, a number > 0, or none = hard labels; fix it to score runs with different losses against one truth"})
+    eval_gamma: float | str | None = field(default="same", metadata={"help": "held-out truth p = sigmoid(eval_gamma * margin): 'same' = gamma, a number > 0, or none = hard labels; fix it to score runs with different losses against one truth"})
     label_smoothing: float = field(default=0.1, metadata={"help": "epsilon of the label_smoothing / cdpo losses"})
     # optimisation
     learning_rate: float = field(default=1e-5, metadata={"help": "peak learning rate"})
