@@ -225,7 +225,8 @@ _NO = object()  # "does not fit this type"
 def _fit(value: Any, tp: Any) -> Any:
     """``value`` converted to field type ``tp``, or ``_NO``."""
     if tp is Any:
-        return value
+        # An untyped key takes any value; the word none still means null, as YAML's null does.
+        return None if isinstance(value, str) and value.strip().lower() in ("none", "null") else value
     if _is_union(tp):
         members = typing.get_args(tp)
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
