@@ -33,7 +33,12 @@ class TrainConfig:
     lora_target_modules: Any = "all-linear"
     lora_layers: int | None = None  # adapt only the last N blocks (None = all); backward stops below them
     gradient_checkpointing: bool = False
-    bf16: Any = "auto"  # auto = bf16 where the hardware has it, float32 on CPU
+    bf16: Any = "auto"  # auto = bf16 autocast where the hardware has it (CUDA, AVX512-BF16/AMX CPUs), else float32
+    prefix_sharing: bool = field(
+        default=True,
+        metadata={"help": "score each pair in one row [prompt | chosen | rejected] so the prompt is encoded once "
+                          "(exact; off, or unsupported attention, = two rows per pair)"},
+    )
     # data (a path, a hub name / source name, or a mapping; see mmpo.data.sources.load_pairs)
     data: Any = None
     eval_data: Any = None

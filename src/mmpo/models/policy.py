@@ -45,7 +45,7 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 def save_policy(model: Any, tokenizer: Any, output_dir: str | Path, merge_lora: bool = True) -> str:
     """Write the final policy to ``output_dir``; returns ``"merged"``, ``"adapter"`` or ``"full"``.
 
-    A peft model is merged into its base (``merge_lora``) or saved as an adapter whose config points at
+    A peft model is merged into its base (``merge_lora``, saved in float32) or saved as an adapter whose config points at
     the base; both load with ``AutoModelForCausalLM.from_pretrained(output_dir)`` (an adapter needs peft).
     The tokenizer is saved beside it with a chat template (the plain one used in training if it had none)
     and left padding, which is what batched generation wants.
@@ -59,6 +59,9 @@ def save_policy(model: Any, tokenizer: Any, output_dir: str | Path, merge_lora: 
             kind = "merged"
         else:
             kind = "adapter"
+    if kind != "adapter" and any(p.dtype != torch.float32 for p in model.parameters()):
+        # A LoRA base held in bfloat16 for mixed-precision training: the saved model is float32, like its masters.
+        model = model.to(torch.float32)
     model.save_pretrained(output_dir)
     if kind == "adapter":
         # The base's generation settings (eos ids) travel with the adapter.
