@@ -39,6 +39,11 @@ class TrainConfig:
         metadata={"help": "score each pair in one row [prompt | chosen | rejected] so the prompt is encoded once "
                           "(exact; off, or unsupported attention, = two rows per pair)"},
     )
+    packing: bool = field(
+        default=False,
+        metadata={"help": "with prefix_sharing, put several pairs in one row (each row as long as the batch's longest "
+                          "pair) so padding mostly disappears; exact"},
+    )
     # data (a path, a hub name / source name, or a mapping; see mmpo.data.sources.load_pairs)
     data: Any = None
     eval_data: Any = None

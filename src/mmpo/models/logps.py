@@ -73,18 +73,18 @@ def response_logps(
 def shared_response_logps(model: Any, batch: dict[str, torch.Tensor], full_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`response_logps` for a prefix-shared batch (:class:`mmpo.data.collate.SharedPromptCollator`).
 
-    One forward over the B rows ``[prompt | chosen | rejected]``; returns ``(logps [2B], n_tokens [2B])``,
+    One forward over the rows of spans ``[prompt | chosen | rejected]`` (one pair per row, or packed); returns
+    ``(logps [2B], n_tokens [2B])``,
     chosen first then rejected, as :func:`response_logps` returns them for the two-row layout.
     """
-    from mmpo.data.collate import REJECTED
     from mmpo.models.shared_prefix import shared_forward_inputs
 
     source = batch["logp_source"]
-    n_pairs = source.shape[0]
+    n_pairs = batch["p"].shape[0]
     rows, targets_at = (source >= 0).nonzero(as_tuple=True)
     sources = source[rows, targets_at]
     targets = batch["input_ids"][rows, targets_at]
-    out_index = rows + n_pairs * (batch["segment_ids"][rows, targets_at] == REJECTED).long()
+    out_index = batch["logp_out"][rows, targets_at]
     logps = scored_logps(model, shared_forward_inputs(model, batch), rows, sources, targets, out_index, 2 * n_pairs, full_logits)
     n_tokens = torch.zeros(2 * n_pairs, dtype=torch.long, device=source.device).index_add(
         0, out_index, torch.ones_like(out_index)

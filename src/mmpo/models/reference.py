@@ -124,13 +124,14 @@ def compute_reference_logps(
     full_logits: bool = False,
     desc: str = "reference log-probs",
     prefix_sharing: bool = False,
+    packing: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log pi_ref(chosen|x), log pi_ref(rejected|x))`` per pair, float32 ``[n]`` each, in the order of ``features``.
 
     The model is put in eval mode (no dropout) and restored afterwards; ``autocast_dtype`` reproduces the
     mixed precision training will run in, so cached and live reference numbers agree. ``prefix_sharing``
     scores each pair in one row with its prompt encoded once where the model can take that mask
-    (:mod:`mmpo.models.shared_prefix`; the numbers are the same).
+    (:mod:`mmpo.models.shared_prefix`; the numbers are the same), several pairs per row with ``packing``.
     """
     from mmpo.models.shared_prefix import prefix_sharing_unsupported
 
@@ -142,7 +143,7 @@ def compute_reference_logps(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     longest = max(len(f["prompt_ids"]) + max(len(f["chosen_ids"]), len(f["rejected_ids"])) for f in features)
     shared = prefix_sharing and prefix_sharing_unsupported(model, longest) is None
-    collate = (SharedPromptCollator if shared else PairCollator)(pad_token_id=pad_token_id)
+    collate = SharedPromptCollator(pad_token_id, pack=packing) if shared else PairCollator(pad_token_id=pad_token_id)
     was_training = model.training
     model.eval()
     try:
@@ -208,6 +209,7 @@ def cached_reference_logps(
     desc: str = "reference log-probs",
     root: Path | None = None,
     prefix_sharing: bool = False,
+    packing: bool = False,
 ) -> CachedReference:
     """Reference log-probs for ``features`` from the cache, or computed with ``get_model()`` and stored.
 
@@ -238,7 +240,7 @@ def cached_reference_logps(
     mine = list(range(state.process_index, len(features), state.num_processes))
     part_chosen, part_rejected = compute_reference_logps(
         get_model(), [features[i] for i in mine], pad_token_id, batch_size, device, autocast_dtype, full_logits, desc,
-        prefix_sharing,
+        prefix_sharing, packing,
     )
     chosen = torch.zeros(len(features), dtype=torch.float32)
     rejected = torch.zeros(len(features), dtype=torch.float32)

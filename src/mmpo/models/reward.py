@@ -80,7 +80,8 @@ def shared_sequence_rewards(model: Any, batch: dict[str, torch.Tensor]) -> torch
     chosen first then rejected, equal to :func:`sequence_rewards` on the two-row layout.
 
     The model runs its own forward (so wrappers' hooks run); the head's per-position output is caught and
-    read at each response's ``score_index``, since the model itself would pool only the row's last token.
+    read at each response's ``score_at`` (row, position), since the model itself would pool only each row's
+    last token.
     """
     from mmpo.models.shared_prefix import _base, shared_forward_inputs
 
@@ -98,7 +99,6 @@ def shared_sequence_rewards(model: Any, batch: dict[str, torch.Tensor]) -> torch
         model(**shared_forward_inputs(model, batch), use_cache=False)
     finally:
         handle.remove()
-    scores = caught["scores"][..., 0]  # [B, T]
-    index = batch["score_index"]
-    rows = torch.arange(index.shape[0], device=index.device)
-    return torch.cat([scores[rows, index[:, 0]], scores[rows, index[:, 1]]]).float()
+    scores = caught["scores"][..., 0]  # [rows, T]
+    at = batch["score_at"]
+    return scores[at[:, 0], at[:, 1]].float()

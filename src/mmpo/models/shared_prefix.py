@@ -9,6 +9,8 @@ the prompt or to the token's own segment::
 With the rejected part's positions restarted at the prompt's length, every chosen and rejected token sees
 exactly the keys, at exactly the positions, it would see in its own ``prompt + response`` row: the outputs
 equal the two-row layout's up to floating-point summation order, for one prompt's worth less work.
+Packing puts several such spans in one row; the mask then also requires query and key to belong to the same
+pair, and positions restart at 0 for each pair.
 
 The mask goes to the model as a ready 4D mask, which transformers' ``masking_utils.create_causal_mask`` passes
 through unchanged for every architecture built on it (Llama, Qwen2, Mistral, Gemma-2, ...): a boolean
@@ -29,8 +31,11 @@ from mmpo.data.collate import PADDING, PROMPT
 MASKED_ATTENTION = ("sdpa", "eager")
 
 
-def shared_prefix_mask(segment_ids: torch.Tensor, position_ids: torch.Tensor, sliding_window: int | None = None) -> torch.Tensor:
-    """Boolean ``[B, 1, T, T]`` mask, True where query ``q`` may attend to key ``k`` (formula in the module doc).
+def shared_prefix_mask(
+    segment_ids: torch.Tensor, position_ids: torch.Tensor, sliding_window: int | None = None, pair_ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Boolean ``[R, 1, T, T]`` mask, True where query ``q`` may attend to key ``k`` (formula in the module doc),
+    within one pair (``pair_ids``, when rows hold several packed pairs).
 
     Padding queries attend to themselves only, so no softmax row is empty (their outputs are never read).
     """
@@ -39,6 +44,8 @@ def shared_prefix_mask(segment_ids: torch.Tensor, position_ids: torch.Tensor, sl
     idx = torch.arange(n, device=segment_ids.device)
     causal = idx.view(1, 1, n) <= idx.view(1, n, 1)
     allowed = causal & (seg_k != PADDING) & (seg_q != PADDING) & ((seg_k == PROMPT) | (seg_k == seg_q))
+    if pair_ids is not None:
+        allowed &= pair_ids.unsqueeze(2) == pair_ids.unsqueeze(1)
     if sliding_window is not None:
         allowed &= (position_ids.unsqueeze(2) - position_ids.unsqueeze(1)) < sliding_window
     allowed |= torch.eye(n, dtype=torch.bool, device=segment_ids.device).unsqueeze(0) & (seg_q == PADDING)
@@ -97,7 +104,7 @@ def shared_forward_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[st
     """``input_ids``, ``position_ids`` and the 4D ``attention_mask`` for a shared-prompt batch."""
     config = _base(model).config
     window, _ = _sliding_window(config)
-    allowed = shared_prefix_mask(batch["segment_ids"], batch["position_ids"], window)
+    allowed = shared_prefix_mask(batch["segment_ids"], batch["position_ids"], window, batch.get("pair_ids"))
     if getattr(config, "_attn_implementation", None) == "eager":
         # Eager attention adds the mask to the scores.
         mask = torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device)
@@ -107,11 +114,14 @@ def shared_forward_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[st
     return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "attention_mask": mask}
 
 
-def pair_collator(model: Any, pad_token_id: int, prefix_sharing: bool, max_length: int | None, *also: Any) -> Any:
+def pair_collator(
+    model: Any, pad_token_id: int, prefix_sharing: bool, max_length: int | None, *also: Any, packing: bool = False
+) -> Any:
     """The batch layout for training ``model`` (and any ``also`` models scored on the same batches).
 
-    :class:`~mmpo.data.collate.SharedPromptCollator` when ``prefix_sharing`` is on and every model can take
-    the shared mask; else the two-row :class:`~mmpo.data.collate.PairCollator`, with a one-line notice why.
+    :class:`~mmpo.data.collate.SharedPromptCollator` (several pairs per row with ``packing``) when
+    ``prefix_sharing`` is on and every model can take the shared mask; else the two-row
+    :class:`~mmpo.data.collate.PairCollator`, with a one-line notice why.
     """
     from mmpo.data.collate import PairCollator, SharedPromptCollator
 
@@ -124,4 +134,4 @@ def pair_collator(model: Any, pad_token_id: int, prefix_sharing: bool, max_lengt
         if reason is not None:
             print(f"note: prefix sharing off ({type(_base(m)).__name__}: {reason}); scoring chosen and rejected in separate rows")
             return PairCollator(pad_token_id=pad_token_id)
-    return SharedPromptCollator(pad_token_id=pad_token_id)
+    return SharedPromptCollator(pad_token_id=pad_token_id, pack=packing)

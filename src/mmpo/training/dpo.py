@@ -14,9 +14,9 @@ and the losses are
 * ``simpo``       -log sigmoid(h'),  h' = beta * (log pi(y_w|x)/|y_w| - log pi(y_l|x)/|y_l|) - simpo_margin
 * ``simpo_mmpo``  the MMPO cross-entropy on SimPO's h'             (reference-free, length-normalised)
 
-Chosen and rejected are scored in ONE forward pass: B rows ``[prompt | chosen | rejected]`` with the prompt
-encoded once (``prefix_sharing``, :mod:`mmpo.models.shared_prefix`), or the 2B rows ``prompt + response``. The reference is a
-frozen copy, the LoRA base with the adapter disabled, or log-probs precomputed and cached
+Chosen and rejected are scored in ONE forward pass: spans ``[prompt | chosen | rejected]`` with the prompt
+encoded once (``prefix_sharing``, :mod:`mmpo.models.shared_prefix`; several pairs per row with ``packing``), or
+the 2B rows ``prompt + response``. The reference is a frozen copy, the LoRA base with the adapter disabled, or log-probs precomputed and cached
 (:mod:`mmpo.models.reference`).
 
 Logged with every training log and every evaluation (as ``train_*`` / ``eval_*``): loss, accuracy of
@@ -291,7 +291,7 @@ def _precompute(config: DPOConfig, model: torch.nn.Module, dtype: torch.dtype, b
             get_model, feats, identity, settings, pad_token_id,
             batch_size=config.per_device_eval_batch_size, device=device,
             autocast_dtype=torch.bfloat16 if bf16 else None, desc=f"reference log-probs ({split})",
-            prefix_sharing=config.prefix_sharing,
+            prefix_sharing=config.prefix_sharing, packing=config.packing,
         )
         out[split] = attach_reference_logps(feats, cached.chosen, cached.rejected)
         info[split] = {"path": str(cached.path), "from_cache": cached.from_cache, "pairs": len(feats)}
@@ -356,7 +356,9 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
         args=args,
         train_dataset=train_features,
         eval_dataset=eval_features or None,
-        data_collator=pair_collator(model, tokenizer.pad_token_id, config.prefix_sharing, config.max_length, reference_model),
+        data_collator=pair_collator(
+            model, tokenizer.pad_token_id, config.prefix_sharing, config.max_length, reference_model, packing=config.packing
+        ),
         processing_class=tokenizer,
         loss=config.loss,
         beta=config.beta,

@@ -140,7 +140,7 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
     trainer = RewardTrainer(
         model=model,
         args=training_arguments(config, **extra),
-        data_collator=pair_collator(model, tokenizer.pad_token_id, config.prefix_sharing, config.max_length),
+        data_collator=pair_collator(model, tokenizer.pad_token_id, config.prefix_sharing, config.max_length, packing=config.packing),
         train_dataset=data.train,
         eval_dataset=data.eval or None,
         processing_class=tokenizer,
