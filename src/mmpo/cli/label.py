@@ -94,7 +94,8 @@ def relabel(raw: dict[str, Any], added: dict[str, float]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from mmpo.data.hub import read_local
-    from mmpo.data.sources import RowRef, _prompt_and_responses
+    from mmpo.data.pairs import _prompt_and_responses
+    from mmpo.data.sources import RowRef
     from mmpo.errors import DataError, UserError
     from mmpo.graders import PairItem, load_grader
 

@@ -161,7 +161,7 @@ def parse_score_request(body: Any) -> list[tuple[list[dict[str, str]], str]]:
 def parse_pooling_request(body: Any) -> list[tuple[list[dict[str, str]], str]]:
     """``(prompt messages, response)`` per conversation from ``{"messages": [...]}`` or ``{"input": [[...], ...]}``;
     each conversation ends with the assistant's answer."""
-    from mmpo.data.sources import split_conversation
+    from mmpo.data.pairs import split_conversation
 
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")

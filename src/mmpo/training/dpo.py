@@ -52,7 +52,14 @@ from mmpo.errors import UserError
 from mmpo.evaluation.metrics import pair_metrics
 from mmpo.losses import bt_loss, dpo_logits, ipo_loss, label_smoothing_loss, mmpo_loss, simpo_logits
 from mmpo.models.embedded import resolve_model_path
-from mmpo.models.loading import load_tokenizer, lora_config
+from mmpo.models.loading import (
+    get_lora_model,
+    load_tokenizer,
+    lora_config,
+    model_load_kwargs,
+    prepare_quantized_for_lora,
+    trainable_summary,
+)
 from mmpo.models.logps import response_logps, shared_response_logps
 from mmpo.models.policy import freeze, load_causal_lm, save_policy
 from mmpo.models.shared_prefix import pair_collator
@@ -64,7 +71,8 @@ from mmpo.models.reference import (
     resolve_reference_mode,
 )
 from mmpo.training.args import training_arguments, use_bf16
-from mmpo.training.base import PairTrainer, final_results
+from mmpo.training.base import PairTrainer, final_results, run_summary
+from mmpo.training.card import push_final_model, write_model_card
 from mmpo.training.run_dir import RESULTS_FILE, plan_run, save_run_config, write_results
 
 POLICY_LOSSES = ("mmpo", "dpo", "cdpo", "ipo", "simpo", "simpo_mmpo")
@@ -272,9 +280,19 @@ class PolicyRun:
     reference_cache: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _model_dtype(config: DPOConfig, bf16: bool) -> torch.dtype:
-    # A frozen LoRA base can live in bf16; fully trained weights stay float32 masters under mixed precision.
+def _model_dtype(config: DPOConfig, bf16: bool) -> torch.dtype | str:
+    # `dtype` set: as asked. Else a frozen LoRA base can live in bf16; fully trained weights stay float32
+    # masters under mixed precision.
+    if config.dtype is not None:
+        return "auto" if config.dtype == "auto" else getattr(torch, config.dtype)
     return torch.bfloat16 if bf16 and config.lora_r > 0 else torch.float32
+
+
+def _reference_load_kwargs(config: DPOConfig, dtype: Any) -> dict[str, Any]:
+    # ref_model is another checkpoint: the policy's revision does not apply to it.
+    kwargs = model_load_kwargs(config, dtype)
+    kwargs.pop("revision", None)
+    return kwargs
 
 
 def _precompute(config: DPOConfig, model: torch.nn.Module, dtype: torch.dtype, bf16: bool, features: dict[str, list], pad_token_id: int) -> tuple[dict[str, list], dict[str, dict[str, Any]]]:
@@ -293,8 +311,9 @@ def _precompute(config: DPOConfig, model: torch.nn.Module, dtype: torch.dtype, b
 
     def get_model() -> torch.nn.Module:
         if "model" not in loaded:
-            ref = model if config.ref_model is None else freeze(load_causal_lm(config.ref_model, dtype))
-            loaded["model"] = ref.to(device)
+            ref = model if config.ref_model is None else freeze(load_causal_lm(config.ref_model, **_reference_load_kwargs(config, dtype)))
+            # A quantised model was placed on its GPU when loaded and cannot be moved.
+            loaded["model"] = ref if getattr(ref, "is_quantized", False) else ref.to(device)
         return loaded["model"]
 
     out, info = {}, {}
@@ -324,14 +343,14 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
     if config.ref_model is not None and mode == "adapter":
         raise UserError("ref_model cannot be used with reference: adapter (the reference is the LoRA base itself)")
     bf16 = use_bf16(config.bf16)
-    tokenizer = load_tokenizer(config.tokenizer or config.model)
+    tokenizer = load_tokenizer(config.tokenizer or config.model, config.revision if not config.tokenizer else None, config.trust_remote_code)
     data = prepare_data(config, tokenizer)
     print(data.render())
     if not data.train:
         raise UserError(f"no training pairs left from {config.data!r} (see the data report above)")
 
     dtype = _model_dtype(config, bf16)
-    model = load_causal_lm(config.model, dtype)
+    model = load_causal_lm(config.model, **model_load_kwargs(config, dtype))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.config.use_cache = False  # no generation during training; the KV cache only costs memory
@@ -347,14 +366,13 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
         train_features, eval_features = with_ref["train"], with_ref.get("eval", [])
     elif mode == "model":
         reference_model = freeze(
-            load_causal_lm(config.ref_model, dtype) if config.ref_model else copy.deepcopy(model)
+            load_causal_lm(config.ref_model, **_reference_load_kwargs(config, dtype)) if config.ref_model else copy.deepcopy(model)
         )
 
     if config.lora_r > 0:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, lora_config(config, "CAUSAL_LM", model=model))
-        model.print_trainable_parameters()
+        model = prepare_quantized_for_lora(model, config)  # QLoRA: a 4/8-bit base
+        model = get_lora_model(model, lora_config(config, "CAUSAL_LM", model=model))
+        print(trainable_summary(model, config))
 
     extra_args: dict[str, Any] = {}
     if not eval_features:
@@ -431,9 +449,9 @@ def train_policy(config: DPOConfig) -> dict[str, Any]:
         "saved": saved,
     }
     if trainer.accelerator.is_main_process:
-        write_results(config.output_dir, final_results(eval_metrics, trainer.state.global_step) if eval_metrics else {})
-        if eval_metrics:
-            shown = {k: round(v, 4) for k, v in eval_metrics.items() if isinstance(v, float)}
-            print(f"held-out: {shown}")
-        print(f"saved the policy ({saved}) to {config.output_dir}")
+        results = final_results(eval_metrics, trainer.state.global_step) if eval_metrics else {}
+        write_model_card(config.output_dir, config, "policy", results)
+        write_results(config.output_dir, results)  # last: marks the run finished
+        print(run_summary("policy", config.output_dir, results, saved))
+    push_final_model(trainer, config.output_dir)
     return summary
