@@ -46,7 +46,17 @@ class TrainConfig:
     lora_target_modules: Any = field(default="all-linear", metadata={"help": "modules to adapt: all-linear, a name, or a list of names"})
     lora_layers: int | None = field(default=None, metadata={"help": "adapt only the last N blocks (none = all); backward stops below them"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward to save memory"})
-    bf16: Any = field(default="auto", metadata={"help": "bfloat16 mixed precision: auto (where the GPU has it, float32 on CPU) | true | false"})
+    bf16: Any = field(default="auto", metadata={"help": "bfloat16 autocast over float32 weights: auto (where the hardware has it natively: CUDA, AVX512-BF16/AMX CPUs; else float32) | true | false"})
+    prefix_sharing: bool = field(
+        default=True,
+        metadata={"help": "score each pair in one row [prompt | chosen | rejected] so the prompt is encoded once "
+                          "(exact; off, or unsupported attention, = two rows per pair)"},
+    )
+    packing: bool = field(
+        default=False,
+        metadata={"help": "with prefix_sharing, put several pairs in one row (each row as long as the batch's longest "
+                          "pair) so padding mostly disappears; exact"},
+    )
     # data (a path, a hub name / source name, or a mapping; see mmpo.data.sources.load_pairs)
     data: Any = field(default=None, metadata={"help": "training pairs: a file, a hub data set or source name, or a mapping (see docs)"})
     eval_data: Any = field(default=None, metadata={"help": "held-out pairs, in the same forms as data (none = split eval_split off data)"})

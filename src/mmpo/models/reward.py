@@ -115,3 +115,32 @@ def add_lora(model: Any, config: Any) -> Any:
 
     model = prepare_quantized_for_lora(model, config)
     return get_lora_model(model, lora_config(config, "SEQ_CLS", modules_to_save=head_module_names(model), model=model))
+
+
+def shared_sequence_rewards(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Rewards for a prefix-shared batch (:class:`mmpo.data.collate.SharedPromptCollator`): float32 ``[2B]``,
+    chosen first then rejected, equal to :func:`sequence_rewards` on the two-row layout.
+
+    The model runs its own forward (so wrappers' hooks run); the head's per-position output is caught and
+    read at each response's ``score_at`` (row, position), since the model itself would pool only each row's
+    last token.
+    """
+    from mmpo.models.shared_prefix import _base, shared_forward_inputs
+
+    base = _base(model)
+    names = head_module_names(base)
+    if not names:
+        raise ValueError(f"{type(base).__name__} has no classification head named {' or '.join(HEAD_NAMES)}")
+    caught: dict[str, torch.Tensor] = {}
+
+    def keep(module, args, output):
+        caught["scores"] = output
+
+    handle = getattr(base, names[0]).register_forward_hook(keep)
+    try:
+        model(**shared_forward_inputs(model, batch), use_cache=False)
+    finally:
+        handle.remove()
+    scores = caught["scores"][..., 0]  # [rows, T]
+    at = batch["score_at"]
+    return scores[at[:, 0], at[:, 1]].float()

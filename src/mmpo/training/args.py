@@ -11,16 +11,22 @@ import torch
 from transformers import TrainingArguments
 
 from mmpo.errors import UserError
+from mmpo.precision import native_bf16
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def use_bf16(setting: Any) -> bool:
-    """``auto``: bf16 where a CUDA device supports it, float32 on CPU. ``true`` on a CPU is an error."""
+    """Mixed precision (bfloat16 autocast over float32 master weights) or not.
+
+    ``auto``: on where the device has native bfloat16 (a CUDA GPU that supports it, or a CPU with AVX512-BF16 /
+    AMX / ARM BF16), float32 elsewhere. ``true`` on hardware without it is an error; ``false`` is float32.
+    """
     if isinstance(setting, str) and setting.lower() == "auto":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if setting and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
-        raise UserError("bf16: true needs a GPU with bfloat16 support; use bf16: auto (float32 on CPU)")
+        return native_bf16()
+    if setting and not native_bf16():
+        where = "this GPU" if torch.cuda.is_available() else "this CPU (no AVX512-BF16, AMX or ARM BF16)"
+        raise UserError(f"bf16: true, but {where} has no native bfloat16; use bf16: auto or false (float32)")
     return bool(setting)
 
 

@@ -16,8 +16,9 @@ and the losses are
 * ``simpo``       -log sigmoid(h'),  h' = beta * (log pi(y_w|x)/|y_w| - log pi(y_l|x)/|y_l|) - simpo_margin
 * ``simpo_mmpo``  the MMPO cross-entropy on SimPO's h'             (reference-free, length-normalised)
 
-Chosen and rejected are scored in ONE forward pass over the 2B rows the collator stacks. The reference is a
-frozen copy, the LoRA base with the adapter disabled, or log-probs precomputed and cached
+Chosen and rejected are scored in ONE forward pass: spans ``[prompt | chosen | rejected]`` with the prompt
+encoded once (``prefix_sharing``, :mod:`mmpo.models.shared_prefix`; several pairs per row with ``packing``), or
+the 2B rows ``prompt + response``. The reference is a frozen copy, the LoRA base with the adapter disabled, or log-probs precomputed and cached
 (:mod:`mmpo.models.reference`).
 
 Logged with every training log and every evaluation (as ``train_*`` / ``eval_*``): loss, accuracy of
@@ -46,7 +47,6 @@ import numpy as np
 import torch
 
 from mmpo.config import DPOConfig
-from mmpo.data.collate import PairCollator
 from mmpo.data.pipeline import PreparedData, prepare_data
 from mmpo.errors import UserError
 from mmpo.evaluation.metrics import pair_metrics
@@ -60,8 +60,9 @@ from mmpo.models.loading import (
     prepare_quantized_for_lora,
     trainable_summary,
 )
-from mmpo.models.logps import response_logps
+from mmpo.models.logps import response_logps, shared_response_logps
 from mmpo.models.policy import freeze, load_causal_lm, save_policy
+from mmpo.models.shared_prefix import pair_collator
 from mmpo.models.reference import (
     REFERENCE_FREE_LOSSES,
     attach_reference_logps,
@@ -190,6 +191,19 @@ class PolicyTrainer(PairTrainer):
             return plugin is not None and plugin.zero_stage == 3
         return False
 
+    def batch_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log pi(y|x), |y|)`` for the batch's 2B responses, chosen first, in either batch layout.
+
+        Under mixed precision the vocabulary projection, which runs outside the model's (autocast) forward,
+        is autocast as well.
+        """
+        with self.accelerator.autocast():
+            if "segment_ids" in batch:  # one row per pair, prompt shared (SharedPromptCollator)
+                return shared_response_logps(model, batch, full_logits=self._full_logits())
+            return response_logps(
+                model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], full_logits=self._full_logits()
+            )
+
     def reference_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(log pi_ref(y_w|x), log pi_ref(y_l|x))`` for the batch, or None when running reference-free."""
         mode = self.reference_mode
@@ -199,20 +213,19 @@ class PolicyTrainer(PairTrainer):
             if "reference_chosen_logps" not in batch:
                 raise RuntimeError("reference: precomputed, but the batch carries no reference log-probs")
             return batch["reference_chosen_logps"], batch["reference_rejected_logps"]
-        args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
         if mode == "model":
             if not self._reference_on_device:
                 self.reference_model.to(self.accelerator.device)
                 self._reference_on_device = True
             with torch.no_grad(), self.accelerator.autocast():
-                logps, _ = response_logps(self.reference_model, *args, full_logits=self._full_logits())
+                logps, _ = self.batch_logps(self.reference_model, batch)
         elif mode == "adapter":
             peft_model = self.accelerator.unwrap_model(model)
             was_training = model.training
             model.eval()  # the reference has no dropout
             try:
                 with torch.no_grad(), peft_model.disable_adapter():
-                    logps, _ = response_logps(model, *args, full_logits=self._full_logits())
+                    logps, _ = self.batch_logps(model, batch)
             finally:
                 model.train(was_training)
         else:
@@ -222,9 +235,7 @@ class PolicyTrainer(PairTrainer):
 
     def pair_rewards(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         reference = self.reference_logps(model, batch)
-        logps, n_tokens = response_logps(
-            model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], full_logits=self._full_logits()
-        )
+        logps, n_tokens = self.batch_logps(model, batch)
         half = logps.shape[0] // 2
         policy_chosen, policy_rejected = logps[:half], logps[half:]
         ref_chosen, ref_rejected = reference if reference is not None else (None, None)
@@ -312,6 +323,7 @@ def _precompute(config: DPOConfig, model: torch.nn.Module, dtype: torch.dtype, b
             get_model, feats, identity, settings, pad_token_id,
             batch_size=config.per_device_eval_batch_size, device=device,
             autocast_dtype=torch.bfloat16 if bf16 else None, desc=f"reference log-probs ({split})",
+            prefix_sharing=config.prefix_sharing, packing=config.packing,
         )
         out[split] = attach_reference_logps(feats, cached.chosen, cached.rejected)
         info[split] = {"path": str(cached.path), "from_cache": cached.from_cache, "pairs": len(feats)}
@@ -371,7 +383,9 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
         args=args,
         train_dataset=train_features,
         eval_dataset=eval_features or None,
-        data_collator=PairCollator(pad_token_id=tokenizer.pad_token_id),
+        data_collator=pair_collator(
+            model, tokenizer.pad_token_id, config.prefix_sharing, config.max_length, reference_model, packing=config.packing
+        ),
         processing_class=tokenizer,
         loss=config.loss,
         beta=config.beta,

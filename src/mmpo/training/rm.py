@@ -1,7 +1,8 @@
 """`mmpo rm`: train a reward model on preference pairs with MMPO or a baseline loss.
 
 The model is ``AutoModelForSequenceClassification`` with one output (see :mod:`mmpo.models.reward`). A
-batch of B pairs is 2B rows (chosen first) scored in ONE forward pass; ``h = r(chosen) - r(rejected)``.
+batch of B pairs is scored in ONE forward pass, as B rows ``[prompt | chosen | rejected]`` with the prompt
+shared (``prefix_sharing``, :mod:`mmpo.models.shared_prefix`) or as 2B rows, chosen first; ``h = r(chosen) - r(rejected)``.
 
 Losses (``config.loss``), all per pair, from :mod:`mmpo.losses`:
 
@@ -25,12 +26,12 @@ import torch
 from transformers import set_seed
 
 from mmpo.config import RMConfig
-from mmpo.data.collate import PairCollator
 from mmpo.data.pipeline import prepare_data
 from mmpo.errors import UserError
 from mmpo.losses import bt_loss, label_smoothing_loss, margin_loss, mmpo_loss
 from mmpo.models.loading import load_tokenizer, model_load_kwargs, trainable_summary
-from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards
+from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards, shared_sequence_rewards
+from mmpo.models.shared_prefix import pair_collator
 from mmpo.training.args import training_arguments
 from mmpo.training.base import PairTrainer, final_results, run_summary
 from mmpo.training.card import push_final_model, write_model_card
@@ -66,7 +67,10 @@ class RewardTrainer(PairTrainer):
         super().__init__(*args, **kwargs)
 
     def pair_rewards(self, model, batch):
-        rewards = sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
+        if "segment_ids" in batch:  # one row per pair, prompt shared (SharedPromptCollator)
+            rewards = shared_sequence_rewards(model, batch)
+        else:
+            rewards = sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
         n_pairs = batch["p"].shape[0]
         return rewards[:n_pairs], rewards[n_pairs:], {}
 
@@ -136,7 +140,7 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
     trainer = RewardTrainer(
         model=model,
         args=training_arguments(config, **extra),
-        data_collator=PairCollator(pad_token_id=tokenizer.pad_token_id),
+        data_collator=pair_collator(model, tokenizer.pad_token_id, config.prefix_sharing, config.max_length, packing=config.packing),
         train_dataset=data.train,
         eval_dataset=data.eval or None,
         processing_class=tokenizer,
