@@ -80,7 +80,7 @@ COMPARISONS = [
     ("policy vs DPOTrainer, precomputed reference", "mmpo-dpo", "trl-dpo-pre", 1.5),
     ("reward model vs RewardTrainer", "mmpo-rm", "trl-rm", 1.3),
 ]
-DEFAULT_MIXES = ["synthetic:256:2", "real:256:2", "prompt-heavy:256:2"]
+DEFAULT_MIXES = ["synthetic:128:2", "real:256:1", "prompt-heavy:256:1"]
 
 
 def comparisons(settings: list[str]) -> list[tuple[str, str, str, str, float]]:
@@ -275,7 +275,7 @@ def main(argv: list[str]) -> None:
                     help=f"a data mix (repeatable; default {' '.join(DEFAULT_MIXES)})")
     ap.add_argument("--settings", nargs="+", default=["defaults", "bf16", "fp32"], choices=list(SETTINGS))
     ap.add_argument("--steps", type=int, default=2, help="timed steps per run")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed window")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed window")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--mmpo-override", action="append", default=[], metavar="KEY=VALUE",
@@ -316,6 +316,9 @@ def main(argv: list[str]) -> None:
     loads: list[float] = [load_before]
     total = args.repeats * len(mixes) * len(cases)
     for repeat in range(args.repeats):
+        if repeat == 1:
+            so_far = (time.perf_counter() - t_start) / 60
+            print(f"first repeat done at {so_far:.1f} min: the whole run will take about {so_far * args.repeats:.0f} min", flush=True)
         for mix, d in data.items():
             for case in run_order(cases, repeat):
                 c = CASES[case]

@@ -7,8 +7,8 @@
 #                                                 # a smoke run: every case end to end, numbers meaningless
 #
 # Size (defaults fit ~25 min on 2 quiet cores; see RESULTS.md for what a run used):
-#   BENCH_MIXES     "NAME:MAX_LENGTH:PAIRS_PER_STEP ..."  (default: synthetic:256:2 real:256:2 prompt-heavy:256:2)
-#   BENCH_STEPS     timed steps per run (2)     BENCH_WARMUP  untimed steps before them (2)
+#   BENCH_MIXES     "NAME:MAX_LENGTH:PAIRS_PER_STEP ..."  (default: synthetic:128:2 real:256:1 prompt-heavy:256:1)
+#   BENCH_STEPS     timed steps per run (2)     BENCH_WARMUP  untimed steps before them (1)
 #   BENCH_REPEATS   runs per case (3)           BENCH_SETTINGS  "defaults bf16 fp32" (also: defaults-fp32)
 #   BENCH_MMPO      "KEY=VALUE ..." mmpo config keys for every mmpo run (e.g. "prefix_sharing=false")
 #   BENCH_PROFILE=0 no profiled step         BENCH_WAIT_QUIET  wait for a 1-min load below this first (1.0; 0: don't)
@@ -22,7 +22,7 @@ VENV=$(bash benchmarks/setup.sh | tail -n 1)
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 
 invocation="bash benchmarks/run_all.sh"
-args=(--wait-quiet "${BENCH_WAIT_QUIET:-1.0}" --steps "${BENCH_STEPS:-2}" --warmup "${BENCH_WARMUP:-2}"
+args=(--wait-quiet "${BENCH_WAIT_QUIET:-1.0}" --steps "${BENCH_STEPS:-2}" --warmup "${BENCH_WARMUP:-1}"
       --repeats "${BENCH_REPEATS:-3}")
 for v in BENCH_MIXES BENCH_STEPS BENCH_WARMUP BENCH_REPEATS BENCH_SETTINGS BENCH_MMPO BENCH_PROFILE BENCH_WAIT_QUIET \
          BENCH_MODEL BENCH_OUT; do
