@@ -80,7 +80,7 @@ COMPARISONS = [
     ("policy vs DPOTrainer, precomputed reference", "mmpo-dpo", "trl-dpo-pre", 1.5),
     ("reward model vs RewardTrainer", "mmpo-rm", "trl-rm", 1.3),
 ]
-DEFAULT_MIXES = ["synthetic:128:2", "real:256:1", "prompt-heavy:256:1"]
+DEFAULT_MIXES = ["synthetic:128:1", "real:256:1", "prompt-heavy:256:1"]
 
 
 def comparisons(settings: list[str]) -> list[tuple[str, str, str, str, float]]:

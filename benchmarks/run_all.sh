@@ -7,7 +7,7 @@
 #                                                 # a smoke run: every case end to end, numbers meaningless
 #
 # Size (defaults fit ~25 min on 2 quiet cores; see RESULTS.md for what a run used):
-#   BENCH_MIXES     "NAME:MAX_LENGTH:PAIRS_PER_STEP ..."  (default: synthetic:128:2 real:256:1 prompt-heavy:256:1)
+#   BENCH_MIXES     "NAME:MAX_LENGTH:PAIRS_PER_STEP ..."  (default: synthetic:128:1 real:256:1 prompt-heavy:256:1)
 #   BENCH_STEPS     timed steps per run (2)     BENCH_WARMUP  untimed steps before them (1)
 #   BENCH_REPEATS   runs per case (3)           BENCH_SETTINGS  "defaults bf16 fp32" (also: defaults-fp32)
 #   BENCH_MMPO      "KEY=VALUE ..." mmpo config keys for every mmpo run (e.g. "prefix_sharing=false")
