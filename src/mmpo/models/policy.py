@@ -22,13 +22,16 @@ PLAIN_CHAT_TEMPLATE = (
 )
 
 
-def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32) -> Any:
-    """``AutoModelForCausalLM`` from a hub id, a local path or ``embedded``; a failure is one UserError line."""
+def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32, **load_kwargs: Any) -> Any:
+    """``AutoModelForCausalLM`` from a hub id, a local path or ``embedded``; a failure is one UserError line.
+
+    ``load_kwargs`` go to ``from_pretrained`` (see :func:`mmpo.models.loading.model_load_kwargs`)."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
+    load_kwargs.setdefault("dtype", dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load a causal LM from {name_or_path!r}: {str(e).splitlines()[0]}") from None
     return model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any
@@ -23,8 +24,60 @@ def use_bf16(setting: Any) -> bool:
     return bool(setting)
 
 
+def _checkpointing_arguments(enabled: bool) -> dict[str, Any]:
+    # transformers 5.x renamed gradient_checkpointing* to activation_checkpointing* (the old names warn).
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    prefix = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {prefix: enabled, f"{prefix}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
+def check_trackers(report_to: Any) -> Any:
+    """``report_to`` for TrainingArguments (none = ``"none"``); a named tracker that is not installed is a
+    one-line error here rather than a traceback from inside Trainer."""
+    if report_to is None:
+        return "none"
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    if any(n in ("none", "all") for n in names):
+        return report_to
+    from transformers.integrations import get_available_reporting_integrations
+
+    available = get_available_reporting_integrations()
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise UserError(
+            f"report_to: {', '.join(missing)} not installed (pip install {' '.join(missing)}); "
+            f"installed trackers: {', '.join(available) or 'none'}"
+        )
+    return report_to
+
+
+def passthrough_arguments(config: Any) -> dict[str, Any]:
+    """The run's ``trainer_args`` (any other TrainingArguments key), numbers given as text made numbers."""
+    from mmpo.config import check_trainer_args
+
+    given = dict(getattr(config, "trainer_args", None) or {})
+    check_trainer_args(given)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainingArguments)}
+    return {k: _as_number(k, v, defaults.get(k)) for k, v in given.items()}
+
+
+def _as_number(key: str, value: Any, default: Any) -> Any:
+    # YAML 1.1 reads `adam_epsilon: 1e-8` as a string; a key whose default is a number gets a number.
+    if not isinstance(value, str) or isinstance(default, bool) or not isinstance(default, (int, float)):
+        return value
+    try:
+        return int(value) if isinstance(default, int) and value.strip().lstrip("-").isdigit() else float(value)
+    except ValueError:
+        raise UserError(f"{key} expects a number (got {value!r})") from None
+
+
 def training_arguments(config: Any, **extra: Any) -> TrainingArguments:
-    """TrainingArguments for a run: epoch or step-based eval/save, no external loggers, our metrics file."""
+    """TrainingArguments for a run: epoch or step-based eval/save, the chosen trackers, our metrics file.
+
+    Order of precedence: mmpo's mapping of its own keys, then ``trainer_args`` (any TrainingArguments key
+    from a recipe or the command line), then ``extra`` (what the caller must force, e.g. no evaluation
+    without held-out pairs).
+    """
     eval_strategy = "steps" if config.eval_steps else "epoch"
     save_strategy = "steps" if config.save_steps else "epoch"
     kwargs = dict(
@@ -43,8 +96,7 @@ def training_arguments(config: Any, **extra: Any) -> TrainingArguments:
         seed=config.seed,
         data_seed=config.seed,
         bf16=use_bf16(config.bf16),
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        **_checkpointing_arguments(config.gradient_checkpointing),
         logging_steps=config.logging_steps,
         logging_first_step=True,
         eval_strategy=eval_strategy,
@@ -52,7 +104,7 @@ def training_arguments(config: Any, **extra: Any) -> TrainingArguments:
         save_strategy=save_strategy,
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
-        report_to="none",
+        report_to=check_trackers(config.report_to),
         # Without a GPU, say so: then `torchrun`/`accelerate launch` processes form a gloo group (MULTI_CPU)
         # instead of each training alone.
         use_cpu=not torch.cuda.is_available(),
@@ -63,8 +115,13 @@ def training_arguments(config: Any, **extra: Any) -> TrainingArguments:
         torch_compile=config.torch_compile,
         disable_tqdm=False,
     )
+    kwargs.update(passthrough_arguments(config))
     kwargs.update(extra)
-    return TrainingArguments(**kwargs)
+    try:
+        return TrainingArguments(**kwargs)
+    except (ValueError, TypeError, ImportError) as e:
+        # e.g. an unknown optim or scheduler name: transformers' own message, on one line
+        raise UserError(f"training arguments: {str(e).strip().splitlines()[0]}") from None
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:

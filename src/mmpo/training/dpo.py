@@ -10,7 +10,9 @@ and the losses are
 * ``mmpo``        -p log sigmoid(h) - (1-p) log sigmoid(-h)       (soft targets; MMPO)
 * ``dpo``         -log sigmoid(h)                                 (hard targets, p = 1)
 * ``cdpo``        the same cross-entropy with every target at 1 - label_smoothing
-* ``ipo``         (h / beta - 1 / (2 beta))^2
+* ``ipo``         (h / beta - 1 / (2 beta))^2, with ``ipo_logps: summed`` (default; TRL 0.7.7 and the official
+                  MMPO code) or ``averaged`` (every log-prob divided by its response length, as TRL 1.x does;
+                  a beta tuned for one form does not transfer to the other)
 * ``simpo``       -log sigmoid(h'),  h' = beta * (log pi(y_w|x)/|y_w| - log pi(y_l|x)/|y_l|) - simpo_margin
 * ``simpo_mmpo``  the MMPO cross-entropy on SimPO's h'             (reference-free, length-normalised)
 
@@ -43,14 +45,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmpo.config import DPOConfig, save_config
+from mmpo.config import DPOConfig
 from mmpo.data.collate import PairCollator
 from mmpo.data.pipeline import PreparedData, prepare_data
 from mmpo.errors import UserError
 from mmpo.evaluation.metrics import pair_metrics
 from mmpo.losses import bt_loss, dpo_logits, ipo_loss, label_smoothing_loss, mmpo_loss, simpo_logits
 from mmpo.models.embedded import resolve_model_path
-from mmpo.models.loading import load_tokenizer, lora_config
+from mmpo.models.loading import (
+    get_lora_model,
+    load_tokenizer,
+    lora_config,
+    model_load_kwargs,
+    prepare_quantized_for_lora,
+    trainable_summary,
+)
 from mmpo.models.logps import response_logps
 from mmpo.models.policy import freeze, load_causal_lm, save_policy
 from mmpo.models.reference import (
@@ -60,13 +69,14 @@ from mmpo.models.reference import (
     model_identity,
     resolve_reference_mode,
 )
-from mmpo.training.args import resume_checkpoint, training_arguments, use_bf16
-from mmpo.training.base import PairTrainer, final_results
+from mmpo.training.args import training_arguments, use_bf16
+from mmpo.training.base import PairTrainer, final_results, run_summary
+from mmpo.training.card import push_final_model, write_model_card
+from mmpo.training.run_dir import RESULTS_FILE, plan_run, save_run_config, write_results
 
 POLICY_LOSSES = ("mmpo", "dpo", "cdpo", "ipo", "simpo", "simpo_mmpo")
-EVAL_RESULTS_FILE = "eval_results.json"
+EVAL_RESULTS_FILE = RESULTS_FILE
 DATA_REPORT_FILE = "data_report.json"
-CONFIG_FILE = "config.yaml"
 
 
 # --- the math on recorded log-probs ------------------------------------------------------------------------
@@ -81,16 +91,23 @@ def policy_rewards(
     reference_rejected_logps: torch.Tensor | None,
     beta: float,
     simpo_margin: float = 0.0,
+    average_logps: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair (chosen, rejected) rewards whose difference is ``h``.
 
-    DPO family: ``beta * (log pi - log pi_ref)`` (:func:`mmpo.losses.dpo_logits`). SimPO family:
-    ``beta * log pi / |y|`` with ``simpo_margin`` taken off chosen (:func:`mmpo.losses.simpo_logits`).
+    DPO family: ``beta * (log pi - log pi_ref)`` (:func:`mmpo.losses.dpo_logits`) on summed response log-probs,
+    or with ``average_logps`` on per-token averages ``log pi(y|x) / |y|`` (policy and reference alike; IPO's
+    ``ipo_logps: averaged``). SimPO family: ``beta * log pi / |y|`` with ``simpo_margin`` taken off chosen
+    (:func:`mmpo.losses.simpo_logits`).
     """
     if loss in REFERENCE_FREE_LOSSES:
         return simpo_logits(policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths, beta, simpo_margin)
     if reference_chosen_logps is None or reference_rejected_logps is None:
         raise ValueError(f"loss {loss!r} needs reference log-probabilities")
+    if average_logps:
+        chosen_n, rejected_n = chosen_lengths.float().clamp(min=1), rejected_lengths.float().clamp(min=1)
+        policy_chosen_logps, reference_chosen_logps = policy_chosen_logps / chosen_n, reference_chosen_logps.float() / chosen_n
+        policy_rejected_logps, reference_rejected_logps = policy_rejected_logps / rejected_n, reference_rejected_logps.float() / rejected_n
     return dpo_logits(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta)
 
 
@@ -139,6 +156,7 @@ class PolicyTrainer(PairTrainer):
         beta: float = 0.1,
         simpo_margin: float = 0.0,
         label_smoothing: float = 0.0,
+        ipo_logps: str = "summed",
         reference_mode: str = "precomputed",
         reference_model: torch.nn.Module | None = None,
         **kwargs: Any,
@@ -151,6 +169,9 @@ class PolicyTrainer(PairTrainer):
         self.beta = beta
         self.simpo_margin = simpo_margin
         self.label_smoothing = label_smoothing
+        if ipo_logps not in ("summed", "averaged"):
+            raise UserError(f"ipo_logps must be summed or averaged (got {ipo_logps!r})")
+        self.average_logps = loss == "ipo" and ipo_logps == "averaged"
         self.reference_mode = reference_mode
         self.reference_model = reference_model
         self._reference_on_device = False
@@ -209,7 +230,7 @@ class PolicyTrainer(PairTrainer):
         ref_chosen, ref_rejected = reference if reference is not None else (None, None)
         chosen, rejected = policy_rewards(
             self.loss_name, policy_chosen, policy_rejected, n_tokens[:half], n_tokens[half:],
-            ref_chosen, ref_rejected, self.beta, self.simpo_margin,
+            ref_chosen, ref_rejected, self.beta, self.simpo_margin, average_logps=self.average_logps,
         )
         extras = {"policy_chosen_logps": policy_chosen.detach(), "policy_rejected_logps": policy_rejected.detach()}
         if reference is not None:
@@ -248,9 +269,19 @@ class PolicyRun:
     reference_cache: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _model_dtype(config: DPOConfig, bf16: bool) -> torch.dtype:
-    # A frozen LoRA base can live in bf16; fully trained weights stay float32 masters under mixed precision.
+def _model_dtype(config: DPOConfig, bf16: bool) -> torch.dtype | str:
+    # `dtype` set: as asked. Else a frozen LoRA base can live in bf16; fully trained weights stay float32
+    # masters under mixed precision.
+    if config.dtype is not None:
+        return "auto" if config.dtype == "auto" else getattr(torch, config.dtype)
     return torch.bfloat16 if bf16 and config.lora_r > 0 else torch.float32
+
+
+def _reference_load_kwargs(config: DPOConfig, dtype: Any) -> dict[str, Any]:
+    # ref_model is another checkpoint: the policy's revision does not apply to it.
+    kwargs = model_load_kwargs(config, dtype)
+    kwargs.pop("revision", None)
+    return kwargs
 
 
 def _precompute(config: DPOConfig, model: torch.nn.Module, dtype: torch.dtype, bf16: bool, features: dict[str, list], pad_token_id: int) -> tuple[dict[str, list], dict[str, dict[str, Any]]]:
@@ -269,8 +300,9 @@ def _precompute(config: DPOConfig, model: torch.nn.Module, dtype: torch.dtype, b
 
     def get_model() -> torch.nn.Module:
         if "model" not in loaded:
-            ref = model if config.ref_model is None else freeze(load_causal_lm(config.ref_model, dtype))
-            loaded["model"] = ref.to(device)
+            ref = model if config.ref_model is None else freeze(load_causal_lm(config.ref_model, **_reference_load_kwargs(config, dtype)))
+            # A quantised model was placed on its GPU when loaded and cannot be moved.
+            loaded["model"] = ref if getattr(ref, "is_quantized", False) else ref.to(device)
         return loaded["model"]
 
     out, info = {}, {}
@@ -299,18 +331,14 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
     if config.ref_model is not None and mode == "adapter":
         raise UserError("ref_model cannot be used with reference: adapter (the reference is the LoRA base itself)")
     bf16 = use_bf16(config.bf16)
-    tokenizer = load_tokenizer(config.tokenizer or config.model)
+    tokenizer = load_tokenizer(config.tokenizer or config.model, config.revision if not config.tokenizer else None, config.trust_remote_code)
     data = prepare_data(config, tokenizer)
     print(data.render())
-    os.makedirs(config.output_dir, exist_ok=True)
-    save_config(config, os.path.join(config.output_dir, CONFIG_FILE))
-    with open(os.path.join(config.output_dir, DATA_REPORT_FILE), "w") as f:
-        json.dump({split: r.to_dict() for split, r in data.reports.items()}, f, indent=2)
     if not data.train:
         raise UserError(f"no training pairs left from {config.data!r} (see the data report above)")
 
     dtype = _model_dtype(config, bf16)
-    model = load_causal_lm(config.model, dtype)
+    model = load_causal_lm(config.model, **model_load_kwargs(config, dtype))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.config.use_cache = False  # no generation during training; the KV cache only costs memory
@@ -326,14 +354,13 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
         train_features, eval_features = with_ref["train"], with_ref.get("eval", [])
     elif mode == "model":
         reference_model = freeze(
-            load_causal_lm(config.ref_model, dtype) if config.ref_model else copy.deepcopy(model)
+            load_causal_lm(config.ref_model, **_reference_load_kwargs(config, dtype)) if config.ref_model else copy.deepcopy(model)
         )
 
     if config.lora_r > 0:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, lora_config(config, "CAUSAL_LM", model=model))
-        model.print_trainable_parameters()
+        model = prepare_quantized_for_lora(model, config)  # QLoRA: a 4/8-bit base
+        model = get_lora_model(model, lora_config(config, "CAUSAL_LM", model=model))
+        print(trainable_summary(model, config))
 
     extra_args: dict[str, Any] = {}
     if not eval_features:
@@ -350,6 +377,7 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
         beta=config.beta,
         simpo_margin=config.simpo_margin,
         label_smoothing=config.label_smoothing,
+        ipo_logps=config.ipo_logps,
         reference_mode=mode,
         reference_model=reference_model,
     )
@@ -359,14 +387,27 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
 def train_policy(config: DPOConfig) -> dict[str, Any]:
     """Train a policy per ``config`` and save it to ``config.output_dir``; returns a summary dict.
 
-    Writes ``config.yaml`` and ``data_report.json`` before training, ``checkpoint-N/`` while training (a
-    rerun of the same command resumes from the last complete one, see ``resume``), and at the end the model
-    (LoRA merged into the base when ``merge_lora``, else the adapter) with its tokenizer and chat template,
-    so ``AutoModelForCausalLM.from_pretrained(output_dir)`` loads it, plus ``eval_results.json``.
+    Writes ``config.yaml`` and ``data_report.json`` when training starts, ``checkpoint-N/`` while training (a
+    rerun of the same command resumes from the last complete one, or reuses a finished run; see ``resume`` and
+    :mod:`mmpo.training.run_dir`), and at the end the model (LoRA merged into the base when ``merge_lora``, else
+    the adapter) with its tokenizer and chat template, so ``AutoModelForCausalLM.from_pretrained(output_dir)``
+    loads it, plus ``eval_results.json`` (last).
     """
+    config.validate()
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    plan = plan_run(config, main_process)
+    if plan.finished is not None:
+        return {"output_dir": config.output_dir, "loss": config.loss, "reused": True,
+                "global_step": plan.finished.get("step"), "eval": plan.finished}
     run = build_policy_run(config)
     trainer = run.trainer
-    resume_from = resume_checkpoint(config)
+    resume_from = plan.resume_from
+    # Training starts: only now does output_dir get the run's files, so a run that failed earlier leaves none.
+    if trainer.accelerator.is_main_process:
+        os.makedirs(config.output_dir, exist_ok=True)
+        save_run_config(config, config.output_dir)
+        with open(os.path.join(config.output_dir, DATA_REPORT_FILE), "w") as f:
+            json.dump({split: r.to_dict() for split, r in run.data.reports.items()}, f, indent=2)
     if resume_from:
         print(f"resuming from {resume_from}")
     train_output = trainer.train(resume_from_checkpoint=resume_from)
@@ -394,10 +435,9 @@ def train_policy(config: DPOConfig) -> dict[str, Any]:
         "saved": saved,
     }
     if trainer.accelerator.is_main_process:
-        with open(os.path.join(config.output_dir, EVAL_RESULTS_FILE), "w") as f:
-            json.dump(final_results(eval_metrics, trainer.state.global_step) if eval_metrics else {}, f, indent=2)
-        if eval_metrics:
-            shown = {k: round(v, 4) for k, v in eval_metrics.items() if isinstance(v, float)}
-            print(f"held-out: {shown}")
-        print(f"saved the policy ({saved}) to {config.output_dir}")
+        results = final_results(eval_metrics, trainer.state.global_step) if eval_metrics else {}
+        write_model_card(config.output_dir, config, "policy", results)
+        write_results(config.output_dir, results)  # last: marks the run finished
+        print(run_summary("policy", config.output_dir, results, saved))
+    push_final_model(trainer, config.output_dir)
     return summary

@@ -24,18 +24,20 @@ from typing import Any
 import torch
 from transformers import set_seed
 
-from mmpo.config import RMConfig, save_config
+from mmpo.config import RMConfig
 from mmpo.data.collate import PairCollator
 from mmpo.data.pipeline import prepare_data
 from mmpo.errors import UserError
 from mmpo.losses import bt_loss, label_smoothing_loss, margin_loss, mmpo_loss
-from mmpo.models.loading import load_tokenizer
+from mmpo.models.loading import load_tokenizer, model_load_kwargs, trainable_summary
 from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards
-from mmpo.training.args import resume_checkpoint, training_arguments
-from mmpo.training.base import PairTrainer, final_results
+from mmpo.training.args import training_arguments
+from mmpo.training.base import PairTrainer, final_results, run_summary
+from mmpo.training.card import push_final_model, write_model_card
+from mmpo.training.run_dir import RESULTS_FILE, plan_run, save_run_config, write_results
 
 RM_LOSSES = ("mmpo", "bt", "margin", "label_smoothing")
-EVAL_RESULTS_FILE = "eval_results.json"
+EVAL_RESULTS_FILE = RESULTS_FILE
 DATA_REPORT_FILE = "data_report.json"
 
 
@@ -74,12 +76,10 @@ class RewardTrainer(PairTrainer):
 
 def build_model(config: RMConfig, tokenizer: Any) -> Any:
     """The reward model to train: backbone + scalar head, LoRA-wrapped when ``lora_r > 0``."""
-    model = load_reward_model(config.model, tokenizer)
+    model = load_reward_model(config.model, tokenizer, **model_load_kwargs(config, torch.float32))
     if config.lora_r > 0:
         model = add_lora(model, config)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
-        print(f"LoRA r={config.lora_r}: training {trainable:,} of {total:,} parameters ({trainable / total:.2%})")
+        print(trainable_summary(model, config))
     return model
 
 
@@ -109,21 +109,21 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
     """Train a reward model as ``config`` says; return the final held-out metrics (``eval_results.json``).
 
     Keys: n, accuracy, ece, soft_ece, nll, brier (see :mod:`mmpo.evaluation.metrics`), loss (the held-out
-    mean of the training loss) and step. Empty when there is no held-out set.
+    mean of the training loss) and step. Empty when there is no held-out set. ``output_dir`` is resumed,
+    reused (a finished run with the same settings: its saved results are returned) or refused as
+    :func:`mmpo.training.run_dir.plan_run` says.
     """
     config.validate()
     # Under accelerate/torchrun every rank runs this; only the first writes files and prints the report.
     main_process = int(os.environ.get("RANK", "0")) == 0
-    os.makedirs(config.output_dir, exist_ok=True)
-    if main_process:
-        save_config(config, os.path.join(config.output_dir, "config.yaml"))
+    plan = plan_run(config, main_process)
+    if plan.finished is not None:
+        return plan.finished
 
-    tokenizer = load_tokenizer(config.tokenizer or config.model)
+    tokenizer = load_tokenizer(config.tokenizer or config.model, config.revision if not config.tokenizer else None, config.trust_remote_code)
     data = prepare_data(config, tokenizer)
     if main_process:
         print(data.render())
-        with open(os.path.join(config.output_dir, DATA_REPORT_FILE), "w") as f:
-            json.dump({name: r.to_dict() for name, r in data.reports.items()}, f, indent=2)
     if not data.train:
         raise UserError(f"no training pairs left after filtering {config.data!r} (see the data report above)")
 
@@ -143,10 +143,15 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
         loss=config.loss,
         label_smoothing=config.label_smoothing,
     )
-    checkpoint = resume_checkpoint(config)
-    if checkpoint:
-        print(f"resuming from {checkpoint}")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    # Training starts: only now does output_dir get the run's files, so a run that failed earlier leaves none.
+    if main_process:
+        os.makedirs(config.output_dir, exist_ok=True)
+        save_run_config(config, config.output_dir)
+        with open(os.path.join(config.output_dir, DATA_REPORT_FILE), "w") as f:
+            json.dump({name: r.to_dict() for name, r in data.reports.items()}, f, indent=2)
+    if plan.resume_from:
+        print(f"resuming from {plan.resume_from}")
+    trainer.train(resume_from_checkpoint=plan.resume_from)
 
     results: dict[str, float] = {}
     if data.eval:
@@ -154,10 +159,10 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
         final = trainer.save_eval_scores(data.eval)
         trainer.log(dict(final))
         results = final_results(final, trainer.state.global_step)
-        print("held-out: " + "  ".join(f"{k} {v:.4g}" for k, v in results.items()))
     save_final_model(trainer, tokenizer, config.output_dir)
     if trainer.args.should_save:
-        with open(os.path.join(config.output_dir, EVAL_RESULTS_FILE), "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"saved the reward model to {config.output_dir}")
+        write_model_card(config.output_dir, config, "reward_model", results)
+        write_results(config.output_dir, results)  # last: marks the run finished
+        print(run_summary("reward model", config.output_dir, results))
+    push_final_model(trainer, config.output_dir)
     return results
