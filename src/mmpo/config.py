@@ -32,6 +32,13 @@ class TrainConfig:
     lora_dropout: float = 0.0
     lora_target_modules: Any = "all-linear"
     lora_layers: int | None = None  # adapt only the last N blocks (None = all); backward stops below them
+    trunk_cache: Any = field(
+        default="auto",
+        metadata={
+            "help": "auto | true | false: with lora_layers, compute the frozen lower blocks' output once per "
+            "sequence and train/evaluate only the top blocks (auto = where exact; see mmpo.models.trunk_cache)"
+        },
+    )
     gradient_checkpointing: bool = False
     bf16: Any = "auto"  # auto = bf16 where the hardware has it, float32 on CPU
     # data (a path, a hub name / source name, or a mapping; see mmpo.data.sources.load_pairs)
@@ -85,6 +92,8 @@ class TrainConfig:
             raise UserError(f"ties must be 'keep' or 'drop' (got {self.ties!r})")
         if self.order_conflict not in ("swap", "drop", "error"):
             raise UserError(f"order_conflict must be swap, drop or error (got {self.order_conflict!r})")
+        if not (isinstance(self.trunk_cache, bool) or str(self.trunk_cache).lower() in ("auto", "true", "false")):
+            raise UserError(f"trunk_cache must be auto, true or false (got {self.trunk_cache!r})")
         if self.data is None:
             raise UserError("no training data: set `data` in the recipe or pass --data PATH")
 

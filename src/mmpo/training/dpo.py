@@ -60,6 +60,7 @@ from mmpo.models.reference import (
     model_identity,
     resolve_reference_mode,
 )
+from mmpo.models.trunk_cache import build_trunk_cache
 from mmpo.training.args import resume_checkpoint, training_arguments, use_bf16
 from mmpo.training.base import PairTrainer, final_results
 
@@ -169,6 +170,12 @@ class PolicyTrainer(PairTrainer):
             return plugin is not None and plugin.zero_stage == 3
         return False
 
+    def policy_rows(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed response log-probs and lengths per row of a collated batch (the plain path)."""
+        return response_logps(
+            model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], full_logits=self._full_logits()
+        )
+
     def reference_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(log pi_ref(y_w|x), log pi_ref(y_l|x))`` for the batch, or None when running reference-free."""
         mode = self.reference_mode
@@ -190,8 +197,9 @@ class PolicyTrainer(PairTrainer):
             was_training = model.training
             model.eval()  # the reference has no dropout
             try:
+                # The frozen trunk carries no adapter, so its cached states serve the reference too.
                 with torch.no_grad(), peft_model.disable_adapter():
-                    logps, _ = response_logps(model, *args, full_logits=self._full_logits())
+                    logps, _ = self.trunk_forward(model, self.policy_rows, batch)
             finally:
                 model.train(was_training)
         else:
@@ -201,9 +209,7 @@ class PolicyTrainer(PairTrainer):
 
     def pair_rewards(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         reference = self.reference_logps(model, batch)
-        logps, n_tokens = response_logps(
-            model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], full_logits=self._full_logits()
-        )
+        logps, n_tokens = self.trunk_forward(model, self.policy_rows, batch)
         half = logps.shape[0] // 2
         policy_chosen, policy_rejected = logps[:half], logps[half:]
         ref_chosen, ref_rejected = reference if reference is not None else (None, None)
@@ -352,7 +358,9 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
         label_smoothing=config.label_smoothing,
         reference_mode=mode,
         reference_model=reference_model,
+        trunk_cache=build_trunk_cache(config, model, "policy", bf16),
     )
+    trainer.prefill_trunk_cache(trainer.policy_rows, {"train": train_features, "eval": eval_features})
     return PolicyRun(config, trainer, tokenizer, data, mode, train_features, eval_features, cache_info)
 
 

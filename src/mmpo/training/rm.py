@@ -31,7 +31,8 @@ from mmpo.errors import UserError
 from mmpo.losses import bt_loss, label_smoothing_loss, margin_loss, mmpo_loss
 from mmpo.models.loading import load_tokenizer
 from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards
-from mmpo.training.args import resume_checkpoint, training_arguments
+from mmpo.models.trunk_cache import build_trunk_cache
+from mmpo.training.args import resume_checkpoint, training_arguments, use_bf16
 from mmpo.training.base import PairTrainer, final_results
 
 RM_LOSSES = ("mmpo", "bt", "margin", "label_smoothing")
@@ -53,6 +54,11 @@ def reward_pair_loss(loss: str, chosen: torch.Tensor, rejected: torch.Tensor, ba
     raise UserError(f"unknown reward-model loss {loss!r}: choose {', '.join(RM_LOSSES)}")
 
 
+def score_rows(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One reward per row of a collated batch (the plain path the trunk cache reproduces)."""
+    return sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
+
+
 class RewardTrainer(PairTrainer):
     """PairTrainer for a scalar-head reward model: one forward on the 2B rows, split into chosen / rejected."""
 
@@ -64,7 +70,7 @@ class RewardTrainer(PairTrainer):
         super().__init__(*args, **kwargs)
 
     def pair_rewards(self, model, batch):
-        rewards = sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
+        rewards = self.trunk_forward(model, score_rows, batch)
         n_pairs = batch["p"].shape[0]
         return rewards[:n_pairs], rewards[n_pairs:], {}
 
@@ -142,7 +148,9 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
         processing_class=tokenizer,
         loss=config.loss,
         label_smoothing=config.label_smoothing,
+        trunk_cache=build_trunk_cache(config, model, "rm", use_bf16(config.bf16)),
     )
+    trainer.prefill_trunk_cache(score_rows, {"train": data.train, "eval": data.eval})
     checkpoint = resume_checkpoint(config)
     if checkpoint:
         print(f"resuming from {checkpoint}")
