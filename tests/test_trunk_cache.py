@@ -283,3 +283,31 @@ def test_runs_with_and_without_the_cache_agree_and_resume_reloads_it(kind, four_
     for key in ("loss", "nll", "accuracy", "ece", "brier"):
         k = key if key in plain else f"eval_{key}"
         assert cached[k] == pytest.approx(plain[k], rel=1e-4, abs=1e-6), key
+
+
+def test_under_bf16_autocast_the_cache_holds_the_autocast_states(tmp_path):
+    """Prefilled under autocast, the states are those the plain path computes under the same autocast."""
+    from mmpo.models.trunk_cache import capture_trunk, decoder_layers
+
+    model = tiny_model("llama", "policy").eval()
+    collate = PairCollator(pad_token_id=PAD)
+    train = features(4, seed=3)
+    cache = TrunkCache(2, {"m": "bf16"}, {"kind": "policy", "autocast_bf16": True})
+    cache.prefill(model, policy_rows, train, collate, batch_size=8, autocast_dtype=torch.bfloat16, root=tmp_path)
+    batch = collate(train)
+    real = batch["attention_mask"].bool()
+    layers = decoder_layers(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = capture_trunk(model, policy_rows, batch, layers, 2)
+    full_precision = capture_trunk(model, policy_rows, batch, layers, 2)
+    from mmpo.models.trunk_cache import sequence_key
+
+    cached = torch.cat([cache.states[sequence_key(batch["input_ids"][i][real[i]])] for i in range(len(real))])
+    assert cached.dtype == under_autocast.dtype
+    assert_close(cached.float(), under_autocast[real].float(), rtol=1e-6)
+    assert (cached.float() - full_precision[real].float()).abs().max() > 1e-4  # autocast did change them
+    # And a step under autocast from the cache gives the plain path's loss under autocast.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain_loss, _ = loss_and_grads(model, "policy", batch, None)
+        cached_loss, _ = loss_and_grads(model, "policy", batch, cache)
+    assert_close(cached_loss, plain_loss, rtol=1e-5)
