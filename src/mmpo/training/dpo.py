@@ -10,7 +10,9 @@ and the losses are
 * ``mmpo``        -p log sigmoid(h) - (1-p) log sigmoid(-h)       (soft targets; MMPO)
 * ``dpo``         -log sigmoid(h)                                 (hard targets, p = 1)
 * ``cdpo``        the same cross-entropy with every target at 1 - label_smoothing
-* ``ipo``         (h / beta - 1 / (2 beta))^2
+* ``ipo``         (h / beta - 1 / (2 beta))^2, with ``ipo_logps: summed`` (default; TRL 0.7.7 and the official
+                  MMPO code) or ``averaged`` (every log-prob divided by its response length, as TRL 1.x does;
+                  a beta tuned for one form does not transfer to the other)
 * ``simpo``       -log sigmoid(h'),  h' = beta * (log pi(y_w|x)/|y_w| - log pi(y_l|x)/|y_l|) - simpo_margin
 * ``simpo_mmpo``  the MMPO cross-entropy on SimPO's h'             (reference-free, length-normalised)
 
@@ -43,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmpo.config import DPOConfig, save_config
+from mmpo.config import DPOConfig
 from mmpo.data.collate import PairCollator
 from mmpo.data.pipeline import PreparedData, prepare_data
 from mmpo.errors import UserError
@@ -61,13 +63,13 @@ from mmpo.models.reference import (
     resolve_reference_mode,
 )
 from mmpo.models.trunk_cache import build_trunk_cache
-from mmpo.training.args import resume_checkpoint, training_arguments, use_bf16
+from mmpo.training.args import training_arguments, use_bf16
 from mmpo.training.base import PairTrainer, final_results
+from mmpo.training.run_dir import RESULTS_FILE, plan_run, save_run_config, write_results
 
 POLICY_LOSSES = ("mmpo", "dpo", "cdpo", "ipo", "simpo", "simpo_mmpo")
-EVAL_RESULTS_FILE = "eval_results.json"
+EVAL_RESULTS_FILE = RESULTS_FILE
 DATA_REPORT_FILE = "data_report.json"
-CONFIG_FILE = "config.yaml"
 
 
 # --- the math on recorded log-probs ------------------------------------------------------------------------
@@ -82,16 +84,23 @@ def policy_rewards(
     reference_rejected_logps: torch.Tensor | None,
     beta: float,
     simpo_margin: float = 0.0,
+    average_logps: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair (chosen, rejected) rewards whose difference is ``h``.
 
-    DPO family: ``beta * (log pi - log pi_ref)`` (:func:`mmpo.losses.dpo_logits`). SimPO family:
-    ``beta * log pi / |y|`` with ``simpo_margin`` taken off chosen (:func:`mmpo.losses.simpo_logits`).
+    DPO family: ``beta * (log pi - log pi_ref)`` (:func:`mmpo.losses.dpo_logits`) on summed response log-probs,
+    or with ``average_logps`` on per-token averages ``log pi(y|x) / |y|`` (policy and reference alike; IPO's
+    ``ipo_logps: averaged``). SimPO family: ``beta * log pi / |y|`` with ``simpo_margin`` taken off chosen
+    (:func:`mmpo.losses.simpo_logits`).
     """
     if loss in REFERENCE_FREE_LOSSES:
         return simpo_logits(policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths, beta, simpo_margin)
     if reference_chosen_logps is None or reference_rejected_logps is None:
         raise ValueError(f"loss {loss!r} needs reference log-probabilities")
+    if average_logps:
+        chosen_n, rejected_n = chosen_lengths.float().clamp(min=1), rejected_lengths.float().clamp(min=1)
+        policy_chosen_logps, reference_chosen_logps = policy_chosen_logps / chosen_n, reference_chosen_logps.float() / chosen_n
+        policy_rejected_logps, reference_rejected_logps = policy_rejected_logps / rejected_n, reference_rejected_logps.float() / rejected_n
     return dpo_logits(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta)
 
 
@@ -140,6 +149,7 @@ class PolicyTrainer(PairTrainer):
         beta: float = 0.1,
         simpo_margin: float = 0.0,
         label_smoothing: float = 0.0,
+        ipo_logps: str = "summed",
         reference_mode: str = "precomputed",
         reference_model: torch.nn.Module | None = None,
         **kwargs: Any,
@@ -152,6 +162,9 @@ class PolicyTrainer(PairTrainer):
         self.beta = beta
         self.simpo_margin = simpo_margin
         self.label_smoothing = label_smoothing
+        if ipo_logps not in ("summed", "averaged"):
+            raise UserError(f"ipo_logps must be summed or averaged (got {ipo_logps!r})")
+        self.average_logps = loss == "ipo" and ipo_logps == "averaged"
         self.reference_mode = reference_mode
         self.reference_model = reference_model
         self._reference_on_device = False
@@ -215,7 +228,7 @@ class PolicyTrainer(PairTrainer):
         ref_chosen, ref_rejected = reference if reference is not None else (None, None)
         chosen, rejected = policy_rewards(
             self.loss_name, policy_chosen, policy_rejected, n_tokens[:half], n_tokens[half:],
-            ref_chosen, ref_rejected, self.beta, self.simpo_margin,
+            ref_chosen, ref_rejected, self.beta, self.simpo_margin, average_logps=self.average_logps,
         )
         extras = {"policy_chosen_logps": policy_chosen.detach(), "policy_rejected_logps": policy_rejected.detach()}
         if reference is not None:
@@ -308,10 +321,6 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
     tokenizer = load_tokenizer(config.tokenizer or config.model)
     data = prepare_data(config, tokenizer)
     print(data.render())
-    os.makedirs(config.output_dir, exist_ok=True)
-    save_config(config, os.path.join(config.output_dir, CONFIG_FILE))
-    with open(os.path.join(config.output_dir, DATA_REPORT_FILE), "w") as f:
-        json.dump({split: r.to_dict() for split, r in data.reports.items()}, f, indent=2)
     if not data.train:
         raise UserError(f"no training pairs left from {config.data!r} (see the data report above)")
 
@@ -356,6 +365,7 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
         beta=config.beta,
         simpo_margin=config.simpo_margin,
         label_smoothing=config.label_smoothing,
+        ipo_logps=config.ipo_logps,
         reference_mode=mode,
         reference_model=reference_model,
         trunk_cache=build_trunk_cache(config, model, "policy", bf16),
@@ -367,14 +377,27 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
 def train_policy(config: DPOConfig) -> dict[str, Any]:
     """Train a policy per ``config`` and save it to ``config.output_dir``; returns a summary dict.
 
-    Writes ``config.yaml`` and ``data_report.json`` before training, ``checkpoint-N/`` while training (a
-    rerun of the same command resumes from the last complete one, see ``resume``), and at the end the model
-    (LoRA merged into the base when ``merge_lora``, else the adapter) with its tokenizer and chat template,
-    so ``AutoModelForCausalLM.from_pretrained(output_dir)`` loads it, plus ``eval_results.json``.
+    Writes ``config.yaml`` and ``data_report.json`` when training starts, ``checkpoint-N/`` while training (a
+    rerun of the same command resumes from the last complete one, or reuses a finished run; see ``resume`` and
+    :mod:`mmpo.training.run_dir`), and at the end the model (LoRA merged into the base when ``merge_lora``, else
+    the adapter) with its tokenizer and chat template, so ``AutoModelForCausalLM.from_pretrained(output_dir)``
+    loads it, plus ``eval_results.json`` (last).
     """
+    config.validate()
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    plan = plan_run(config, main_process)
+    if plan.finished is not None:
+        return {"output_dir": config.output_dir, "loss": config.loss, "reused": True,
+                "global_step": plan.finished.get("step"), "eval": plan.finished}
     run = build_policy_run(config)
     trainer = run.trainer
-    resume_from = resume_checkpoint(config)
+    resume_from = plan.resume_from
+    # Training starts: only now does output_dir get the run's files, so a run that failed earlier leaves none.
+    if trainer.accelerator.is_main_process:
+        os.makedirs(config.output_dir, exist_ok=True)
+        save_run_config(config, config.output_dir)
+        with open(os.path.join(config.output_dir, DATA_REPORT_FILE), "w") as f:
+            json.dump({split: r.to_dict() for split, r in run.data.reports.items()}, f, indent=2)
     if resume_from:
         print(f"resuming from {resume_from}")
     train_output = trainer.train(resume_from_checkpoint=resume_from)
@@ -402,8 +425,7 @@ def train_policy(config: DPOConfig) -> dict[str, Any]:
         "saved": saved,
     }
     if trainer.accelerator.is_main_process:
-        with open(os.path.join(config.output_dir, EVAL_RESULTS_FILE), "w") as f:
-            json.dump(final_results(eval_metrics, trainer.state.global_step) if eval_metrics else {}, f, indent=2)
+        write_results(config.output_dir, final_results(eval_metrics, trainer.state.global_step) if eval_metrics else {})
         if eval_metrics:
             shown = {k: round(v, 4) for k, v in eval_metrics.items() if isinstance(v, float)}
             print(f"held-out: {shown}")
