@@ -115,9 +115,9 @@ def test_embedded_recipes_do_not_hard_code_the_cache():
 
     import mmpo
 
-    recipes = sorted((Path(mmpo.__file__).parent / "recipes" / "embedded").glob("*.yaml"))
-    assert len(recipes) == 2
-    for recipe in recipes:
+    recipes = Path(mmpo.__file__).parent / "recipes"
+    for recipe in sorted(recipes.rglob("*.yaml")):
         text = recipe.read_text()
         assert ".cache/mmpo" not in "".join(line.split("#")[0] for line in text.splitlines()), recipe
-        assert "$MMPO_CACHE/data/graded-tasks-0/train.jsonl" in text
+    for name in ("rm.yaml", "dpo.yaml"):
+        assert "$MMPO_CACHE/data/graded-tasks-0/train.jsonl" in (recipes / "embedded" / name).read_text()

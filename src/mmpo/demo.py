@@ -20,8 +20,9 @@ from typing import Any
 
 from mmpo.errors import UserError
 from mmpo.paths import cache_dir
+from mmpo.recipes import RECIPES_DIR
 
-REPO_RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "embedded"
+REPO_RECIPES = RECIPES_DIR / "embedded"  # packaged: works from an installed wheel too
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="demo directory (default: <cache>/demo); rerun to resume")
-    p.add_argument("--recipes", default=None, help="directory with rm.yaml and dpo.yaml (default: recipes/embedded)")
+    p.add_argument("--recipes", default=None, help="directory with rm.yaml and dpo.yaml (default: the packaged embedded/ recipes)")
     p.add_argument("--prompts", type=int, default=400, help="prompts in the generated data set")
     p.add_argument("--generate-prompts", type=int, default=44, help="held-out prompts each policy answers")
     p.add_argument("--max-steps", type=int, default=None, help="cap every training run at this many steps (a quick look)")

@@ -364,7 +364,8 @@ def _read_entry(path: Path, key: str) -> dict[bytes, torch.Tensor] | None:
 # --- building one for a run --------------------------------------------------------------------------------
 
 # Config keys (of other features) under which rows hold several sequences; any of them true turns the cache off.
-PACKING_KEYS = ("packing", "pack_sequences", "prefix_sharing", "share_prompt")
+# (prefix_sharing / packing are not among them: the trainers turn those off for a run that caches its trunk.)
+PACKING_KEYS = ("pack_sequences", "share_prompt")
 
 
 def build_trunk_cache(config: Any, model: torch.nn.Module, kind: str, bf16: bool) -> TrunkCache | None:

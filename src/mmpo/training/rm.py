@@ -1,7 +1,8 @@
 """`mmpo rm`: train a reward model on preference pairs with MMPO or a baseline loss.
 
 The model is ``AutoModelForSequenceClassification`` with one output (see :mod:`mmpo.models.reward`). A
-batch of B pairs is 2B rows (chosen first) scored in ONE forward pass; ``h = r(chosen) - r(rejected)``.
+batch of B pairs is scored in ONE forward pass, as B rows ``[prompt | chosen | rejected]`` with the prompt
+shared (``prefix_sharing``, :mod:`mmpo.models.shared_prefix`) or as 2B rows, chosen first; ``h = r(chosen) - r(rejected)``.
 
 Losses (``config.loss``), all per pair, from :mod:`mmpo.losses`:
 
@@ -25,15 +26,16 @@ import torch
 from transformers import set_seed
 
 from mmpo.config import RMConfig
-from mmpo.data.collate import PairCollator
 from mmpo.data.pipeline import prepare_data
 from mmpo.errors import UserError
 from mmpo.losses import bt_loss, label_smoothing_loss, margin_loss, mmpo_loss
-from mmpo.models.loading import load_tokenizer
-from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards
+from mmpo.models.loading import load_tokenizer, model_load_kwargs, trainable_summary
+from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards, shared_sequence_rewards
+from mmpo.models.shared_prefix import pair_collator
 from mmpo.models.trunk_cache import build_trunk_cache
 from mmpo.training.args import training_arguments, use_bf16
-from mmpo.training.base import PairTrainer, final_results
+from mmpo.training.base import PairTrainer, final_results, run_summary
+from mmpo.training.card import push_final_model, write_model_card
 from mmpo.training.run_dir import RESULTS_FILE, plan_run, save_run_config, write_results
 
 RM_LOSSES = ("mmpo", "bt", "margin", "label_smoothing")
@@ -71,7 +73,10 @@ class RewardTrainer(PairTrainer):
         super().__init__(*args, **kwargs)
 
     def pair_rewards(self, model, batch):
-        rewards = self.trunk_forward(model, score_rows, batch)
+        if "segment_ids" in batch:  # one row per pair, prompt shared (SharedPromptCollator)
+            rewards = shared_sequence_rewards(model, batch)
+        else:
+            rewards = self.trunk_forward(model, score_rows, batch)
         n_pairs = batch["p"].shape[0]
         return rewards[:n_pairs], rewards[n_pairs:], {}
 
@@ -81,12 +86,10 @@ class RewardTrainer(PairTrainer):
 
 def build_model(config: RMConfig, tokenizer: Any) -> Any:
     """The reward model to train: backbone + scalar head, LoRA-wrapped when ``lora_r > 0``."""
-    model = load_reward_model(config.model, tokenizer)
+    model = load_reward_model(config.model, tokenizer, **model_load_kwargs(config, torch.float32))
     if config.lora_r > 0:
         model = add_lora(model, config)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
-        print(f"LoRA r={config.lora_r}: training {trainable:,} of {total:,} parameters ({trainable / total:.2%})")
+        print(trainable_summary(model, config))
     return model
 
 
@@ -127,7 +130,7 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
     if plan.finished is not None:
         return plan.finished
 
-    tokenizer = load_tokenizer(config.tokenizer or config.model)
+    tokenizer = load_tokenizer(config.tokenizer or config.model, config.revision if not config.tokenizer else None, config.trust_remote_code)
     data = prepare_data(config, tokenizer)
     if main_process:
         print(data.render())
@@ -140,16 +143,21 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
     if not data.eval:
         print("no held-out pairs: skipping evaluation (set eval_data or eval_split > 0)")
         extra["eval_strategy"] = "no"
+    # A cached trunk needs one sequence per row: it takes the place of prefix sharing / packing for this run.
+    trunk = build_trunk_cache(config, model, "rm", use_bf16(config.bf16))
     trainer = RewardTrainer(
         model=model,
         args=training_arguments(config, **extra),
-        data_collator=PairCollator(pad_token_id=tokenizer.pad_token_id),
+        data_collator=pair_collator(
+            model, tokenizer.pad_token_id, config.prefix_sharing and trunk is None, config.max_length,
+            packing=config.packing and trunk is None,
+        ),
         train_dataset=data.train,
         eval_dataset=data.eval or None,
         processing_class=tokenizer,
         loss=config.loss,
         label_smoothing=config.label_smoothing,
-        trunk_cache=build_trunk_cache(config, model, "rm", use_bf16(config.bf16)),
+        trunk_cache=trunk,
     )
     trainer.prefill_trunk_cache(score_rows, {"train": data.train, "eval": data.eval})
     # Training starts: only now does output_dir get the run's files, so a run that failed earlier leaves none.
@@ -168,9 +176,10 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
         final = trainer.save_eval_scores(data.eval)
         trainer.log(dict(final))
         results = final_results(final, trainer.state.global_step)
-        print("held-out: " + "  ".join(f"{k} {v:.4g}" for k, v in results.items()))
     save_final_model(trainer, tokenizer, config.output_dir)
     if trainer.args.should_save:
+        write_model_card(config.output_dir, config, "reward_model", results)
         write_results(config.output_dir, results)  # last: marks the run finished
-        print(f"saved the reward model to {config.output_dir}")
+        print(run_summary("reward model", config.output_dir, results))
+    push_final_model(trainer, config.output_dir)
     return results
