@@ -45,6 +45,14 @@ class TrainConfig:
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA path"})
     lora_target_modules: Any = field(default="all-linear", metadata={"help": "modules to adapt: all-linear, a name, or a list of names"})
     lora_layers: int | None = field(default=None, metadata={"help": "adapt only the last N blocks (none = all); backward stops below them"})
+    trunk_cache: Any = field(
+        default="auto",
+        metadata={
+            "help": "auto | true | false: with lora_layers, compute the frozen lower blocks' output once per "
+            "sequence and train/evaluate only the top blocks (auto = where exact; turns prefix_sharing and packing "
+            "off for the run; see mmpo.models.trunk_cache)"
+        },
+    )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward to save memory"})
     bf16: Any = field(default="auto", metadata={"help": "bfloat16 autocast over float32 weights: auto (where the hardware has it natively: CUDA, AVX512-BF16/AMX CPUs; else float32) | true | false"})
     prefix_sharing: bool = field(
@@ -114,6 +122,8 @@ class TrainConfig:
             raise UserError(f"ties must be 'keep' or 'drop' (got {self.ties!r})")
         if self.order_conflict not in ("swap", "drop", "error"):
             raise UserError(f"order_conflict must be swap, drop or error (got {self.order_conflict!r})")
+        if not (isinstance(self.trunk_cache, bool) or str(self.trunk_cache).lower() in ("auto", "true", "false")):
+            raise UserError(f"trunk_cache must be auto, true or false (got {self.trunk_cache!r})")
         if self.data is None:
             raise UserError("no training data: set `data` in the recipe or pass --data PATH")
         if self.eval_gamma != "same" and self.eval_gamma is not None and (

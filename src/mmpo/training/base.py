@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -22,6 +23,7 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from mmpo.evaluation.metrics import pair_metrics
+from mmpo.models.trunk_cache import Forward, TrunkCache
 # Checkpoints are written under STAGING_DIR, then renamed into place.
 from mmpo.training.run_dir import METRICS_FILE, METRICS_LINES_FILE, STAGING_DIR, metrics_lines
 
@@ -118,9 +120,10 @@ def run_summary(what: str, output_dir: str, results: dict[str, Any], saved_as: s
 class PairTrainer(Trainer):
     """Trainer for pairwise preference losses. Subclasses implement :meth:`pair_rewards` and :meth:`pair_loss`."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, trunk_cache: TrunkCache | None = None, **kwargs: Any):
         kwargs.setdefault("compute_metrics", compute_pair_metrics)
         super().__init__(*args, **kwargs)
+        self.trunk_cache = trunk_cache
         # We average the per-pair loss ourselves; let Trainer scale for gradient accumulation.
         self.model_accepts_loss_kwargs = False
         self._train_metrics: dict[str, list[float]] = defaultdict(list)
@@ -140,6 +143,30 @@ class PairTrainer(Trainer):
     def pair_loss(self, chosen: torch.Tensor, rejected: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-pair loss from the rewards and the batch's targets."""
         raise NotImplementedError
+
+    # --- the frozen-trunk cache (mmpo.models.trunk_cache) -------------------------------------------------
+    def trunk_forward(self, model: torch.nn.Module, forward: Forward, batch: dict[str, torch.Tensor]) -> Any:
+        """``forward(model, batch)``, with the frozen lower blocks' output from the trunk cache when there is one."""
+        if self.trunk_cache is None:
+            return forward(model, batch)
+        return self.trunk_cache.run(model, forward, batch)
+
+    def prefill_trunk_cache(self, forward: Forward, splits: dict[str, list[dict[str, Any]]]) -> None:
+        """Fill the trunk cache for every split's pairs (from disk, or computed once and stored)."""
+        if self.trunk_cache is None:
+            return
+        autocast = torch.bfloat16 if self.args.bf16 else (torch.float16 if self.args.fp16 else None)
+        for name, features in splits.items():
+            if not features:
+                continue
+            started = time.perf_counter()
+            path, from_disk = self.trunk_cache.prefill(
+                self.model, forward, features, self.data_collator,
+                batch_size=self.args.per_device_eval_batch_size, autocast_dtype=autocast, desc=f"trunk states ({name})",
+            )
+            how = "reused" if from_disk else "computed and cached"
+            print(f"trunk states ({name}): {how} at {path} in {time.perf_counter() - started:.1f} s")
+        print(f"trunk cache: {len(self.trunk_cache.states)} sequences, {self.trunk_cache.nbytes() / 2**20:.1f} MiB in memory")
 
     # --- atomic checkpoints --------------------------------------------------------------------------
     def _get_output_dir(self, trial):

@@ -70,6 +70,7 @@ from mmpo.models.reference import (
     model_identity,
     resolve_reference_mode,
 )
+from mmpo.models.trunk_cache import build_trunk_cache
 from mmpo.training.args import training_arguments, use_bf16
 from mmpo.training.base import PairTrainer, final_results, run_summary
 from mmpo.training.card import push_final_model, write_model_card
@@ -224,8 +225,9 @@ class PolicyTrainer(PairTrainer):
             was_training = model.training
             model.eval()  # the reference has no dropout
             try:
+                # The frozen trunk carries no adapter, so its cached states serve the reference too.
                 with torch.no_grad(), peft_model.disable_adapter():
-                    logps, _ = self.batch_logps(model, batch)
+                    logps, _ = self.trunk_forward(model, self.batch_logps, batch)
             finally:
                 model.train(was_training)
         else:
@@ -235,7 +237,7 @@ class PolicyTrainer(PairTrainer):
 
     def pair_rewards(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         reference = self.reference_logps(model, batch)
-        logps, n_tokens = self.batch_logps(model, batch)
+        logps, n_tokens = self.trunk_forward(model, self.batch_logps, batch)
         half = logps.shape[0] // 2
         policy_chosen, policy_rejected = logps[:half], logps[half:]
         ref_chosen, ref_rejected = reference if reference is not None else (None, None)
@@ -378,13 +380,16 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
     if not eval_features:
         extra_args["eval_strategy"] = "no"
     args = training_arguments(config, **extra_args)
+    # A cached trunk needs one sequence per row: it takes the place of prefix sharing / packing for this run.
+    trunk = build_trunk_cache(config, model, "policy", bf16)
     trainer = PolicyTrainer(
         model=model,
         args=args,
         train_dataset=train_features,
         eval_dataset=eval_features or None,
         data_collator=pair_collator(
-            model, tokenizer.pad_token_id, config.prefix_sharing, config.max_length, reference_model, packing=config.packing
+            model, tokenizer.pad_token_id, config.prefix_sharing and trunk is None, config.max_length, reference_model,
+            packing=config.packing and trunk is None,
         ),
         processing_class=tokenizer,
         loss=config.loss,
@@ -394,7 +399,9 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
         ipo_logps=config.ipo_logps,
         reference_mode=mode,
         reference_model=reference_model,
+        trunk_cache=trunk,
     )
+    trainer.prefill_trunk_cache(trainer.batch_logps, {"train": train_features, "eval": eval_features})
     return PolicyRun(config, trainer, tokenizer, data, mode, train_features, eval_features, cache_info)
 
 

@@ -32,7 +32,8 @@ from mmpo.losses import bt_loss, label_smoothing_loss, margin_loss, mmpo_loss
 from mmpo.models.loading import load_tokenizer, model_load_kwargs, trainable_summary
 from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards, shared_sequence_rewards
 from mmpo.models.shared_prefix import pair_collator
-from mmpo.training.args import training_arguments
+from mmpo.models.trunk_cache import build_trunk_cache
+from mmpo.training.args import training_arguments, use_bf16
 from mmpo.training.base import PairTrainer, final_results, run_summary
 from mmpo.training.card import push_final_model, write_model_card
 from mmpo.training.run_dir import RESULTS_FILE, plan_run, save_run_config, write_results
@@ -56,6 +57,11 @@ def reward_pair_loss(loss: str, chosen: torch.Tensor, rejected: torch.Tensor, ba
     raise UserError(f"unknown reward-model loss {loss!r}: choose {', '.join(RM_LOSSES)}")
 
 
+def score_rows(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One reward per row of a collated batch (the plain path the trunk cache reproduces)."""
+    return sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
+
+
 class RewardTrainer(PairTrainer):
     """PairTrainer for a scalar-head reward model: one forward on the 2B rows, split into chosen / rejected."""
 
@@ -70,7 +76,7 @@ class RewardTrainer(PairTrainer):
         if "segment_ids" in batch:  # one row per pair, prompt shared (SharedPromptCollator)
             rewards = shared_sequence_rewards(model, batch)
         else:
-            rewards = sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
+            rewards = self.trunk_forward(model, score_rows, batch)
         n_pairs = batch["p"].shape[0]
         return rewards[:n_pairs], rewards[n_pairs:], {}
 
@@ -137,16 +143,23 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
     if not data.eval:
         print("no held-out pairs: skipping evaluation (set eval_data or eval_split > 0)")
         extra["eval_strategy"] = "no"
+    # A cached trunk needs one sequence per row: it takes the place of prefix sharing / packing for this run.
+    trunk = build_trunk_cache(config, model, "rm", use_bf16(config.bf16))
     trainer = RewardTrainer(
         model=model,
         args=training_arguments(config, **extra),
-        data_collator=pair_collator(model, tokenizer.pad_token_id, config.prefix_sharing, config.max_length, packing=config.packing),
+        data_collator=pair_collator(
+            model, tokenizer.pad_token_id, config.prefix_sharing and trunk is None, config.max_length,
+            packing=config.packing and trunk is None,
+        ),
         train_dataset=data.train,
         eval_dataset=data.eval or None,
         processing_class=tokenizer,
         loss=config.loss,
         label_smoothing=config.label_smoothing,
+        trunk_cache=trunk,
     )
+    trainer.prefill_trunk_cache(score_rows, {"train": data.train, "eval": data.eval})
     # Training starts: only now does output_dir get the run's files, so a run that failed earlier leaves none.
     if main_process:
         os.makedirs(config.output_dir, exist_ok=True)
