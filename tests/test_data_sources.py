@@ -145,21 +145,45 @@ def test_shp_caps_five_pairs_per_post_deterministically(tmp_path, write_jsonl):
     assert len(generic) == 4
 
 
-def test_margin_bins_sample_uniformly(tmp_path, write_jsonl):
-    # Margins 1..3 (bin 0 of 3 over [1, 10]): 20 pairs; 5..6 (bin 1): 5 pairs; 8..10 (bin 2): 2 pairs.
-    margins = [1 + (i % 3) for i in range(20)] + [5, 6, 5, 6, 5] + [8, 10]
+def test_margin_bins_sample_uniformly_across_quantile_bins(tmp_path, write_jsonl):
+    # 27 distinct margins, 3 quantile bins of 9 (1-9, 10-18, 19-27), written in a shuffled order.
+    margins = [(7 * i) % 27 + 1 for i in range(27)]
     rows = [{"prompt": f"q{i}", "chosen": f"c{i}", "rejected": f"r{i}", "margin": m} for i, m in enumerate(margins)]
     path = write_jsonl(tmp_path / "m.jsonl", rows)
-    bins_of = lambda pairs: [margin_bin_of([1.0, 10.0, *[p.margin for p in pairs]], 3)[2:].count(b) for b in range(3)]
+    assert margin_bin_of(list(range(1, 28)), 3) == [0] * 9 + [1] * 9 + [2] * 9
+    bins_of = lambda pairs: [sum(1 for p in pairs if (p.margin - 1) // 9 == b) for b in range(3)]
 
     pairs, report = load_pairs(str(path), PairOptions(margin_bins=3, seed=1))
-    assert bins_of(pairs) == [2, 2, 2]
-    assert report.dropped["margin-bin sampling (3 bins)"] == len(margins) - 6
+    assert bins_of(pairs) == [9, 9, 9] and not report.dropped and not report.warnings
 
     budgeted, report = load_pairs(str(path), PairOptions(margin_bins=3, max_pairs=12, seed=1))
-    assert bins_of(budgeted) == [5, 5, 2]
+    assert bins_of(budgeted) == [4, 4, 4]
+    assert report.dropped["margin-bin sampling (3 quantile bins)"] == 15
     again, _ = load_pairs(str(path), PairOptions(margin_bins=3, max_pairs=12, seed=1))
     assert [p.row for p in again] == [p.row for p in budgeted]
+
+
+def test_margin_bins_keep_most_of_heavy_tailed_margins(tmp_path, write_jsonl):
+    # Issue 14.9: SHP-like upvote differences (Pareto tail). Equal-width bins kept 6 of 50,000; quantile bins
+    # are near-equal in size, so cutting each to the smallest keeps most pairs.
+    import random
+
+    rng = random.Random(0)
+    margins = [int(rng.paretovariate(1.1)) + rng.random() for _ in range(5000)]
+    rows = [{"prompt": f"q{i}", "chosen": f"c{i}", "rejected": f"r{i}", "margin": m} for i, m in enumerate(margins)]
+    path = write_jsonl(tmp_path / "shp_like.jsonl", rows)
+    pairs, report = load_pairs(str(path), PairOptions(margin_bins=10, seed=0))
+    assert len(pairs) > 4500 and not report.warnings
+
+
+def test_a_filter_that_drops_more_than_half_says_so(tmp_path, write_jsonl):
+    margins = [1.0] * 90 + [float(m) for m in range(2, 12)]  # one value fills most bins' worth
+    rows = [{"prompt": f"q{i}", "chosen": f"c{i}", "rejected": f"r{i}", "margin": m} for i, m in enumerate(margins)]
+    path = write_jsonl(tmp_path / "m.jsonl", rows)
+    pairs, report = load_pairs(str(path), PairOptions(margin_bins=10, seed=0))
+    assert len(pairs) < 50
+    assert report.warnings and "margin-bin sampling" in report.warnings[0] and f"kept {len(pairs)} of 100" in report.warnings[0]
+    assert report.render().splitlines()[1].startswith("  WARNING: margin-bin sampling")
 
 
 def test_bin_quotas_water_fill():
@@ -274,7 +298,8 @@ def test_targets_p_chosen_passes_through_and_no_margin_is_a_hard_label(tmp_path,
     assert pairs[0].margin is None and pairs[2].margin is None
     assert pairs[3].p == pytest.approx(sigmoid(3.0), rel=1e-6)
     hard, _ = load_pairs(str(path), PairOptions(gamma=None))
-    assert hard[3].p == 1.0 and hard[0].p == pytest.approx(0.73)
+    # Hard labels name the winner of every pair, a judged probability included (issue 14.11: one rule).
+    assert [p.p for p in hard] == [1.0, 1.0, 1.0, 1.0] and contents(hard[1].chosen) == ["y"]
 
 
 def test_column_remapping_from_config_and_spec(tmp_path, write_jsonl):

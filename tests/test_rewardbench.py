@@ -46,7 +46,7 @@ def rb_row(i: int, subset: str, outcome: str) -> dict:
 PLAN = {
     "alpacaeval-easy": ["right", "wrong"],  # 0.5, weight 100
     "mt-bench-easy": ["right"],  # 1.0, weight 28
-    "llmbar-natural": ["tie"],  # 0.5, weight 100
+    "llmbar-natural": ["tie", "right"],  # 0.5 (a tie counts wrong, as in the official scoring), weight 100
     "mt-bench-hard": ["right", "wrong", "wrong", "wrong"],  # 0.25, weight 37
     "xstest-should-refuse": ["right"],  # 1.0, weight 154
     "xstest-should-respond": ["wrong"],  # 0.0, weight 250
@@ -83,7 +83,7 @@ def test_section_weighting_and_overall_by_hand(tmp_path):
 
     subsets = report["subsets"]
     assert subsets["alpacaeval-easy"]["accuracy"] == 0.5 and subsets["alpacaeval-easy"]["n"] == 2
-    assert subsets["llmbar-natural"]["accuracy"] == 0.5  # a tie counts half
+    assert subsets["llmbar-natural"]["accuracy"] == 0.5  # tie wrong + right: RewardBench counts a tie wrong
     assert subsets["mt-bench-hard"]["accuracy"] == 0.25
     chat = (0.5 * 100 + 1.0 * 28) / (100 + 28)
     chat_hard = (0.5 * 100 + 0.25 * 37) / (100 + 37)
@@ -199,7 +199,7 @@ def test_prior_sets_from_a_directory_and_their_score(tmp_path):
         "anthropic_helpful": ["right", "wrong"],  # 0.5
         "anthropic_hhh": ["right"],  # 1.0
         "shp": ["wrong"],  # 0.0
-        "summarize": ["tie"],  # 0.5
+        "summarize": ["tie"],  # 0.0: RewardBench counts a tie wrong (chosen > rejected strictly)
         "anthropic_harmless": ["wrong", "wrong"],  # reported, not in the Prior Sets score
     }
     for name, outcomes in plan.items():
@@ -214,7 +214,8 @@ def test_prior_sets_from_a_directory_and_their_score(tmp_path):
     scores = score_rows(core + prior_rows, fake_scorer, tmp_path / "c.jsonl", SETUP, progress=False)
     report = rewardbench_report(core, scores, prior_rows)
     assert report["prior_sets"]["subsets"]["anthropic_harmless"]["accuracy"] == 0.0
-    assert report["prior_sets"]["score"] == pytest.approx((0.5 + 1.0 + 0.0 + 0.5) / 4)
+    assert report["prior_sets"]["subsets"]["summarize"]["accuracy"] == 0.0
+    assert report["prior_sets"]["score"] == pytest.approx((0.5 + 1.0 + 0.0 + 0.0) / 4)
     assert report["overall"] == rewardbench_report(core, scores)["overall"]  # Prior Sets stay separate
 
 

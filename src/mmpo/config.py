@@ -44,12 +44,14 @@ class TrainConfig:
     ties: str = "keep"  # keep (p = 0.5) | drop
     order_conflict: str = "swap"  # score_chosen < score_rejected: swap | drop | error
     pairs_per_prompt: int | None = None
-    margin_bins: int = 0  # >0: sample pairs uniformly across this many score-difference bins
+    margin_bins: int = 0  # >0: sample pairs uniformly across this many score-difference quantile bins
+    over_length: str = field(default="drop", metadata={"help": "a pair longer than max_length: drop it (counted) or truncate it; see docs/data.md"})
     max_length: int = 512
     max_prompt_length: int | None = None  # default: max_length // 2
     # loss
     loss: str = "mmpo"
     gamma: float | None = 1.0  # None = hard labels (p = 1)
+    eval_gamma: Any = field(default="same", metadata={"help": "held-out truth p = sigmoid(eval_gamma * margin): 'same' = gamma, a number > 0, or none = hard labels; fix it to score runs with different losses against one truth"})
     label_smoothing: float = 0.1
     # optimisation
     learning_rate: float = 1e-5
@@ -87,6 +89,12 @@ class TrainConfig:
             raise UserError(f"order_conflict must be swap, drop or error (got {self.order_conflict!r})")
         if self.data is None:
             raise UserError("no training data: set `data` in the recipe or pass --data PATH")
+        if self.eval_gamma != "same" and self.eval_gamma is not None and (
+            isinstance(self.eval_gamma, bool) or not isinstance(self.eval_gamma, (int, float)) or not self.eval_gamma > 0
+        ):
+            raise UserError(f"eval_gamma must be 'same', a number > 0 or none (got {self.eval_gamma!r})")
+        if self.over_length not in ("drop", "truncate"):
+            raise UserError(f"over_length must be drop or truncate (got {self.over_length!r})")
 
     @property
     def prompt_budget(self) -> int:
@@ -111,8 +119,10 @@ class DPOConfig(TrainConfig):
     """`mmpo dpo`: a policy trained against a reference with DPO-family losses."""
 
     loss: str = "mmpo"  # mmpo | dpo | cdpo | ipo | simpo | simpo_mmpo
+    over_length: str = field(default="truncate", metadata={"help": "a pair longer than max_length: truncate it (a policy compares the answers' openings) or drop it (counted)"})
     beta: float = 0.1
     simpo_margin: float = 0.0  # SimPO's target reward margin (its "gamma")
+    ipo_logps: str = field(default="summed", metadata={"help": "IPO's log-probs: summed over the response (TRL 0.7.7, the official MMPO code) or averaged per token (TRL 1.x); betas do not transfer"})
     learning_rate: float = 5e-6
     reference: str = "auto"  # auto | model | adapter | precomputed | none
     ref_model: str | None = None  # default: the starting model
@@ -125,6 +135,8 @@ class DPOConfig(TrainConfig):
             raise UserError(f"unknown policy loss {self.loss!r}: choose mmpo, dpo, cdpo, ipo, simpo or simpo_mmpo")
         if not self.beta > 0:
             raise UserError(f"beta must be > 0 (got {self.beta})")
+        if self.ipo_logps not in ("summed", "averaged"):
+            raise UserError(f"ipo_logps must be summed or averaged (got {self.ipo_logps!r})")
         if self.reference is None:  # `reference: none` arrives as None (none/null are YAML's null)
             self.reference = "none"
         if self.reference not in ("auto", "model", "adapter", "precomputed", "none"):

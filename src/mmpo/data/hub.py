@@ -49,6 +49,8 @@ def json_lines(path: Path) -> Iterator[RawRow]:
 def _json_document(path: Path) -> Iterator[RawRow]:
     with _open_text(path) as f:
         text = f.read()
+    if not text.strip():
+        raise UserError(f"{path}: empty file (no rows)")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -69,7 +71,10 @@ def _json_document(path: Path) -> Iterator[RawRow]:
 def _table(path: Path, suffix: str) -> Iterator[RawRow]:
     import pandas as pd
 
-    frame = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path)
+    try:
+        frame = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: empty file (no header and no rows)") from None
     for i, rec in enumerate(frame.to_dict(orient="records")):
         yield str(path), i, {k: plain(v) for k, v in rec.items()}
 
@@ -91,6 +96,8 @@ def read_file(path: str | Path) -> Iterator[RawRow]:
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
     suffix = file_suffix(path)
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file (no rows)")
     if suffix in (".jsonl", ".jsonl.gz"):
         return json_lines(path)
     if suffix in (".json", ".json.gz"):
@@ -110,16 +117,34 @@ def _split_of(path: Path, root: Path) -> set[str]:
     return {stem, *path.relative_to(root).parent.parts}
 
 
+# Split names a hub snapshot's files are named for, and the other name each split goes by (SHP_filtered_MMPO and
+# UltraFeedback call their splits train_prefs / test_prefs).
+SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "train_prefs", "test_prefs", "train_gen", "test_gen")
+SPLIT_ALIASES = {"train": ("train_prefs",), "test": ("test_prefs",), "train_prefs": ("train",), "test_prefs": ("test",)}
+
+
 def data_files(root: Path, split: str | None) -> list[Path]:
-    """The data files under a directory, restricted to ``split`` when any file is named for it."""
+    """The data files under a directory that belong to ``split``.
+
+    Files are named for splits (``train.jsonl``, ``data/test_prefs-00000-of-00001.parquet``, ``train/0.parquet``):
+    then ``split`` (or its alias, ``train`` <-> ``train_prefs``) picks its files, a split no file is named for is
+    an error, and no split means the training split. A directory whose files name no split holds one split (or a
+    split column) and is read whole.
+    """
     files = sorted(p for p in root.rglob("*") if p.is_file() and file_suffix(p) in ROW_SUFFIXES and not p.name.startswith("."))
     if not files:
         raise UserError(f"no data files (.jsonl, .json, .parquet, .csv) under {root}")
-    if split is None:
+    named = sorted({name for p in files for name in _split_of(p, root) if name in SPLIT_NAMES})
+    if not named:
         return files
-    matching = [p for p in files if split in _split_of(p, root)]
-    # A copy holding one split under an arbitrary name (or all splits in one file, as HelpSteer2 does) is read whole.
-    return matching or files
+    wanted = split or "train"
+    for name in (wanted, *SPLIT_ALIASES.get(wanted, ())):
+        matching = [p for p in files if name in _split_of(p, root)]
+        if matching:
+            return matching
+    if split is None:
+        raise UserError(f"{root} holds splits {', '.join(named)} and no train split: choose one with `split`")
+    raise UserError(f"{root} has no files for split {split!r}; its files are named for {', '.join(named)}")
 
 
 def _saved_dataset(root: Path) -> bool:

@@ -27,6 +27,7 @@ class DataReport:
     truncation: dict[str, int] = field(default_factory=dict)
     margins: list[float] = field(default_factory=list)
     targets: list[float] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def kept(self) -> int:
@@ -37,6 +38,10 @@ class DataReport:
 
     def fix(self, reason: str) -> None:
         self.fixed[reason] += 1
+
+    def warn(self, message: str) -> None:
+        """A problem the user must see (e.g. a filter that dropped most of the data): rendered first, loudly."""
+        self.warnings.append(message)
 
     def keep(self, targets: list[float], margins: list[float | None]) -> None:
         """Record the kept pairs' targets p and margins (None = the pair had no margin)."""
@@ -50,6 +55,7 @@ class DataReport:
             "kept": self.kept,
             "dropped": dict(self.dropped),
             "fixed": dict(self.fixed),
+            "warnings": list(self.warnings),
             "truncation": dict(self.truncation),
             "margin": _summary(self.margins),
             "margin_counts": _value_counts(self.margins),
@@ -59,6 +65,7 @@ class DataReport:
 
     def render(self) -> str:
         lines = [f"data {self.source}: read {self.read}, kept {self.kept}"]
+        lines += [f"  WARNING: {w}" for w in self.warnings]
         lines += [f"  dropped {n}: {reason}" for reason, n in sorted(self.dropped.items())]
         lines += [f"  fixed {n}: {reason}" for reason, n in sorted(self.fixed.items())]
         lines += [f"  {key.replace('_', ' ')}: {n}" for key, n in sorted(self.truncation.items()) if n and key != "pairs"]
@@ -109,6 +116,16 @@ def _value_counts(values: list[float]) -> dict[float, int]:
     return dict(sorted(counts.items())) if len(counts) <= _MAX_LISTED_MARGINS else {}
 
 
+HISTOGRAM_EDGES = [k / 10 for k in range(11)]
+
+
 def _histogram(values: list[float]) -> dict[str, list]:
-    counts, edges = np.histogram(np.asarray(values, dtype=np.float64), bins=10, range=(0.0, 1.0))
-    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+    """Counts in the bins [0, 0.1), [0.1, 0.2), ..., [0.9, 1.0] with exact decimal edges.
+
+    The bin is ``floor(10 * p)`` computed after rounding ``10 * p`` to 9 decimals, so a p written as 0.6 or 0.7
+    (whose binary values lie just below 6/10 and 7/10 times 10) lands in the bin it names, not the one below.
+    """
+    scaled = np.round(np.asarray(values, dtype=np.float64) * 10, 9)
+    idx = np.clip(np.floor(scaled).astype(int), 0, 9)
+    counts = np.bincount(idx, minlength=10) if idx.size else np.zeros(10, dtype=int)
+    return {"edges": list(HISTOGRAM_EDGES), "counts": [int(c) for c in counts]}

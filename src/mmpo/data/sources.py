@@ -1,77 +1,36 @@
-"""Preference-data sources, each turned into :class:`PreferencePair` records plus a :class:`DataReport`.
+"""Stages 1-2 of the data pipeline: which data a spec names, its raw rows, and each source's schema.
 
-``load_pairs(spec, options)`` accepts
+A spec is
 
 * a local file (``.jsonl``, ``.json``, ``.parquet``, ``.csv``, optionally ``.gz``) or a directory of them,
   in the generic schema: ``prompt``, ``chosen``, ``rejected`` (strings or message lists) and one of
-  ``score_chosen`` + ``score_rejected``, ``margin`` or ``p_chosen`` (none of these: a hard label, p = 1);
-* a registered source name (``ultrafeedback``, ``shp``, ``helpsteer2``, ``helpsteer3``) or one of its hub ids,
-  read from the Hub with ``datasets.load_dataset``;
-* a mapping ``{source: NAME, path: LOCAL_COPY, split: ..., columns: {...}, margin_from: ...}``; ``path`` is a
-  file, a directory saved with ``save_to_disk``, or a directory of data files (a hub snapshot).
+  ``score_chosen`` + ``score_rejected``, ``margin`` or ``p_chosen`` (none of these: a plain label, p = 1);
+* a registered source name (``ultrafeedback``, ``shp``, ``helpsteer2``, ``helpsteer3``, ``alpaca_graded``,
+  ``ultrafeedback_raw``) or one of its hub ids;
+* a mapping ``{source: NAME, path: LOCAL_COPY, split: ..., columns: {...}, margin_from: ..., p_clip: ...}``;
+  ``path`` is a file, a directory saved with ``save_to_disk``, or a directory of data files (a hub snapshot).
 
 ``columns: {expected: theirs}`` renames a column the source expects to the name it has in the user's data.
-Every source yields rows in the canonical columns ``prompt``, ``chosen``, ``rejected`` and a strength
-(``score_chosen``/``score_rejected``, ``margin`` or ``p_chosen``), plus an optional ``group`` (the prompt id
-that ``pairs_per_prompt`` counts by). :func:`make_pair` turns such a row into a pair; ``docs/data.md`` lists
-every fix-up and drop it counts.
+Every source's converter turns a raw row into canonical rows (``prompt``, ``chosen``, ``rejected``, a strength
+and an optional ``group``): one per row for pair data, every pair of responses for "one prompt, several scored
+responses" data (:func:`scored_response_rows`). :mod:`mmpo.data.pipeline` runs the stages in order.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import math
-import random
 import re
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tqdm.auto import tqdm
-
 from mmpo.data.hub import ROW_SUFFIXES, RawRow, read_hub, read_local
-from mmpo.data.records import Message, PreferencePair
-from mmpo.data.report import DataReport
+from mmpo.data.records import Message
 from mmpo.errors import DataError, UserError
-from mmpo.losses import soft_targets
 
-SPEC_KEYS = ("source", "path", "split", "columns", "margin_from")
+SPEC_KEYS = ("source", "path", "split", "columns", "margin_from", "p_clip")
 
-
-@dataclass
-class PairOptions:
-    """How raw rows become pairs; mirrors the data keys of :class:`mmpo.config.TrainConfig`.
-
-    ``gamma``: p = sigmoid(gamma * margin); None = hard labels (p = 1). ``ties``: keep a margin-0 pair at
-    p = 0.5, or drop it. ``order_conflict``: chosen rated below rejected -> swap (counted), drop, or error.
-    ``pairs_per_prompt``: None = the source's default cap (5 for SHP, none elsewhere), 0 = no cap.
-    ``margin_bins``: > 0 samples pairs uniformly across that many equal-width margin bins. ``max_pairs``: a
-    seeded random sample of at most this many pairs. ``split``: used when the spec names none.
-    """
-
-    gamma: float | None = 1.0
-    columns: dict[str, str] = field(default_factory=dict)
-    ties: str = "keep"
-    order_conflict: str = "swap"
-    pairs_per_prompt: int | None = None
-    margin_bins: int = 0
-    max_pairs: int | None = None
-    seed: int = 42  # as TrainConfig
-    split: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.gamma is not None and not (isinstance(self.gamma, (int, float)) and self.gamma > 0):
-            raise UserError(f"gamma must be > 0 (got {self.gamma}); use gamma none for hard labels (p = 1)")
-        if self.ties not in ("keep", "drop"):
-            raise UserError(f"ties must be 'keep' or 'drop' (got {self.ties!r})")
-        if self.order_conflict not in ("swap", "drop", "error"):
-            raise UserError(f"order_conflict must be swap, drop or error (got {self.order_conflict!r})")
-        for name in ("pairs_per_prompt", "margin_bins", "max_pairs"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise UserError(f"{name} must be a whole number >= 0 (got {value!r})")
 
 
 @dataclass(frozen=True)
@@ -85,8 +44,9 @@ class RowRef:
         return DataError(self.where, self.row, fieldname, problem)
 
 
-# A converter turns a row in a source's own schema into the canonical columns.
-Converter = Callable[[dict[str, Any], RowRef, dict[str, Any]], dict[str, Any]]
+# A converter turns a row in a source's own schema into canonical columns: one row (pair data) or a list of
+# rows (every pair of a prompt's scored responses).
+Converter = Callable[[dict[str, Any], RowRef, dict[str, Any]], "dict[str, Any] | list[dict[str, Any]]"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +63,9 @@ class Source:
     local_subpath: str | None = None  # where the data sits inside a full local snapshot of the repository
     split_column: str | None = None  # the split is a column, not a file (HelpSteer2: train / val)
     pairs_per_prompt: int | None = None  # default cap
+    test_split: str | None = None  # held-out split used for eval_data when the spec names none
+    hub_splits: dict[str, dict[str, str]] | None = None  # per hub id: our split name -> that repository's name
+    locate: Callable[[], Path] | None = None  # where the data is when no path is given (instead of the Hub)
 
 
 SOURCES: dict[str, Source] = {}
@@ -149,7 +112,7 @@ def likert_pair(prompt: Any, response_1: Any, response_2: Any, strength: float, 
 
 # --- the sources -----------------------------------------------------------------------------------------
 
-@register_source("local", required=("chosen", "rejected"))
+@register_source("local", required=("chosen", "rejected"), test_split="test")
 def _generic(raw: dict[str, Any], ref: RowRef, spec: dict[str, Any]) -> dict[str, Any]:
     """The generic schema is the canonical one."""
     return raw
@@ -161,6 +124,7 @@ def _generic(raw: dict[str, Any], ref: RowRef, spec: dict[str, Any]) -> dict[str
     "HuggingFaceH4/ultrafeedback_binarized",
     required=("chosen", "rejected", "score_chosen", "score_rejected"),
     default_split="train_prefs",
+    test_split="test_prefs",
 )
 def _ultrafeedback(raw: dict[str, Any], ref: RowRef, spec: dict[str, Any]) -> dict[str, Any]:
     """chosen / rejected are whole chats (user turn + answer); margin = score_chosen - score_rejected (1-10 scale)."""
@@ -174,9 +138,13 @@ SHP_MARGINS = ("score_difference", "log_score_ratio")
     "shp",
     "stanfordnlp/SHP",
     "Ahjeong/SHP_filtered_for_MMPO",
+    "Ahjeong/SHP_filtered_MMPO",
     required=("history", "human_ref_A", "human_ref_B", "score_A", "score_B"),
     default_split="train",
+    test_split="test",
     pairs_per_prompt=5,
+    # The official MMPO recipe names Ahjeong/SHP_filtered_MMPO with splits train_prefs / test_prefs.
+    hub_splits={"Ahjeong/SHP_filtered_MMPO": {"train": "train_prefs", "test": "test_prefs"}},
 )
 def _shp(raw: dict[str, Any], ref: RowRef, spec: dict[str, Any]) -> dict[str, Any]:
     """Reddit comments A and B under a post; ``labels`` = 1 means A preferred (A has more upvotes).
@@ -221,6 +189,7 @@ def nemo_turns(prompt: str) -> list[Message]:
     "nvidia/HelpSteer2",
     required=("prompt", "response_1", "response_2", "preference_strength"),
     default_split="train",
+    test_split="val",
     hub_files="preference/preference.jsonl.gz",
     local_subpath="preference/preference.jsonl.gz",
     split_column="split",
@@ -238,6 +207,7 @@ def _helpsteer2(raw: dict[str, Any], ref: RowRef, spec: dict[str, Any]) -> dict[
     "nvidia/HelpSteer3",
     required=("context", "response1", "response2", "overall_preference"),
     default_split="train",
+    test_split="validation",
     hub_config="preference",
     local_subpath="preference",
 )
@@ -248,184 +218,84 @@ def _helpsteer3(raw: dict[str, Any], ref: RowRef, spec: dict[str, Any]) -> dict[
     return likert_pair(raw["context"], raw["response1"], raw["response2"], strength, ref, "overall_preference")
 
 
-# --- from canonical columns to a pair --------------------------------------------------------------------
+# --- one prompt, several scored responses ----------------------------------------------------------------
 
-def as_messages(value: Any, role: str, ref: RowRef, fieldname: str) -> list[Message]:
-    """A string becomes one message with ``role``; a list of ``{role, content}`` messages is checked and kept."""
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
-        return [{"role": str(m.get("role") or role), "content": str(m["content"])} for m in value]
-    raise ref.error(fieldname, f"expected a string or a list of {{role, content}} messages, got {type(value).__name__}")
+# alpaca_graded stores p_beats_reference rounded to 6 decimals: 0 means "below 5e-7" (643 of 10,797 outputs,
+# with 10 at exactly 1), and 1e-6 is the smallest value it can tell from 0. Clipping at that resolution
+# keeps every distinction the data records and no more: scores lie in [-13.8, 13.8].
+DEFAULT_P_CLIP = 1e-6
 
 
-def split_conversation(messages: list[Message]) -> tuple[list[Message], list[Message]]:
-    """``(context, response)``: the response is the run of assistant messages at the end of the chat."""
-    start = len(messages)
-    while start > 0 and messages[start - 1]["role"] == "assistant":
-        start -= 1
-    return messages[:start], messages[start:]
+def probability_score(p: float, eps: float) -> float:
+    """``s = logit(clip(p, eps, 1 - eps))``: a Bradley-Terry score from a judged probability of beating a
+    common reference, so that ``sigmoid(s_a - s_b)`` is the judge's implied probability that a beats b."""
+    q = min(max(p, eps), 1.0 - eps)
+    return math.log(q / (1.0 - q))
 
 
-def _prompt_and_responses(raw: dict[str, Any], ref: RowRef) -> tuple[list[Message], list[Message], list[Message]]:
-    """The prompt and the two answers. A whole chat in ``chosen`` (UltraFeedback) brings its own prompt."""
-    chosen_context, chosen = split_conversation(as_messages(raw["chosen"], "assistant", ref, "chosen"))
-    rejected_context, rejected = split_conversation(as_messages(raw["rejected"], "assistant", ref, "rejected"))
-    if chosen_context != rejected_context:
-        raise ref.error("rejected", "chosen and rejected continue different conversations")
-    if chosen_context:
-        prompt = chosen_context
-    elif raw.get("prompt") is not None:
-        prompt = as_messages(raw["prompt"], "user", ref, "prompt")
-    else:
-        raise ref.error("prompt", "missing column (needed unless chosen and rejected are whole chats)")
-    for name, response in (("chosen", chosen), ("rejected", rejected)):
-        if not response:
-            raise ref.error(name, "the message list does not end with an assistant turn")
-    return prompt, chosen, rejected
+def scored_response_rows(prompt: Any, responses: list[tuple[str, Any, float]], group: Any) -> list[dict[str, Any]]:
+    """Every pair of a prompt's ``(name, response, score)`` responses as canonical rows.
 
-
-def _margin(raw: dict[str, Any], ref: RowRef) -> float | None:
-    """``margin``, or ``score_chosen - score_rejected``, or None (no strength given)."""
-    if raw.get("margin") is not None:
-        return number(raw["margin"], ref, "margin")
-    if raw.get("score_chosen") is not None or raw.get("score_rejected") is not None:
-        # Rounded so that 4.2 - 0.0 and 8.7 - 4.5 are the same margin in reports and bins.
-        return round(number(raw.get("score_chosen"), ref, "score_chosen") - number(raw.get("score_rejected"), ref, "score_rejected"), 9)
-    return None
-
-
-def _order_conflict(ref: RowRef, fieldname: str, options: PairOptions, report: DataReport) -> bool:
-    """Chosen is rated below rejected: True = swap them (counted), False = drop the pair (counted), or raise."""
-    if options.order_conflict == "error":
-        raise ref.error(fieldname, "chosen is rated below rejected (set order_conflict: swap or drop)")
-    if options.order_conflict == "drop":
-        report.drop("chosen rated below rejected")
-        return False
-    report.fix("chosen rated below rejected: swapped")
-    return True
-
-
-def make_pair(raw: dict[str, Any], ref: RowRef, options: PairOptions, report: DataReport) -> PreferencePair | None:
-    """One pair from a row in canonical columns, or None when the row is dropped (the reason is counted).
-
-    p = ``p_chosen`` when given (a judged probability passes through); else sigmoid(gamma * margin) with
-    margin = ``margin`` or ``score_chosen - score_rejected``; no strength at all -> p = 1; a tie -> 0.5.
+    chosen = the higher score, ``margin = s_chosen - s_rejected`` (>= 0), so ``sigmoid(gamma * margin)`` with
+    gamma = 1 is the judge's implied probability; equal scores give margin 0, a tie (see mmpo.data.pairs).
+    Pairs come in response order (i < j); the per-prompt cap (``pairs_per_prompt``) samples k of them.
     """
-    prompt, chosen, rejected = _prompt_and_responses(raw, ref)
-    if not all(m["content"].strip() for m in chosen) or not all(m["content"].strip() for m in rejected):
-        report.drop("empty response")
-        return None
-    if chosen == rejected:
-        report.drop("chosen identical to rejected")
-        return None
+    rows = []
+    for i in range(len(responses)):
+        for j in range(i + 1, len(responses)):
+            (name_a, text_a, s_a), (name_b, text_b, s_b) = responses[i], responses[j]
+            if s_b > s_a:
+                (name_a, text_a, s_a), (name_b, text_b, s_b) = (name_b, text_b, s_b), (name_a, text_a, s_a)
+            rows.append({"prompt": prompt, "chosen": text_a, "rejected": text_b, "margin": s_a - s_b,
+                         "group": group, "responses": (name_a, name_b)})
+    return rows
 
-    margin: float | None = None
-    if raw.get("p_chosen") is not None:
-        p = number(raw["p_chosen"], ref, "p_chosen")
+
+def _locate_alpaca_graded() -> Path:
+    from mmpo.data.alpaca_graded import locate
+
+    return locate()
+
+
+@register_source("alpaca_graded", required=("instruction", "outputs"), locate=_locate_alpaca_graded)
+def _alpaca_graded(raw: dict[str, Any], ref: RowRef, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """AlpacaEval outputs with GPT-4-turbo's ``p_beats_reference``: score = logit(clip(p, p_clip)).
+
+    ``{"idx", "instruction", "dataset", "outputs": {model: {"output", "p_beats_reference"}}}``.
+    """
+    eps = spec.get("p_clip", DEFAULT_P_CLIP)
+    if not isinstance(raw["outputs"], dict):
+        raise ref.error("outputs", f"expected a mapping model -> {{output, p_beats_reference}}, got {type(raw['outputs']).__name__}")
+    responses = []
+    for name, out in raw["outputs"].items():
+        if not isinstance(out, dict) or "output" not in out:
+            raise ref.error(f"outputs.{name}", "expected {output, p_beats_reference}")
+        p = number(out.get("p_beats_reference"), ref, f"outputs.{name}.p_beats_reference")
         if not 0.0 <= p <= 1.0:
-            raise ref.error("p_chosen", f"probability outside [0, 1]: {p:g}")
-        if p < 0.5:
-            if not _order_conflict(ref, "p_chosen", options, report):
-                return None
-            chosen, rejected, p = rejected, chosen, 1.0 - p
-    else:
-        margin = _margin(raw, ref)
-        if margin is not None and margin < 0:
-            if not _order_conflict(ref, "margin" if raw.get("margin") is not None else "score_chosen", options, report):
-                return None
-            chosen, rejected, margin = rejected, chosen, -margin
-        p = 1.0 if margin is None else float(soft_targets(margin=margin, gamma=options.gamma))
-    if p == 0.5 or margin == 0:
-        if options.ties == "drop":
-            report.drop("tie (no preference)")
-            return None
-        p = 0.5
-    group = raw.get("group")
-    return PreferencePair(
-        prompt, chosen, rejected, p=p, margin=margin, source=ref.where, row=ref.row,
-        meta={"group": group if group is not None else json.dumps(prompt, sort_keys=True)},
-    )
+            raise ref.error(f"outputs.{name}.p_beats_reference", f"probability outside [0, 1]: {p:g}")
+        responses.append((name, out["output"], probability_score(p, eps)))
+    group = raw.get("idx") if raw.get("idx") is not None else raw["instruction"]
+    return scored_response_rows(raw["instruction"], responses, group)
 
 
-# --- selection after reading -----------------------------------------------------------------------------
-
-def _sample_indices(n: int, k: int, rng: random.Random) -> list[int]:
-    """``k`` of ``range(n)`` drawn with ``rng``, in their original order."""
-    return sorted(rng.sample(range(n), k))
-
-
-def cap_per_prompt(pairs: list[PreferencePair], cap: int, rng: random.Random, report: DataReport) -> list[PreferencePair]:
-    """At most ``cap`` pairs per prompt group (a seeded random choice among a larger group's pairs)."""
-    groups: dict[Any, list[int]] = defaultdict(list)
-    for i, pair in enumerate(pairs):
-        groups[pair.meta["group"]].append(i)
-    keep: list[int] = []
-    for members in groups.values():
-        keep.extend(members if len(members) <= cap else [members[j] for j in _sample_indices(len(members), cap, rng)])
-    if len(keep) < len(pairs):
-        report.dropped[f"over pairs_per_prompt={cap}"] += len(pairs) - len(keep)
-    return [pairs[i] for i in sorted(keep)]
-
-
-def margin_bin_of(margins: list[float], bins: int) -> list[int]:
-    """Index of each margin's equal-width bin over [min, max] (the top edge goes in the last bin)."""
-    lo, hi = min(margins), max(margins)
-    if hi == lo:
-        return [0] * len(margins)
-    return [min(int((m - lo) / (hi - lo) * bins), bins - 1) for m in margins]
-
-
-def bin_quotas(sizes: list[int], budget: int) -> list[int]:
-    """Equal shares of ``budget`` per non-empty bin; a bin smaller than its share gives all it has and its
-    remainder is shared by the larger bins (water-filling)."""
-    quotas = [0] * len(sizes)
-    order = sorted((s, i) for i, s in enumerate(sizes) if s > 0)
-    left = budget
-    for rank, (size, i) in enumerate(order):
-        quotas[i] = min(size, left // (len(order) - rank))
-        left -= quotas[i]
-    return quotas
-
-
-def sample_across_margin_bins(
-    pairs: list[PreferencePair], bins: int, budget: int | None, rng: random.Random, report: DataReport
-) -> list[PreferencePair]:
-    """Sample pairs uniformly across ``bins`` equal-width margin bins.
-
-    With ``budget`` (max_pairs) each bin gets an equal share of it (see :func:`bin_quotas`); without one every
-    bin is cut to the size of the smallest non-empty bin, so the margins come out uniform over the bins.
-    """
-    if any(p.margin is None for p in pairs):
-        raise UserError("margin_bins needs a margin on every pair, and this data has pairs without one (p_chosen or a hard label)")
-    if not pairs:
-        return pairs
-    members: list[list[int]] = [[] for _ in range(bins)]
-    for i, b in enumerate(margin_bin_of([p.margin for p in pairs], bins)):
-        members[b].append(i)
-    sizes = [len(m) for m in members]
-    if budget is None:
-        budget = min(s for s in sizes if s) * sum(1 for s in sizes if s)
-    keep: list[int] = []
-    for idx, quota in zip(members, bin_quotas(sizes, budget)):
-        keep.extend(idx[j] for j in _sample_indices(len(idx), quota, rng))
-    if len(keep) < len(pairs):
-        report.dropped[f"margin-bin sampling ({bins} bins)"] += len(pairs) - len(keep)
-    return [pairs[i] for i in sorted(keep)]
-
-
-def post_select(pairs: list[PreferencePair], options: PairOptions, source: Source, report: DataReport) -> list[PreferencePair]:
-    """The per-prompt cap, then margin-bin sampling, then ``max_pairs``; all seeded with ``options.seed``."""
-    rng = random.Random(options.seed)
-    cap = source.pairs_per_prompt if options.pairs_per_prompt is None else options.pairs_per_prompt
-    if cap:
-        pairs = cap_per_prompt(pairs, cap, rng, report)
-    if options.margin_bins:
-        pairs = sample_across_margin_bins(pairs, options.margin_bins, options.max_pairs, rng, report)
-    if options.max_pairs is not None and len(pairs) > options.max_pairs:
-        report.dropped[f"over max_pairs={options.max_pairs}"] += len(pairs) - options.max_pairs
-        pairs = [pairs[i] for i in _sample_indices(len(pairs), options.max_pairs, rng)]
-    return pairs
+@register_source(
+    "ultrafeedback_raw",
+    "openbmb/UltraFeedback",
+    required=("instruction", "completions"),
+    default_split="train",
+)
+def _ultrafeedback_raw(raw: dict[str, Any], ref: RowRef, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """openbmb/UltraFeedback: ``instruction`` and ``completions[]`` with ``response``, ``overall_score``
+    (1-10, GPT-4's rating) and ``model``; score = overall_score, so margins are the binarized sets' margins."""
+    if not isinstance(raw["completions"], list):
+        raise ref.error("completions", f"expected a list of completions, got {type(raw['completions']).__name__}")
+    responses = []
+    for k, completion in enumerate(raw["completions"]):
+        if not isinstance(completion, dict) or "response" not in completion:
+            raise ref.error(f"completions[{k}]", "expected an object with response and overall_score")
+        score = number(completion.get("overall_score"), ref, f"completions[{k}].overall_score")
+        responses.append((str(completion.get("model", k)), completion["response"], score))
+    return scored_response_rows(raw["instruction"], responses, raw.get("prompt_id") or raw["instruction"])
 
 
 # --- reading a spec --------------------------------------------------------------------------------------
@@ -465,19 +335,35 @@ def normalize_spec(spec: Any) -> dict[str, Any]:
             raise UserError(f"margin_from applies to the shp source only (this data is {source})")
         if out.get("margin_from", SHP_MARGINS[0]) not in SHP_MARGINS:
             raise UserError(f"margin_from must be one of {', '.join(SHP_MARGINS)} (got {out['margin_from']!r})")
+        if "p_clip" in out:
+            if source != "alpaca_graded":
+                raise UserError(f"p_clip applies to the alpaca_graded source only (this data is {source})")
+            eps = out["p_clip"]
+            if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 0.5:
+                raise UserError(f"p_clip must be a number in (0, 0.5) (got {eps!r})")
         out["source"] = source
         return out
     raise UserError(f"cannot read data spec {spec!r}: give a path, a data set name or a mapping")
 
 
-def _rows(source: Source, spec: dict[str, Any], split: str | None) -> tuple[str, Iterator[RawRow]]:
-    """A label for the report and the raw rows: from the local copy when ``path`` is given, else from the Hub."""
+def held_out_split(spec: Any) -> str | None:
+    """The split a held-out load reads when the spec names none: the source's test split (None for files)."""
+    spec = normalize_spec(spec)
+    return spec.get("split") or SOURCES[spec["source"]].test_split
+
+
+def read_rows(source: Source, spec: dict[str, Any], split: str | None) -> tuple[str, Iterator[RawRow]]:
+    """A label for the report and the raw rows: from the local copy when ``path`` is given (or the source
+    knows where its data is, ``Source.locate``), else from the Hub."""
+    if "path" not in spec and source.locate is not None:
+        spec = {**spec, "path": str(source.locate())}
     if "path" in spec:
         label = f"{source.name}: {spec['path']}" if source.name != "local" else str(spec["path"])
         rows = read_local(spec["path"], None if source.split_column else split, source.local_subpath)
     else:
         hub_id = spec.get("hub_id") or source.hub_ids[0]
         label = f"{source.name}: {hub_id}"
+        split = ((source.hub_splits or {}).get(hub_id) or {}).get(split, split) if split else split
         # A split stored as a column lives in one hub file, which datasets names "train".
         rows = read_hub(hub_id, "train" if source.split_column else split, source.hub_config, source.hub_files)
     if source.split_column and split is not None:
@@ -502,7 +388,7 @@ def _filter_split(rows: Iterator[RawRow], column: str, split: str) -> Iterator[R
         raise UserError(f"no rows in split {split!r} (column '{column}' holds {', '.join(sorted(seen))})")
 
 
-def _rename(raw: dict[str, Any], columns: dict[str, str], ref: RowRef) -> dict[str, Any]:
+def rename_columns(raw: dict[str, Any], columns: dict[str, str], ref: RowRef) -> dict[str, Any]:
     """Apply ``columns: {expected: theirs}``: copy each ``theirs`` column to the name the source expects.
 
     A mapped column that is absent is an error even where the expected name exists: the mapping says it is wrong.
@@ -523,7 +409,8 @@ def _schema_hint(raw: dict[str, Any]) -> str:
     return ""
 
 
-def _check_columns(raw: dict[str, Any], source: Source, columns: dict[str, str], ref: RowRef) -> None:
+def check_columns(raw: dict[str, Any], source: Source, columns: dict[str, str], ref: RowRef) -> None:
+    """A one-line error for the first column the source needs that the row lacks (or holds no value in)."""
     for col in source.required:
         if raw.get(col) is None:
             theirs = columns.get(col, col)
@@ -532,30 +419,20 @@ def _check_columns(raw: dict[str, Any], source: Source, columns: dict[str, str],
             raise ref.error(theirs, f"{what}{hint}")
 
 
-def load_pairs(spec: Any, options: PairOptions | None = None) -> tuple[list[PreferencePair], DataReport]:
-    """Every pair of ``spec`` as canonical records, with a report of what was read, kept, dropped and fixed.
 
-    Raises :class:`DataError` (file, row, field) for rows that cannot be read and :class:`UserError` for a
-    spec that names nothing readable.
-    """
-    options = options or PairOptions()
-    spec = normalize_spec(spec)
-    source = SOURCES[spec["source"]]
-    columns = {**options.columns, **spec.get("columns", {})}
-    split = spec.get("split") or options.split or source.default_split
-    label, rows = _rows(source, spec, split)
-    report = DataReport(source=label)
-    pairs: list[PreferencePair] = []
-    for where, row, raw in tqdm(rows, desc=f"reading {label}", unit=" rows", disable=None, leave=False):
-        report.read += 1
-        ref = RowRef(where, row)
-        raw = _rename(raw, columns, ref)
-        _check_columns(raw, source, columns, ref)
-        pair = make_pair(source.convert(raw, ref, spec), ref, options, report)
-        if pair is not None:
-            pairs.append(pair)
-    if report.read == 0:
-        raise UserError(f"{label}: no rows to read")
-    pairs = post_select(pairs, options, source, report)
-    report.keep([p.p for p in pairs], [p.margin for p in pairs])
-    return pairs, report
+
+# Names that lived here before the pipeline was split into stages; kept importable from this module.
+_MOVED = {
+    "PairOptions": "mmpo.data.pairs", "make_pair": "mmpo.data.pairs", "as_messages": "mmpo.data.pairs",
+    "split_conversation": "mmpo.data.pairs", "cap_per_prompt": "mmpo.data.selection",
+    "margin_bin_of": "mmpo.data.selection", "bin_quotas": "mmpo.data.selection",
+    "sample_across_margin_bins": "mmpo.data.selection", "load_pairs": "mmpo.data.pipeline",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,9 @@
 
 A pair becomes ``prompt_ids`` + ``chosen_ids`` / ``rejected_ids``. The prompt is cut from the left (the end
 of a conversation matters most), responses from the right, so ``len(prompt) + len(response) <= max_length``.
-Every cut is counted in :class:`TruncationStats` for the data report.
+Every cut is counted in :class:`TruncationStats` for the data report. With ``over_length="drop"`` a pair that
+would need any cut is dropped (and counted) instead: a reward model reads its score at the last token, so a cut
+answer is scored mid-sentence (see docs/data.md, "Over-length pairs").
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from mmpo.errors import DataError
 
 # Used when a tokenizer has no chat template (tiny test tokenizers, encoder backbones).
 _PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+OVER_LENGTH = ("truncate", "drop")
 
 
 @dataclass
@@ -33,6 +37,7 @@ class TruncationStats:
     prompt_truncated: int = 0
     response_truncated: int = 0
     dropped_no_room: int = 0
+    dropped_over_length: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -72,11 +77,13 @@ def tokenize_pair(
     max_length: int,
     max_prompt_length: int,
     stats: TruncationStats | None = None,
+    over_length: str = "truncate",
 ) -> TokenizedPair | None:
     """Token ids for one pair, truncated to fit ``max_length``; None when the pair cannot fit at all.
 
     The prompt keeps its last ``max_prompt_length`` tokens; each response keeps its first
-    ``max_length - len(prompt_ids)`` tokens.
+    ``max_length - len(prompt_ids)`` tokens. ``over_length="drop"``: a pair whose prompt + longer answer exceeds ``max_length`` is None
+    (counted); one that fits is kept whole.
     """
     if max_prompt_length >= max_length:
         raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length})")
@@ -93,6 +100,15 @@ def tokenize_pair(
         rejected_ids = _ids(tokenizer, render_response(tokenizer, pair.prompt, pair.rejected, prompt_text))
     except ValueError as e:
         raise DataError(pair.source or "data", pair.row, "prompt", str(e)) from None
+    if over_length == "drop":
+        # Whole sequences only: a pair that fits in max_length is kept uncut (its prompt may pass the prompt budget).
+        if len(prompt_ids) + max(len(chosen_ids), len(rejected_ids)) > max_length:
+            stats.dropped_over_length += 1
+            return None
+        if not chosen_ids or not rejected_ids:
+            stats.dropped_no_room += 1
+            return None
+        return TokenizedPair(prompt_ids, chosen_ids, rejected_ids, pair.p, pair.margin, pair.row)
     if len(prompt_ids) > max_prompt_length:
         # Cut from the left but keep a leading BOS: models expect it at position 0.
         head = prompt_ids[:1] if prompt_ids[0] == tokenizer.bos_token_id else []

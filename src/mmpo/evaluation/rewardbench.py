@@ -1,8 +1,9 @@
 """RewardBench (v1): score its chosen/rejected pairs with a reward model or a policy's implicit reward and
 aggregate the accuracies the way the official leaderboard does.
 
-* A pair is right when ``reward(chosen) > reward(rejected)``; a tie counts one half
-  (:func:`mmpo.evaluation.metrics.correctness`). A subset's accuracy is the mean over its rows.
+* A pair is right when ``reward(chosen) > reward(rejected)`` strictly, as the official RewardBench scoring
+  counts it: a tie is wrong (unlike :func:`mmpo.evaluation.metrics.accuracy` on held-out pairs, where a tie
+  counts one half). A subset's accuracy is the mean over its rows.
 * A section's score is the mean of its subsets' accuracies weighted by :data:`EXAMPLE_COUNTS`:
   ``section = sum_s acc_s * w_s / sum_s w_s`` over the section's subsets that were scored. ``math-prm``
   has 447 rows but weight 984, so math counts as much as the six code subsets together.
@@ -301,16 +302,15 @@ def score_rows(
 
 
 def subset_accuracies(rows: list[BenchRow], scores: dict[str, tuple[float, float]]) -> dict[str, dict[str, Any]]:
-    """Per subset: ``n``, ``accuracy`` (ties count half; a NaN reward counts wrong) and ``nan`` rows."""
-    from mmpo.evaluation.metrics import correctness
-
+    """Per subset: ``n``, ``accuracy`` (right = chosen > rejected strictly: a tie or a NaN reward is wrong, the
+    official rule) and ``nan`` rows."""
     grouped: dict[str, list[float]] = {}
     nan: dict[str, int] = {}
     for r in rows:
         chosen, rejected = scores[r.key]
         grouped.setdefault(r.subset, []).append(chosen - rejected)
         nan[r.subset] = nan.get(r.subset, 0) + (math.isnan(chosen) or math.isnan(rejected))
-    return {s: {"n": len(h), "accuracy": float(correctness(h).mean()), "nan": nan[s]} for s, h in grouped.items()}
+    return {s: {"n": len(h), "accuracy": sum(1.0 for x in h if x > 0) / len(h), "nan": nan[s]} for s, h in grouped.items()}
 
 
 def section_scores(accuracy: dict[str, float]) -> dict[str, float | None]:

@@ -10,7 +10,9 @@ and the losses are
 * ``mmpo``        -p log sigmoid(h) - (1-p) log sigmoid(-h)       (soft targets; MMPO)
 * ``dpo``         -log sigmoid(h)                                 (hard targets, p = 1)
 * ``cdpo``        the same cross-entropy with every target at 1 - label_smoothing
-* ``ipo``         (h / beta - 1 / (2 beta))^2
+* ``ipo``         (h / beta - 1 / (2 beta))^2, with ``ipo_logps: summed`` (default; TRL 0.7.7 and the official
+                  MMPO code) or ``averaged`` (every log-prob divided by its response length, as TRL 1.x does;
+                  a beta tuned for one form does not transfer to the other)
 * ``simpo``       -log sigmoid(h'),  h' = beta * (log pi(y_w|x)/|y_w| - log pi(y_l|x)/|y_l|) - simpo_margin
 * ``simpo_mmpo``  the MMPO cross-entropy on SimPO's h'             (reference-free, length-normalised)
 
@@ -81,16 +83,23 @@ def policy_rewards(
     reference_rejected_logps: torch.Tensor | None,
     beta: float,
     simpo_margin: float = 0.0,
+    average_logps: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair (chosen, rejected) rewards whose difference is ``h``.
 
-    DPO family: ``beta * (log pi - log pi_ref)`` (:func:`mmpo.losses.dpo_logits`). SimPO family:
-    ``beta * log pi / |y|`` with ``simpo_margin`` taken off chosen (:func:`mmpo.losses.simpo_logits`).
+    DPO family: ``beta * (log pi - log pi_ref)`` (:func:`mmpo.losses.dpo_logits`) on summed response log-probs,
+    or with ``average_logps`` on per-token averages ``log pi(y|x) / |y|`` (policy and reference alike; IPO's
+    ``ipo_logps: averaged``). SimPO family: ``beta * log pi / |y|`` with ``simpo_margin`` taken off chosen
+    (:func:`mmpo.losses.simpo_logits`).
     """
     if loss in REFERENCE_FREE_LOSSES:
         return simpo_logits(policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths, beta, simpo_margin)
     if reference_chosen_logps is None or reference_rejected_logps is None:
         raise ValueError(f"loss {loss!r} needs reference log-probabilities")
+    if average_logps:
+        chosen_n, rejected_n = chosen_lengths.float().clamp(min=1), rejected_lengths.float().clamp(min=1)
+        policy_chosen_logps, reference_chosen_logps = policy_chosen_logps / chosen_n, reference_chosen_logps.float() / chosen_n
+        policy_rejected_logps, reference_rejected_logps = policy_rejected_logps / rejected_n, reference_rejected_logps.float() / rejected_n
     return dpo_logits(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta)
 
 
@@ -139,6 +148,7 @@ class PolicyTrainer(PairTrainer):
         beta: float = 0.1,
         simpo_margin: float = 0.0,
         label_smoothing: float = 0.0,
+        ipo_logps: str = "summed",
         reference_mode: str = "precomputed",
         reference_model: torch.nn.Module | None = None,
         **kwargs: Any,
@@ -151,6 +161,9 @@ class PolicyTrainer(PairTrainer):
         self.beta = beta
         self.simpo_margin = simpo_margin
         self.label_smoothing = label_smoothing
+        if ipo_logps not in ("summed", "averaged"):
+            raise UserError(f"ipo_logps must be summed or averaged (got {ipo_logps!r})")
+        self.average_logps = loss == "ipo" and ipo_logps == "averaged"
         self.reference_mode = reference_mode
         self.reference_model = reference_model
         self._reference_on_device = False
@@ -209,7 +222,7 @@ class PolicyTrainer(PairTrainer):
         ref_chosen, ref_rejected = reference if reference is not None else (None, None)
         chosen, rejected = policy_rewards(
             self.loss_name, policy_chosen, policy_rejected, n_tokens[:half], n_tokens[half:],
-            ref_chosen, ref_rejected, self.beta, self.simpo_margin,
+            ref_chosen, ref_rejected, self.beta, self.simpo_margin, average_logps=self.average_logps,
         )
         extras = {"policy_chosen_logps": policy_chosen.detach(), "policy_rejected_logps": policy_rejected.detach()}
         if reference is not None:
@@ -350,6 +363,7 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
         beta=config.beta,
         simpo_margin=config.simpo_margin,
         label_smoothing=config.label_smoothing,
+        ipo_logps=config.ipo_logps,
         reference_mode=mode,
         reference_model=reference_model,
     )
