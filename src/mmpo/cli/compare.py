@@ -12,7 +12,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.usage = "mmpo compare [CONFIG.yaml] --losses mmpo,bt --seeds 0,1,2 --out DIR [--kind rm|dpo] [--key value ...]"
     p.epilog = ("Trains the recipe once per loss and seed under DIR (finished runs are reused, unfinished ones resume) "
                 "and writes DIR/comparison.json, comparison.md, comparison.png and curves.png: each metric's mean "
-                "per loss and the paired difference first - second with a 95%% t-interval over seeds.")
+                "per loss and the paired difference first - second with a 95% t-interval over seeds.")
     p.add_argument("--losses", required=True, help="comma-separated losses; the first is compared against the others")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--out", required=True, help="comparison directory")
