@@ -199,3 +199,16 @@ def test_over_length_defaults_reward_models_drop_policies_truncate():
     assert load_config(DPOConfig, overrides={"data": "x.jsonl"}).over_length == "truncate"
     with pytest.raises(UserError, match="over_length"):
         load_config(RMConfig, overrides={"data": "x.jsonl", "over_length": "cut"})
+
+
+def test_eval_pairs_scores_a_named_data_sets_test_split(monkeypatch, tmp_path, capsys):
+    calls = fake_hub(monkeypatch, [SHP_ROW])
+    import mmpo.evaluation.scoring as scoring
+
+    def stop(*a, **k):
+        raise UserError("stop after loading the data")
+
+    monkeypatch.setattr(scoring, "load_scoring_model", stop)
+    monkeypatch.setattr(scoring, "training_config", lambda model_dir: {})
+    assert main(["eval", "pairs", "--model", str(tmp_path), "--data", "shp", "--out", str(tmp_path / "m.json")]) == 2
+    assert calls == [("stanfordnlp/SHP", "test")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -241,9 +242,12 @@ def test_lora_run_changes_only_adapter_weights_and_adapter_reference_is_the_base
 
 def test_kill_and_resume_continues_from_the_last_checkpoint(tmp_path, tiny_model_dir, pair_file):
     data = pair_file(24)
-    first = train_policy(dpo_config(tmp_path, tiny_model_dir, data, max_steps=2, save_steps=2))
-    assert first["resumed_from"] is None and first["global_step"] == 2
+    first = train_policy(dpo_config(tmp_path, tiny_model_dir, data, max_steps=4, save_steps=2))
+    assert first["resumed_from"] is None and first["global_step"] == 4
     assert (Path(first["output_dir"]) / "checkpoint-2" / "trainer_state.json").exists()
+    # As if killed while step 4 was being saved: checkpoint-2 is the last complete one, no final results.
+    shutil.rmtree(Path(first["output_dir"]) / "checkpoint-4")
+    (Path(first["output_dir"]) / "eval_results.json").unlink()
     second = train_policy(dpo_config(tmp_path, tiny_model_dir, data, max_steps=4, save_steps=2))
     assert second["resumed_from"] == os.path.join(first["output_dir"], "checkpoint-2")
     state = json.loads((Path(first["output_dir"]) / "checkpoint-4" / "trainer_state.json").read_text())

@@ -92,7 +92,7 @@ def test_policy_implicit_reward(tiny_model_dir, tiny_tokenizer, pair_file, tmp_p
 
     data = pair_file(n=6, seed=9)
     scores_file = tmp_path / "s.jsonl"
-    rc = main(["eval", "pairs", "--model", str(tiny_model_dir), "--data", str(data), "--beta", "0.5",
+    rc = main(["eval", "pairs", "--model", str(tiny_model_dir), "--data", str(data), "--beta", "0.5", "--ref-model", "none",
                "--out", str(tmp_path / "m.json"), "--scores", str(scores_file), "--max-length", "96"])
     assert rc == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
@@ -126,3 +126,17 @@ def test_missing_model_directory_is_one_line(pair_file, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert "nope" in err and len(err.splitlines()) == 1
+
+
+def test_a_policy_without_ref_model_is_a_choice_left_to_the_user(tiny_model_dir, pair_file, tmp_path, capsys):
+    # Issue 14.8: reference-free and with-reference scores differ widely; no silent default.
+    import shutil
+
+    policy = tmp_path / "policy"
+    shutil.copytree(tiny_model_dir, policy)
+    (policy / "config.yaml").write_text("model: embedded\nbeta: 0.1\nloss: mmpo\n")
+    rc = main(["eval", "pairs", "--model", str(policy), "--data", str(pair_file(n=2)), "--out", str(tmp_path / "m.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "is a policy: pass --ref-model PATH" in err[0] and "'embedded' per its config.yaml" in err[0]
+    assert "--ref-model none" in err[0] and not (tmp_path / "m.json").exists()

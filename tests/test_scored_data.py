@@ -227,3 +227,16 @@ def test_nothing_reachable_is_one_line(isolated, monkeypatch):
     message = str(e.value)
     assert "\n" not in message and "cannot download" in message and "path" in message
     assert not alpaca_graded.cached_file().exists()
+
+
+def test_memoized_tokens_equal_tokenizing_each_pair_alone(tmp_path, tiny_tokenizer):
+    from mmpo.data.report import DataReport
+    from mmpo.data.pipeline import tokenize_pairs
+    from mmpo.data.tokenize import tokenize_pair
+
+    path = write_records(tmp_path / "r.jsonl.gz", RECORDS)
+    pairs, _ = load_pairs({"source": "alpaca_graded", "path": str(path)})
+    for over_length, max_length in (("truncate", 48), ("drop", 96)):
+        memo = tokenize_pairs(pairs, tiny_tokenizer, max_length, 24, DataReport(source="x"), over_length=over_length)
+        alone = [t.__dict__ for p in pairs if (t := tokenize_pair(tiny_tokenizer, p, max_length, 24, over_length=over_length)) is not None]
+        assert memo == alone and memo

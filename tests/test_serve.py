@@ -4,6 +4,7 @@ driven by a real MT-bench judge pass (integration). All traffic stays on 127.0.0
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -82,7 +83,9 @@ def test_models_endpoint_and_health(tiny_server):
     [
         ({"messages": []}, 400, "messages"),
         ({"messages": [{"role": "robot", "content": "x"}]}, 400, "messages"),
-        ({"messages": [{"role": "user", "content": "x"}], "stream": True}, 400, "stream"),
+        ({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, 400, "stream"),
+        ({"messages": [{"role": "user", "content": "x"}], "stream": True, "logprobs": True}, 400, "logprobs"),
+        ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}, 400, "top_logprobs"),
         ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n"),
         ({"messages": [{"role": "user", "content": "x"}], "temperature": -1}, 400, "temperature"),
         ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, 400, "max_tokens"),
@@ -107,6 +110,123 @@ def test_prompt_longer_than_context_is_a_400(tiny_server):
     too_long = "x" * (tiny_server.chat_model.max_positions + 1)  # one token per byte
     status, payload = _call(tiny_server.url + "/chat/completions", {"messages": [{"role": "user", "content": too_long}]})
     assert status == 400 and "context" in payload["error"]["message"]
+
+
+def test_max_tokens_over_the_context_is_a_400_and_no_limit_is_bounded(tiny_server):
+    messages = [{"role": "user", "content": "hello"}]
+    prompt = len(tiny_server.chat_model.prompt_ids(messages))
+    context = tiny_server.chat_model.max_positions
+    for key in ("max_tokens", "max_completion_tokens"):
+        status, payload = _call(tiny_server.url + "/chat/completions", {"messages": messages, key: 100000})
+        assert status == 400 and payload["error"]["param"] == key
+        assert f"maximum context length is {context} tokens" in payload["error"]["message"]
+        assert f"{prompt} in the messages, 100000 in the completion" in payload["error"]["message"]
+    # a prompt that leaves exactly 3 tokens: 3 is allowed, 4 is not
+    long = [{"role": "user", "content": "x" * (context - prompt - 3 + len("hello"))}]
+    assert len(tiny_server.chat_model.prompt_ids(long)) == context - 3
+    status, ok = _call(tiny_server.url + "/chat/completions", {"messages": long, "max_tokens": 3, "temperature": 0})
+    assert status == 200 and ok["usage"]["total_tokens"] <= context
+    assert _call(tiny_server.url + "/chat/completions", {"messages": long, "max_tokens": 4})[0] == 400
+
+
+def _stream(url: str, body: dict, key: str = "sekret") -> tuple[int, str, list]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        ctype = response.headers.get("Content-Type")
+        events = []
+        for line in response.read().decode().split("\n\n"):
+            if line.startswith("data: "):
+                data = line[len("data: "):]
+                events.append(data if data == "[DONE]" else json.loads(data))
+    return response.status, ctype, events
+
+
+@pytest.mark.parametrize("stop", [None, ["a"], ["\u00e9t", "zz"]])
+def test_streaming_chunks_join_to_the_plain_answer(tiny_server, stop):
+    body = {"messages": [{"role": "user", "content": "Say something."}], "temperature": 0, "max_tokens": 40, "stop": stop}
+    status, plain = _call(tiny_server.url + "/chat/completions", body)
+    assert status == 200
+    status, ctype, events = _stream(tiny_server.url + "/chat/completions", {**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert status == 200 and ctype == "text/event-stream"
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    usage_chunk, final = chunks[-1], chunks[-2]
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"] == plain["usage"]
+    assert final["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"] and final["choices"][0]["delta"] == {}
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1])
+    assert text == plain["choices"][0]["message"]["content"]
+    assert len([c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]) >= 2 or len(text) < 2
+
+
+def test_logprobs_in_openai_shape(tiny_server):
+    body = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0, "max_tokens": 5, "logprobs": True, "top_logprobs": 4}
+    status, payload = _call(tiny_server.url + "/chat/completions", body)
+    assert status == 200
+    content = payload["choices"][0]["logprobs"]["content"]
+    assert len(content) == payload["usage"]["completion_tokens"]
+    for position in content:
+        top = position["top_logprobs"]
+        assert len(top) == 4 and all(a["logprob"] >= b["logprob"] for a, b in zip(top, top[1:]))
+        # greedy decoding picks the most likely token; its log-probability is the top one
+        assert top[0]["token"] == position["token"] and top[0]["logprob"] == pytest.approx(position["logprob"])
+        assert position["logprob"] <= 0 and math.exp(sum(math.exp(t["logprob"]) for t in top)) > 1
+
+
+@pytest.fixture()
+def impatient_server(tiny_model_dir):
+    """The tiny model with a time limit that every generation passes after its first token."""
+    chat = ChatModel.load(str(tiny_model_dir), device="cpu")
+    server = make_server(chat, "127.0.0.1", 0, quiet=True, request_timeout=1e-6)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def test_request_time_limit_stops_generation(impatient_server):
+    body = {"messages": [{"role": "user", "content": "go on"}], "temperature": 1.0, "seed": 1, "max_tokens": 900}
+    status, payload = _call(impatient_server.url + "/chat/completions", body, key=None)
+    assert status == 504 and "time limit" in payload["error"]["message"]
+    request = urllib.request.Request(impatient_server.url + "/chat/completions", data=json.dumps({**body, "stream": True}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        events = [e[len("data: "):] for e in response.read().decode().split("\n\n") if e.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    finals = [json.loads(e) for e in events[:-1]]
+    assert finals[-2]["choices"][0]["finish_reason"] == "length" and "time limit" in finals[-1]["error"]["message"]
+
+
+def test_generation_stops_when_the_client_disconnects(tiny_server):
+    finished = []
+    chat = tiny_server.chat_model
+    original = chat.generate
+
+    def recording_generate(**kwargs):
+        completion = original(**kwargs)
+        finished.append(completion)
+        return completion
+
+    chat.generate = recording_generate
+    try:
+        body = json.dumps({"messages": [{"role": "user", "content": "talk"}], "temperature": 1.0, "seed": 3,
+                           "max_tokens": 900, "stop": ["\u0000never"]}).encode()
+        host, port = tiny_server.server_address[:2]
+        with socket.create_connection((host, port)) as conn:
+            conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekret\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        for _ in range(600):  # bounded wait for the server to notice; not a timing assertion
+            if finished:
+                break
+            time.sleep(0.05)
+    finally:
+        chat.generate = original
+    assert finished and finished[0].finish_reason == "cancelled"
+    assert finished[0].completion_tokens < 900
 
 
 def test_judge_client_talks_to_the_server(tiny_server):

@@ -220,3 +220,24 @@ def test_reuse_keeps_a_matching_set_and_rebuilds_a_different_one(tmp_path):
     assert (out / "train.jsonl").read_text() == ""
     make_dataset(SyntheticConfig(seed=5, prompts=24), out, reuse=True)
     assert read_jsonl(out / "train.jsonl")
+
+
+def test_the_recipes_graded_tasks_set_is_written_on_first_use(tmp_path, monkeypatch):
+    # Issue 14.6: a fresh cache plus an embedded recipe's data path: the set is made, as `mmpo make-data` would.
+    from mmpo.config import RMConfig, load_config
+    from mmpo.data.sources import load_pairs
+    from mmpo.data.synthetic import SyntheticConfig, generate_if_default_and_missing, make_dataset
+
+    import mmpo
+
+    monkeypatch.setenv("MMPO_CACHE", str(tmp_path / "cache"))
+    recipe = Path(mmpo.__file__).parent / "recipes" / "embedded" / "rm.yaml"
+    config = load_config(RMConfig, recipe)
+    assert not Path(config.data).exists()
+    assert generate_if_default_and_missing(config.data) == tmp_path / "cache" / "data" / "graded-tasks-0"
+    pairs, _ = load_pairs(config.eval_data)
+    expected, _ = make_dataset(SyntheticConfig(seed=0), tmp_path / "by-hand")
+    assert Path(config.data).read_bytes() == (expected / "train.jsonl").read_bytes() and len(pairs) > 0
+    # Anything else that is missing stays missing (and the loader says so).
+    assert generate_if_default_and_missing(str(tmp_path / "cache" / "data" / "mine" / "train.jsonl")) is None
+    assert generate_if_default_and_missing(str(tmp_path / "graded-tasks-0" / "train.jsonl")) is None

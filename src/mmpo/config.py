@@ -1,14 +1,20 @@
 """Run configuration: a YAML recipe, overridden key by key from the command line.
 
 ``mmpo rm recipe.yaml --learning_rate 1e-5 --gamma none`` loads the recipe into a dataclass and applies each
-``--key value`` (values parsed as YAML, so numbers, booleans, lists and ``null``/``none`` work). Unknown keys
-are an error that suggests the closest known key.
+``--key value`` (values parsed as YAML, so numbers, booleans, lists and ``null``/``none`` work). Every value is
+checked against its field's type (``none`` only where the type allows it; a number written as text, e.g. ``1e-5``,
+becomes the field's number type); a mismatch, like ``gamma: true`` or a bare ``--lora_r``, is a one-line error
+naming the key and where it came from. Unknown keys are an error that suggests the closest known key.
+``$MMPO_CACHE`` (or ``${MMPO_CACHE}``) in a value is the cache directory, also when the variable is unset
+(default ``~/.cache/mmpo``): recipes name data made by `mmpo make-data` that way.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -71,7 +77,11 @@ class TrainConfig:
     eval_steps: int | None = None  # None = evaluate at the end of each epoch
     save_steps: int | None = None  # None = save at the end of each epoch
     save_total_limit: int | None = 2
-    resume: Any = "auto"  # auto = from the last complete checkpoint in output_dir; false; or a path
+    # auto = resume the run in output_dir when its settings match (a finished one is reused; see
+    # mmpo.training.run_dir); false = start over there; or a checkpoint path
+    resume: Any = "auto"
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "start over in output_dir: delete the earlier run's checkpoints, metrics and results there first"})
     dataloader_num_workers: int = 0
     torch_compile: bool = False
     debug: bool = False
@@ -159,15 +169,90 @@ def _parse_value(text: str) -> Any:
     return value
 
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    # YAML reads "1e-5" as a string; numbers given for float keys must still be floats.
-    if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
+def _type_name(tp: Any) -> str:
+    """How an error message names a field type: ``int | None`` -> "an integer or none"."""
+    members = typing.get_args(tp) if _is_union(tp) else (tp,)
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping"}
+    words = [names.get(typing.get_origin(m) or m, str(m)) for m in members if m is not type(None)]
+    if type(None) in members:
+        words.append("none")
+    return " or ".join(words)
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def _as_number(value: Any, kind: type) -> Any:
+    """``value`` as an int or float, or ``_NO`` when it is not one. Booleans are not numbers here."""
+    if isinstance(value, bool):
+        return _NO
+    if isinstance(value, str):
+        # YAML 1.1 reads "1e-5" (no dot) as a string; a number written so is still a number.
         try:
-            return float(value) if isinstance(default, float) or "." in value or "e" in value.lower() else int(value)
+            value = float(value) if kind is float or any(c in value.lower() for c in ".e") else int(value)
         except ValueError:
-            raise UserError(f"config key '{name}' expects a number (got {value!r})") from None
-    if isinstance(value, str) and value.strip().lower() in ("none", "null"):
-        return None
+            return _NO
+    if kind is float and isinstance(value, (int, float)):
+        return float(value)
+    if kind is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)  # 1e3 for an integer key
+    return _NO
+
+
+_NO = object()  # "does not fit this type"
+
+
+def _fit(value: Any, tp: Any) -> Any:
+    """``value`` converted to field type ``tp``, or ``_NO``."""
+    if tp is Any:
+        return value
+    if _is_union(tp):
+        members = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+            return None if type(None) in members else _NO
+        for member in (m for m in members if m is not type(None)):
+            fitted = _fit(value, member)
+            if fitted is not _NO:
+                return fitted
+        return _NO
+    origin = typing.get_origin(tp) or tp
+    if origin in (int, float):
+        return _as_number(value, origin)
+    if origin is bool:
+        return value if isinstance(value, bool) else _NO
+    if origin is str:
+        if value is None:
+            return "none"  # `key: none` / `--key none` read as null; for a plain string key it is the word
+        return value if isinstance(value, str) else _NO
+    if origin is dict:
+        return value if isinstance(value, dict) else _NO
+    return value
+
+
+def _coerce(name: str, value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the field type ``tp`` (converting numbers written as text); a mismatch is a
+    one-line UserError, so ``--lora_r`` without a value (read as true) or ``gamma: true`` never reach training."""
+    fitted = _fit(value, tp)
+    if fitted is _NO:
+        shown = str(value).lower() if isinstance(value, bool) else repr(value)
+        raise UserError(f"config key '{name}' expects {_type_name(tp)} (got {shown} {where})")
+    return fitted
+
+
+def _expand_cache(value: Any) -> Any:
+    """``$MMPO_CACHE`` in any string of a value (also inside mappings and lists), see :func:`expand_cache_variable`."""
+    from mmpo.paths import expand_cache_variable
+
+    if isinstance(value, str):
+        return expand_cache_variable(value)
+    if isinstance(value, dict):
+        return {k: _expand_cache(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_cache(v) for v in value]
     return value
 
 
@@ -185,10 +270,12 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if not isinstance(loaded, dict):
             raise UserError(f"{path}: expected a mapping of config keys")
         values.update(loaded)
+    cli_values: dict[str, Any] = {}
     if isinstance(overrides, dict):
         values.update(overrides)
     elif overrides:
-        values.update(parse_overrides(overrides))
+        cli_values = parse_overrides(overrides)
+        values.update(cli_values)
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key in values:
         if key not in known:
@@ -196,8 +283,13 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             where = f" in {path}" if path is not None else ""
             raise UserError(f"unknown config key '{key}'{where}{hint}")
-    defaults = cls()
-    kwargs = {k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()}
+    values = {k: _expand_cache(v) for k, v in values.items()}
+    types_of = typing.get_type_hints(cls)
+    from_file = set(values) - set(overrides if isinstance(overrides, dict) else cli_values)
+    kwargs = {}
+    for k, v in values.items():
+        where = f"in {path}" if k in from_file else ("on the command line" if k in cli_values else "in the overrides")
+        kwargs[k] = _coerce(k, v, types_of[k], where)
     config = cls(**kwargs)
     if hasattr(config, "validate"):
         config.validate()
@@ -227,4 +319,7 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
 
 
 def save_config(config: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    """Write ``config`` as YAML (atomically), loadable again with :func:`load_config`."""
+    from mmpo.paths import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -18,6 +19,17 @@ def cache_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+_CACHE_VARIABLE = re.compile(r"\$\{MMPO_CACHE\}|\$MMPO_CACHE(?![A-Za-z0-9_])")
+
+
+def expand_cache_variable(value: str) -> str:
+    """``$MMPO_CACHE`` or ``${MMPO_CACHE}`` in a config value (a recipe's data path) becomes :func:`cache_dir`,
+    which has a default when the variable is unset; nothing else in the text is touched."""
+    if "MMPO_CACHE" not in value:
+        return value
+    return _CACHE_VARIABLE.sub(lambda _: str(cache_dir()), value)
 
 
 @contextmanager
@@ -36,4 +48,20 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it and a rename: readers see the old file or the
+    whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
         raise

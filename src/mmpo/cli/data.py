@@ -9,7 +9,7 @@ from mmpo.errors import UserError
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", help="a data file or directory, a source name (ultrafeedback, shp, helpsteer2, helpsteer3) or a hub id")
+    p.add_argument("spec", help="a data file or directory, a source name (ultrafeedback, shp, helpsteer2, helpsteer3, alpaca_graded, ultrafeedback_raw) or a hub id")
     p.add_argument("--source", default=None, help="read SPEC (a local copy) in this source's schema, e.g. shp")
     p.add_argument("--split", default=None, help="split to read (default: the source's training split)")
     p.add_argument("--columns", nargs="+", default=[], metavar="EXPECTED=THEIRS", help="rename columns, e.g. prompt=question")
@@ -18,7 +18,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--ties", default="keep", help="keep (p = 0.5) or drop")
     p.add_argument("--order-conflict", default="swap", help="chosen rated below rejected: swap, drop or error")
     p.add_argument("--pairs-per-prompt", type=int, default=None, help="cap per prompt (default: the source's; 0 = none)")
-    p.add_argument("--margin-bins", type=int, default=0, help="sample uniformly across this many margin bins")
+    p.add_argument("--margin-bins", type=int, default=0, help="sample uniformly across this many margin quantile bins")
     p.add_argument("--max-pairs", type=int, default=None)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -55,7 +55,7 @@ def data_spec(args: argparse.Namespace) -> str | dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmpo.data.sources import PairOptions, load_pairs
+    from mmpo.data.pipeline import PairOptions, load_pairs
 
     options = PairOptions(
         gamma=_gamma(args.gamma),

@@ -27,7 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="soft-target scale for p = sigmoid(gamma * margin); 'none' = hard labels "
         "(default: the gamma in the model's config.yaml, else 1.0)",
     )
-    p.add_argument("--ref-model", default=None, help="policy only: reference model; without it the score is reference-free")
+    p.add_argument(
+        "--ref-model", default=None,
+        help="policy only, required for one: the reference model (usually the one it was trained from), "
+        "or 'none' for the reference-free reward beta * log pi(y|x)",
+    )
     p.add_argument("--beta", type=float, default=None, help="policy only: implicit-reward scale (default: the model's config.yaml, else 0.1)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (2x rows)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per sequence (default: the model's config.yaml, else 1024)")
@@ -51,30 +55,47 @@ def _gamma(value: Any, trained: dict[str, Any]) -> float | None:
     return gamma
 
 
+def _is_none(value: str | None) -> bool:
+    return value is None or value.strip().lower() in ("none", "null")
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from mmpo.data.sources import PairOptions, load_pairs
+    from mmpo.data.pipeline import PairOptions, load_pairs
+    from mmpo.data.sources import held_out_split
     from mmpo.errors import UserError
     from mmpo.evaluation.metrics import pair_metrics
-    from mmpo.evaluation.scoring import DEFAULT_BETA, load_scoring_model, score_with_models, training_config
+    from mmpo.evaluation.scoring import DEFAULT_BETA, load_scoring_model, model_kind, score_with_models, training_config
 
     trained = training_config(args.model)
+    kind = model_kind(args.model)
+    ref_name = None if _is_none(args.ref_model) else args.ref_model
+    if kind == "policy" and args.ref_model is None:
+        # With and without a reference the scores differ widely (DPO's implicit reward is a log-ratio):
+        # the choice is the user's, never a silent default.
+        trained_from = trained.get("ref_model") or trained.get("model")
+        hint = f" ({trained_from!r} per its config.yaml)" if trained_from else ""
+        raise UserError(
+            f"{args.model} is a policy: pass --ref-model PATH, the model it was trained from{hint}, or "
+            "--ref-model none for the reference-free reward beta * log pi(y|x)"
+        )
+    if kind == "reward" and (args.ref_model is not None or args.beta is not None):
+        raise UserError(f"{args.model} is a reward model: --ref-model and --beta only apply to a policy")
     gamma = _gamma(args.gamma, trained)
-    pairs, report = load_pairs(args.data, PairOptions(gamma=gamma, max_pairs=args.max_pairs))
+    # A data set named without a split is scored on its test split (a local file is read whole).
+    pairs, report = load_pairs(args.data, PairOptions(gamma=gamma, max_pairs=args.max_pairs, split=held_out_split(args.data)))
     print(report.render())
     if not pairs:
         raise UserError(f"{args.data}: no pairs to score")
 
-    model, tokenizer, kind = load_scoring_model(args.model)
+    model, tokenizer, kind = load_scoring_model(args.model, kind=kind)
     ref = None
     beta = None
     if kind == "policy":
         beta = args.beta if args.beta is not None else trained.get("beta", DEFAULT_BETA)
-        if args.ref_model:
-            ref, _, _ = load_scoring_model(args.ref_model, kind="policy", device=next(model.parameters()).device)
-    elif args.ref_model or args.beta is not None:
-        raise UserError(f"{args.model} is a reward model: --ref-model and --beta only apply to a policy")
+        if ref_name is not None:
+            ref, _, _ = load_scoring_model(ref_name, kind="policy", device=next(model.parameters()).device)
     max_length = args.max_length or int(trained.get("max_length") or 1024)
     max_prompt_length = args.max_prompt_length
     if max_prompt_length is None and args.max_length is None and trained.get("max_prompt_length"):
@@ -94,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         "data": str(args.data),
         "gamma": gamma,
         "max_length": max_length,
-        **({"beta": beta, "ref_model": args.ref_model} if kind == "policy" else {}),
+        **({"beta": beta, "ref_model": ref_name} if kind == "policy" else {}),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

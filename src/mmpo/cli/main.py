@@ -15,13 +15,16 @@ COMMANDS = [
     ("demo", "mmpo.cli.demo", "the main job: MMPO vs BT reward models and MMPO vs DPO policies on the embedded model"),
     ("rm", "mmpo.cli.train", "train a reward model (MMPO or a baseline loss)"),
     ("dpo", "mmpo.cli.train", "train a policy with DPO-family losses (MMPO, DPO, cDPO, IPO, SimPO)"),
+    ("online", "mmpo.cli.online", "on-policy MMPO: sample from the policy, grade the samples, train on their margins, repeat"),
     ("eval", "mmpo.cli.evaluate", "evaluate models: pairs, rewardbench, mtbench"),
     ("report", "mmpo.cli.report", "compare finished runs: calibration, accuracy by margin, training curves"),
     ("compare", "mmpo.cli.compare", "train one recipe with several losses and seeds; differences with 95% intervals"),
     ("sweep", "mmpo.cli.sweep", "train one recipe for several gammas and pick the lowest held-out NLL"),
     ("data", "mmpo.cli.data", "read a preference data set and print its report"),
     ("make-data", "mmpo.cli.make_data", "write the graded-tasks preference set (checkable prompts, graded responses)"),
-    ("serve", "mmpo.cli.serve", "serve a chat model over an OpenAI-compatible HTTP API"),
+    ("label", "mmpo.cli.label", "add a margin to every pair from a reward model, an LLM judge or a checker"),
+    ("fit-gamma", "mmpo.cli.fit_gamma", "fit gamma of p = sigmoid(gamma * margin) to independent preference outcomes"),
+    ("serve", "mmpo.cli.serve", "serve a chat model or a reward model over HTTP (OpenAI / vLLM-style APIs)"),
 ]
 
 
@@ -38,8 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmpo.errors import UserError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -48,6 +49,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.extra = extra
     debug = bool(getattr(args, "debug", False)) or os.environ.get("MMPO_DEBUG") == "1"
+    try:
+        return _run_command(parser, args, extra, debug)
+    finally:
+        _leave_process_group()
+
+
+def _run_command(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str], debug: bool) -> int:
+    from mmpo.errors import UserError
+
     try:
         module = importlib.import_module(args._module)
         if extra and not getattr(module, "ACCEPTS_OVERRIDES", {}).get(args._name, False):
@@ -69,6 +79,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
+
+
+def _leave_process_group() -> None:
+    """Tear down torch.distributed's process group if this process joined one (under torchrun or accelerate
+    launch), while the interpreter is whole.
+
+    Left to interpreter exit, a gloo group's threads can be destroyed still running: the process then dies of
+    SIGABRT ("terminate called without an active exception") after its work is done, now and then, more often
+    on a loaded machine.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _close_progress_bars() -> None:

@@ -1,7 +1,11 @@
-"""`mmpo serve --model DIR [--port P] [--host 127.0.0.1]`: an OpenAI-compatible chat-completions server.
+"""`mmpo serve --model DIR [--port P] [--host 127.0.0.1]`: serve one model over HTTP.
 
-Any OpenAI client (or `mmpo eval mtbench judge --judge-url http://HOST:PORT/v1`) can talk to it. The
-server binds only after the model is loaded, then prints one line ``mmpo serve: listening on URL``.
+A causal LM (a policy, ``embedded``, a hub id) gets an OpenAI-compatible chat-completions API: any OpenAI
+client, `mmpo eval mtbench judge --judge-url http://HOST:PORT/v1` or `mmpo label --judge-url ...` can talk to
+it. A reward model (``*ForSequenceClassification``, e.g. from `mmpo rm`) gets scoring endpoints shaped like
+vLLM's score and pooling APIs (``POST /v1/score``, ``POST /pooling``) for remote grading. See
+:mod:`mmpo.serving.server`. The server binds only after the model is loaded, then prints one line
+``mmpo serve: listening on URL``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import sys
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="saved causal LM directory, a hub id, or `embedded`")
+    p.add_argument("--model", required=True, help="a saved causal LM or reward model directory, a hub id, or `embedded` (the kind is read from config.json)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one; the URL is printed)")
     p.add_argument("--served-model-name", default=None, help="model id reported by /v1/models (default: the folder name)")
@@ -25,16 +29,31 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
         help="require `Authorization: Bearer KEY` (default: $MMPO_SERVE_API_KEY; unset = no key needed)",
     )
     p.add_argument("--quiet", action="store_true", help="do not log each request")
+    p.add_argument("--request-timeout", type=float, default=600.0, help="seconds a chat request may generate before it is stopped (default 600)")
+    p.add_argument("--batch-size", type=int, default=8, help="reward model: responses per forward pass (default 8)")
+    p.add_argument("--max-length", type=int, default=None, help="reward model: tokens per sequence (default: its config.yaml, else 1024)")
 
 
 def run(args: argparse.Namespace) -> int:
     from mmpo.errors import UserError
-    from mmpo.serving.chat_model import ChatModel
+    from mmpo.evaluation.scoring import model_kind
+    from mmpo.serving.chat_model import ChatModel, default_model_name
     from mmpo.serving.server import make_server
 
-    chat_model = ChatModel.load(args.model, device=args.device, dtype=args.dtype, name=args.served_model_name)
+    if not args.request_timeout > 0:
+        raise UserError(f"--request-timeout must be > 0 (got {args.request_timeout})")
+    chat_model, reward = None, None
+    if model_kind(args.model) == "reward":
+        from mmpo.graders.reward_model import RewardModelGrader
+
+        reward = RewardModelGrader(args.model, max_length=args.max_length, device=args.device, batch_size=args.batch_size, progress=False)
+        name = args.served_model_name or default_model_name(args.model)
+    else:
+        chat_model = ChatModel.load(args.model, device=args.device, dtype=args.dtype, name=args.served_model_name)
+        name = chat_model.name
     try:
-        server = make_server(chat_model, args.host, args.port, api_key=args.api_key, quiet=args.quiet)
+        server = make_server(chat_model, args.host, args.port, api_key=args.api_key, quiet=args.quiet, reward=reward,
+                             name=name, request_timeout=args.request_timeout)
     except OSError as e:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
 
@@ -43,11 +62,12 @@ def run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
-    print(f"mmpo serve: listening on {server.url} (model {chat_model.name})", flush=True)
+    what = "reward model: POST /v1/score, /pooling" if reward is not None else "chat model: POST /v1/chat/completions"
+    print(f"mmpo serve: listening on {server.url} (model {name}, {what})", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
-        print(f"mmpo serve: stopped after {server.requests_served} completions", file=sys.stderr, flush=True)
+        print(f"mmpo serve: stopped after {server.requests_served} requests", file=sys.stderr, flush=True)
     finally:
         server.server_close()
     return 0

@@ -170,8 +170,9 @@ def tokenize_pairs(pairs: list[PreferencePair], tokenizer: Any, max_length: int,
         raise UserError(f"over_length must be {' or '.join(OVER_LENGTH)} (got {over_length!r})")
     stats = TruncationStats()
     out = []
+    cache: dict = {}  # each prompt and answer is tokenized once (scored-response data repeats them)
     for pair in pairs:
-        tok = tokenize_pair(tokenizer, pair, max_length, max_prompt_length, stats, over_length=over_length)
+        tok = tokenize_pair(tokenizer, pair, max_length, max_prompt_length, stats, over_length=over_length, cache=cache)
         if tok is not None:
             out.append(tok.__dict__)
     report.truncation = stats.as_dict()
@@ -188,6 +189,11 @@ def tokenize_pairs(pairs: list[PreferencePair], tokenizer: Any, max_length: int,
 def prepare_data(config: Any, tokenizer: Any) -> PreparedData:
     """The whole line for a run: read, select and split ``config.data`` (or read ``config.eval_data``), give the
     held-out pairs their ``eval_gamma`` targets, tokenize both sides."""
+    from mmpo.data.synthetic import generate_if_default_and_missing
+
+    # The graded-tasks set a recipe names under ``$MMPO_CACHE/data/graded-tasks-<seed>/`` is written on first use.
+    for spec in (config.data, config.eval_data):
+        generate_if_default_and_missing(spec)
     plan = DataPlan.from_config(config)
     pairs, train_report = load_pairs(plan.train_spec, plan.train_options)
     train, held, eval_report = split_stage(plan, pairs, train_report)

@@ -424,7 +424,7 @@ def check_columns(raw: dict[str, Any], source: Source, columns: dict[str, str], 
 # Names that lived here before the pipeline was split into stages; kept importable from this module.
 _MOVED = {
     "PairOptions": "mmpo.data.pairs", "make_pair": "mmpo.data.pairs", "as_messages": "mmpo.data.pairs",
-    "split_conversation": "mmpo.data.pairs", "cap_per_prompt": "mmpo.data.selection",
+    "split_conversation": "mmpo.data.pairs", "_prompt_and_responses": "mmpo.data.pairs", "cap_per_prompt": "mmpo.data.selection",
     "margin_bin_of": "mmpo.data.selection", "bin_quotas": "mmpo.data.selection",
     "sample_across_margin_bins": "mmpo.data.selection", "load_pairs": "mmpo.data.pipeline",
 }

@@ -686,7 +686,7 @@ def summarize(data: SyntheticData) -> dict[str, Any]:
 
 def _write_jsonl(path: Path, rows: list[Mapping[str, Any]]) -> None:
     """Write rows to ``path`` via a temporary file, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: two writers never share one
     with open(tmp, "w", encoding="utf-8", newline="\n") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -708,7 +708,7 @@ def write(data: SyntheticData, out_dir: str | os.PathLike) -> dict[str, Path]:
     _write_jsonl(paths["prompts_train.jsonl"], data.train_prompts)
     _write_jsonl(paths["prompts_eval.jsonl"], data.eval_prompts)
     _write_jsonl(paths["responses.jsonl"], data.responses)
-    tmp = out / ".summary.json.tmp"
+    tmp = out / f".summary.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(summarize(data), indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, paths["summary.json"])
     return paths
@@ -719,6 +719,27 @@ def default_dir(seed: int) -> Path:
     from mmpo.paths import cache_dir
 
     return cache_dir() / "data" / f"graded-tasks-{seed}"
+
+
+def generate_if_default_and_missing(spec: Any) -> Path | None:
+    """Make the graded-tasks set on first use: when ``spec`` (a data path, or a mapping with ``path``) names a
+    file of :data:`FILES` under ``<cache>/data/graded-tasks-<seed>/`` that does not exist yet, write the set as
+    ``mmpo make-data --seed <seed>`` does (default sizes) and return its directory; otherwise do nothing.
+
+    Under several processes each may write it: the bytes are the same and every file is renamed into place.
+    """
+    text = spec.get("path") if isinstance(spec, dict) else spec
+    if not isinstance(text, (str, os.PathLike)):
+        return None
+    path = Path(text).expanduser()
+    m = re.fullmatch(r"graded-tasks-(\d+)", path.parent.name)
+    if path.exists() or m is None or path.name not in FILES:
+        return None
+    if path.parent.resolve() != default_dir(int(m.group(1))).resolve():
+        return None
+    print(f"{path} does not exist yet: writing the graded-tasks set (seed {m.group(1)}), as `mmpo make-data` does")
+    make_dataset(SyntheticConfig(seed=int(m.group(1))), path.parent, reuse=True)
+    return path.parent
 
 
 def make_dataset(config: SyntheticConfig = SyntheticConfig(), out_dir: str | os.PathLike | None = None,

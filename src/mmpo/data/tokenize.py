@@ -9,6 +9,7 @@ answer is scored mid-sentence (see docs/data.md, "Over-length pairs").
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,37 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def _encode(tokenizer: Any, pair: PreferencePair, cache: dict | None) -> tuple[list[int], list[int], list[int]]:
+    """Prompt, chosen and rejected ids before any cut. ``cache`` memoizes them by prompt and by (prompt, answer):
+    scored-response data repeats each answer in many pairs (17 for 18 answers), so each is tokenized once."""
+    prompt_key = json.dumps(pair.prompt, sort_keys=True)
+    if cache is not None and prompt_key in cache:
+        prompt_text, prompt_ids = cache[prompt_key]
+    else:
+        prompt_text = render_prompt(tokenizer, pair.prompt)
+        prompt_ids = _ids(tokenizer, prompt_text)
+        if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False) and (
+            not prompt_ids or prompt_ids[0] != tokenizer.bos_token_id
+        ):
+            prompt_ids = [tokenizer.bos_token_id] + prompt_ids
+        if cache is not None:
+            cache[prompt_key] = (prompt_text, prompt_ids)
+    responses = []
+    for response in (pair.chosen, pair.rejected):
+        key = (prompt_key, json.dumps(response, sort_keys=True))
+        if cache is not None and key in cache:
+            responses.append(cache[key])
+            continue
+        try:
+            ids = _ids(tokenizer, render_response(tokenizer, pair.prompt, response, prompt_text))
+        except ValueError as e:
+            raise DataError(pair.source or "data", pair.row, "prompt", str(e)) from None
+        if cache is not None:
+            cache[key] = ids
+        responses.append(ids)
+    return list(prompt_ids), list(responses[0]), list(responses[1])
+
+
 def tokenize_pair(
     tokenizer: Any,
     pair: PreferencePair,
@@ -78,28 +110,19 @@ def tokenize_pair(
     max_prompt_length: int,
     stats: TruncationStats | None = None,
     over_length: str = "truncate",
+    cache: dict | None = None,
 ) -> TokenizedPair | None:
     """Token ids for one pair, truncated to fit ``max_length``; None when the pair cannot fit at all.
 
     The prompt keeps its last ``max_prompt_length`` tokens; each response keeps its first
     ``max_length - len(prompt_ids)`` tokens. ``over_length="drop"``: a pair whose prompt + longer answer exceeds ``max_length`` is None
-    (counted); one that fits is kept whole.
+    (counted); one that fits is kept whole. ``cache``: a dict shared across calls memoizes the ids (one tokenizer).
     """
     if max_prompt_length >= max_length:
         raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length})")
     stats = stats if stats is not None else TruncationStats()
     stats.pairs += 1
-    prompt_text = render_prompt(tokenizer, pair.prompt)
-    prompt_ids = _ids(tokenizer, prompt_text)
-    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False) and (
-        not prompt_ids or prompt_ids[0] != tokenizer.bos_token_id
-    ):
-        prompt_ids = [tokenizer.bos_token_id] + prompt_ids
-    try:
-        chosen_ids = _ids(tokenizer, render_response(tokenizer, pair.prompt, pair.chosen, prompt_text))
-        rejected_ids = _ids(tokenizer, render_response(tokenizer, pair.prompt, pair.rejected, prompt_text))
-    except ValueError as e:
-        raise DataError(pair.source or "data", pair.row, "prompt", str(e)) from None
+    prompt_ids, chosen_ids, rejected_ids = _encode(tokenizer, pair, cache)
     if over_length == "drop":
         # Whole sequences only: a pair that fits in max_length is kept uncut (its prompt may pass the prompt budget).
         if len(prompt_ids) + max(len(chosen_ids), len(rejected_ids)) > max_length:

@@ -101,7 +101,18 @@ class JudgeClient:
     def complete(self, messages: list[dict[str, str]], temperature: float = 0.0, max_tokens: int = 2048) -> str:
         """The assistant message content for ``messages``; raises :class:`JudgeRequestError` when the request
         fails for good and :class:`JudgeConfigError` when the endpoint rejects the key, model or URL."""
-        payload = {"model": self.model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
+        data = self.request({"messages": messages, "temperature": temperature, "max_tokens": max_tokens})
+        try:
+            content = data["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise JudgeRequestError(f"response has no choices[0].message.content: {str(data)[:200]}") from None
+        if not isinstance(content, str):
+            raise JudgeRequestError("choices[0].message.content is not a string")
+        return content
+
+    def request(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The decoded JSON answer to ``payload`` (``model`` is added), with the retries described above."""
+        payload = {"model": self.model, **payload}
         last_problem = ""
         for attempt in range(self.max_retries + 1):
             retry_after = None
@@ -120,13 +131,9 @@ class JudgeClient:
                 # A proxy or overloaded server can answer 200 with a truncated body: worth another try.
                 last_problem = f"unreadable response ({e})"
             else:
-                try:
-                    content = data["choices"][0]["message"]["content"]
-                except (KeyError, IndexError, TypeError):
-                    raise JudgeRequestError(f"response has no choices[0].message.content: {str(data)[:200]}") from None
-                if not isinstance(content, str):
-                    raise JudgeRequestError("choices[0].message.content is not a string")
-                return content
+                if not isinstance(data, dict):
+                    raise JudgeRequestError(f"response is not a JSON object: {str(data)[:200]}")
+                return data
             if attempt < self.max_retries:
                 self.retries += 1
                 self.sleep(self.backoff(attempt, retry_after))

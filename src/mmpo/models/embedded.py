@@ -78,12 +78,25 @@ def _convert(gguf: Path, target: Path, key: str) -> None:
         (tmp / _MARKER).write_text(json.dumps({"key": key, "gguf": str(gguf)}))
 
 
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` is meant as a local path: it starts with ``.``, ``/`` or ``~``, has more than one ``/``,
+    or its first part is a local directory (``runs/nosuch`` beside a ``runs/``); else it may be a Hub id."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        return True
+    return "/" in name and Path(name.split("/", 1)[0]).expanduser().is_dir()
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """``embedded`` (or an alias) becomes the cached checkpoint; a local path must exist; else a hub id."""
+    """``embedded`` (or an alias) becomes the cached checkpoint; an existing local path is used as is; a
+    path-like name that does not exist is an error at once; anything else is a Hub id, settled by
+    :func:`mmpo.models.hub.resolve_hub_model` (cached snapshot, or a quick check that the Hub has it)."""
     if name_or_path in EMBEDDED_NAMES:
         return str(embedded_model_path())
     p = Path(name_or_path).expanduser()
-    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
-    if looks_local and not p.exists():
+    if p.exists():
+        return str(p)
+    if looks_like_path(name_or_path):
         raise UserError(f"model path does not exist: {name_or_path}")
-    return str(p) if p.exists() else name_or_path
+    from mmpo.models.hub import resolve_hub_model
+
+    return resolve_hub_model(name_or_path)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mmpo.data.records import Message
 from mmpo.errors import UserError
@@ -31,14 +32,124 @@ class PromptTooLong(ValueError):
     """The rendered prompt leaves no room for a single generated token within the model's context."""
 
 
+class ContextOverflow(ValueError):
+    """Prompt tokens + the requested ``max_new_tokens`` exceed the model's context (OpenAI and vLLM answer 400)."""
+
+    def __init__(self, prompt_tokens: int, max_new_tokens: int, context: int):
+        super().__init__(
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{prompt_tokens + max_new_tokens} tokens ({prompt_tokens} in the messages, {max_new_tokens} in the "
+            "completion). Please reduce the length of the messages or completion."
+        )
+        self.prompt_tokens, self.max_new_tokens, self.context = prompt_tokens, max_new_tokens, context
+
+
 @dataclass
 class Completion:
-    """One generated answer: its text, token counts, and why generation stopped ("stop" or "length")."""
+    """One generated answer: its text, token counts, why generation stopped ("stop", "length", or, when the
+    caller's limits cut it, "timeout" / "cancelled"), and per-token log-probabilities when asked for."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    logprobs: list[dict[str, Any]] | None = None
+
+
+class TextTracker:
+    """Follows generation token by token: the answer text so far (decoded, stripped, cut at the first stop
+    string), what of it is safe to send (nothing a stop string or an incomplete UTF-8 character could still
+    change), and whether a stop string has ended the answer.
+
+    The same object serves plain and streamed requests, so a stream's pieces join to exactly the text a plain
+    request returns.
+    """
+
+    def __init__(self, tokenizer: Any, eos_ids: list[int], stop: list[str] | None, on_text: Callable[[str], None] | None = None):
+        self.tokenizer = tokenizer
+        self.eos_ids = set(eos_ids)
+        self.stop = [s for s in (stop or []) if s]
+        self.on_text = on_text
+        self.ids: list[int] = []
+        self.saw_eos = False
+        self.stopped = False  # a stop string was generated
+        self.sent = 0
+
+    def text(self) -> str:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).strip()
+        for s in self.stop:
+            if s in text:
+                text = text[: text.index(s)]
+                self.stopped = True
+        return text
+
+    def add(self, token_id: int) -> None:
+        if self.saw_eos or self.stopped:
+            return
+        if token_id in self.eos_ids:
+            self.saw_eos = True
+            return
+        self.ids.append(token_id)
+        text = self.text()
+        if self.stopped:
+            self._send(text)
+            return
+        safe = len(text)
+        hold = max((len(s) for s in self.stop), default=1) - 1
+        safe -= hold
+        while safe > 0 and text[safe - 1] == "\ufffd":  # an incomplete UTF-8 character
+            safe -= 1
+        # Trailing blanks may be stripped at the end; keep them until more text follows.
+        safe = min(safe, len(text[:safe].rstrip()))
+        if safe > self.sent:
+            self._send(text[:safe])
+
+    def _send(self, text: str) -> None:
+        if self.on_text is not None and len(text) > self.sent:
+            self.on_text(text[self.sent :])
+        self.sent = max(self.sent, len(text))
+
+    def finish(self) -> str:
+        text = self.text()
+        self._send(text)
+        return text
+
+
+class _Streamer:
+    """transformers' streamer protocol (``put`` / ``end``) feeding a :class:`TextTracker`; the first ``put``
+    carries the prompt, which is skipped."""
+
+    def __init__(self, tracker: TextTracker):
+        self.tracker = tracker
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for token_id in value.reshape(-1).tolist():
+            self.tracker.add(int(token_id))
+
+    def end(self) -> None:
+        pass
+
+
+def _stopping_criteria(tracker: TextTracker, deadline: float | None, cancelled: Callable[[], bool] | None, why: dict[str, str]) -> Any:
+    """Stop generating at a stop string, past ``deadline`` (time.monotonic) or once ``cancelled()`` is true;
+    ``why["reason"]`` records which limit stopped it."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            stop = tracker.stopped
+            if not stop and deadline is not None and time.monotonic() > deadline:
+                why["reason"], stop = "timeout", True
+            if not stop and cancelled is not None and cancelled():
+                why["reason"], stop = "cancelled", True
+            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Stop()])
 
 
 def check_messages(messages: Any) -> list[Message]:
@@ -143,22 +254,33 @@ class ChatModel:
     def generate(
         self,
         messages: list[Message],
-        max_new_tokens: int = 512,
+        max_new_tokens: int | None = 512,
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
         stop: list[str] | None = None,
         model_defaults: bool = False,
+        strict_length: bool = False,
+        deadline: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        on_text: Callable[[str], None] | None = None,
+        logprobs: int | None = None,
     ) -> Completion:
         """The assistant's next message for ``messages``.
 
-        Generation ends at an EOS id, after ``max_new_tokens`` tokens (fewer if the context would overflow),
-        or at the first of the ``stop`` strings (cut from the text, as OpenAI does).
+        Generation ends at an EOS id, after ``max_new_tokens`` tokens, at the first of the ``stop`` strings (cut
+        from the text, as OpenAI does), past ``deadline`` (a ``time.monotonic()`` value; finish_reason
+        "timeout") or once ``cancelled()`` returns true (checked every token; "cancelled"). ``max_new_tokens``
+        None means "what the context leaves". With ``strict_length`` a prompt + ``max_new_tokens`` over the
+        model's context raises :class:`ContextOverflow`; without it the budget is cut to fit. ``on_text``
+        receives the answer piece by piece as it is generated (the pieces join to ``Completion.text``).
+        ``logprobs`` = k >= 0 adds each generated token's log-probability under the model (before temperature
+        and top-p) with its ``k`` most likely alternatives, in OpenAI's ``logprobs.content`` shape.
         """
         import torch
         from transformers import GenerationConfig
 
-        if max_new_tokens < 1:
+        if max_new_tokens is not None and max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
@@ -167,7 +289,11 @@ class ChatModel:
             room = self.max_positions - len(ids)
             if room < 1:
                 raise PromptTooLong(f"prompt of {len(ids)} tokens does not fit the model's context of {self.max_positions}")
-            max_new_tokens = min(max_new_tokens, room)
+            if max_new_tokens is not None and strict_length and max_new_tokens > room:
+                raise ContextOverflow(len(ids), max_new_tokens, self.max_positions)
+            max_new_tokens = room if max_new_tokens is None else min(max_new_tokens, room)
+        elif max_new_tokens is None:
+            raise ValueError("this model does not say its context length: give max_new_tokens")
         sample = temperature >= GREEDY_BELOW
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
         if model_defaults:
@@ -183,25 +309,54 @@ class ChatModel:
                 pad_token_id=pad_id,
                 **({"temperature": temperature, "top_p": top_p, "top_k": 0} if sample else {}),
             )
+        want_logprobs = logprobs is not None
+        if want_logprobs:
+            config.return_dict_in_generate = True
+            config.output_logits = True
+        tracker = TextTracker(self.tokenizer, self.eos_ids, stop, on_text)
+        why: dict[str, str] = {}
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)
         with self.lock, torch.inference_mode():
             if seed is not None:
                 torch.manual_seed(seed)
             out = self.model.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                generation_config=config,
+                streamer=_Streamer(tracker),
+                stopping_criteria=_stopping_criteria(tracker, deadline, cancelled, why),
             )
-        new = out[0, len(ids):].tolist()
-        finish = "length"
+        sequences = out.sequences if want_logprobs else out
+        new = sequences[0, len(ids):].tolist()
         for i, t in enumerate(new):
             if t in self.eos_ids:
-                new, finish = new[:i], "stop"
+                new = new[:i]
                 break
-        text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
-        for s in stop or []:
-            if s and s in text:
-                text, finish = text[: text.index(s)], "stop"
-        return Completion(text=text, prompt_tokens=len(ids), completion_tokens=len(new), finish_reason=finish)
+        text = tracker.finish()
+        finish = "stop" if tracker.saw_eos or tracker.stopped else why.get("reason", "length")
+        token_logprobs = self._logprobs(out.logits, new, logprobs) if want_logprobs else None
+        return Completion(text=text, prompt_tokens=len(ids), completion_tokens=len(new), finish_reason=finish, logprobs=token_logprobs)
+
+    def _logprobs(self, logits: tuple[Any, ...], new: list[int], top: int | None) -> list[dict[str, Any]]:
+        """OpenAI's ``logprobs.content``: per generated token ``{token, logprob, bytes, top_logprobs}``."""
+        import torch
+
+        def entry(token_id: int, logprob: float) -> dict[str, Any]:
+            token = self.tokenizer.decode([token_id])
+            return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+        content = []
+        for step, token_id in enumerate(new):
+            lp = torch.log_softmax(logits[step][0].float(), dim=-1)
+            item = entry(token_id, float(lp[token_id]))
+            if top:
+                values, indices = torch.topk(lp, min(top, lp.shape[-1]))
+                item["top_logprobs"] = [entry(int(i), float(v)) for v, i in zip(values, indices)]
+            else:
+                item["top_logprobs"] = []
+            content.append(item)
+        return content
 
 
 def default_model_name(name_or_path: str) -> str:

@@ -1,38 +1,68 @@
-"""An OpenAI-compatible HTTP server for one chat model (stdlib ``http.server`` only).
+"""An HTTP server for one model (stdlib ``http.server`` only): a chat model behind OpenAI's chat-completions
+API, or a reward model behind scoring endpoints shaped like vLLM's score and pooling APIs.
 
-Endpoints:
+Chat model endpoints:
 
 * ``POST /v1/chat/completions``: body ``{"messages": [...], "temperature", "max_tokens"
-  (or "max_completion_tokens"), "top_p", "seed", "stop"}``; answers
-  ``{"id", "object": "chat.completion", "created", "model", "choices": [{"index": 0, "message":
-  {"role": "assistant", "content"}, "finish_reason"}], "usage": {"prompt_tokens", "completion_tokens",
-  "total_tokens"}}``. Only ``n = 1`` and non-streaming requests are served. The ``model`` field is echoed
-  but not checked: the server has exactly one model, whatever the client calls it.
-* ``GET /v1/models``: the one model, as ``{"object": "list", "data": [{"id", "object": "model", ...}]}``.
-* ``GET /health``: ``{"status": "ok"}`` once the model is loaded (the server only listens after that).
+  (or "max_completion_tokens"), "top_p", "seed", "stop", "stream", "stream_options": {"include_usage"},
+  "logprobs", "top_logprobs"}``; answers ``{"id", "object": "chat.completion", "created", "model",
+  "choices": [{"index": 0, "message": {"role": "assistant", "content"}, "logprobs", "finish_reason"}],
+  "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}``. Only ``n = 1``. The ``model`` field is
+  echoed but not checked: the server has exactly one model, whatever the client calls it.
+
+  Limits: prompt tokens + ``max_tokens`` over the model's context is a 400 (as OpenAI and vLLM answer); without
+  ``max_tokens`` the answer gets ``min(1024, what the context leaves)``. Generation stops after the server's
+  ``request_timeout`` seconds (504, or for a stream a final chunk with ``finish_reason: "length"`` and an
+  ``error`` event) and as soon as the client disconnects (checked every token).
+
+  ``"stream": true``: server-sent events, one ``data: {chat.completion.chunk}`` per piece of text (the first
+  carries ``delta.role``, the last an empty delta and the finish_reason, then a usage chunk when
+  ``stream_options.include_usage``), ending with ``data: [DONE]``. The pieces join to the text a plain request
+  returns. ``logprobs`` is served for plain requests only.
+
+Reward model endpoints (``mmpo serve --model RM_DIR``); rewards are read exactly as training and
+``mmpo eval pairs`` read them (:class:`mmpo.graders.reward_model.RewardModelGrader`):
+
+* ``POST /v1/score`` (also ``/score``), vLLM's shape: ``{"model", "text_1": PROMPT | [PROMPTS],
+  "text_2": RESPONSE | [RESPONSES]}``: one prompt against many responses, or equal-length lists paired
+  in order; each pair is the chat ``[user: text_1, assistant: text_2]``. Answers ``{"id", "object": "list",
+  "created", "model", "data": [{"index", "object": "score", "score"}], "usage": {"prompt_tokens",
+  "total_tokens"}}``.
+* ``POST /pooling`` (also ``/v1/pooling``): ``{"messages": [...]}`` (one conversation ending with the
+  assistant's answer) or ``{"input": [conversation, ...]}``; answers ``{"id", "object": "list", "created",
+  "model", "data": [{"index", "object": "pooling", "data": [reward]}], "usage"}``.
+* ``/v1/chat/completions`` on a reward model is a 400 that names these endpoints.
+
+Both: ``GET /v1/models`` (the one model), ``GET /health`` (``{"status": "ok", "model", "kind"}`` once loaded;
+the server listens only after that).
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad request,
 401 for a wrong API key (when the server was started with one), 404 for an unknown path, 413 for a body
-over :data:`MAX_BODY_BYTES`, 500 when generation itself fails. Requests are handled on threads but
-generation is serialized by the model's lock: one model, one generation at a time.
+over :data:`MAX_BODY_BYTES`, 500 when the model fails, 504 past the time limit. Requests are handled on
+threads but the model runs one request at a time (its lock).
 """
 
 from __future__ import annotations
 
 import json
+import select
+import socket
 import sys
+import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from mmpo.serving.chat_model import ChatModel, PromptTooLong, check_messages
+from mmpo.serving.chat_model import ChatModel, ContextOverflow, PromptTooLong, check_messages
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
-# OpenAI's defaults where a request leaves a field out.
+# OpenAI's defaults where a request leaves a field out (max_tokens: a bound, cut to what the context leaves).
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 1.0
 DEFAULT_MAX_TOKENS = 1024
+DEFAULT_REQUEST_TIMEOUT = 600.0
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 
 
 class RequestError(Exception):
@@ -43,7 +73,7 @@ class RequestError(Exception):
         self.status, self.message, self.param, self.kind = status, message, param, kind
 
 
-def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float, integer: bool = False) -> Any:
+def _number(body: dict[str, Any], key: str, default: Any, lo: float, hi: float, integer: bool = False) -> Any:
     value = body.get(key)
     if value is None:
         return default
@@ -55,11 +85,20 @@ def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float
 
 
 def parse_chat_request(body: Any) -> dict[str, Any]:
-    """Validated generation arguments from a chat-completions body; raises :class:`RequestError` (400)."""
+    """Validated generation arguments from a chat-completions body; raises :class:`RequestError` (400).
+
+    ``max_new_tokens`` is None when the request gives no limit; ``strict_length`` is True when it does (then
+    prompt + limit over the context is an error rather than a silent cut). ``stream`` and ``include_usage``
+    are for the server, the rest for :meth:`ChatModel.generate`.
+    """
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")
-    if body.get("stream"):
-        raise RequestError(400, "streaming is not supported by mmpo serve", "stream")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError(400, "'stream' must be true or false", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise RequestError(400, "'stream_options' must be an object", "stream_options")
     if body.get("n", 1) != 1:
         raise RequestError(400, "only n = 1 is supported", "n")
     try:
@@ -75,34 +114,118 @@ def parse_chat_request(body: Any) -> dict[str, Any]:
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise RequestError(400, "'seed' must be an integer", "seed")
+    want_logprobs = body.get("logprobs", False)
+    if not isinstance(want_logprobs, bool):
+        raise RequestError(400, "'logprobs' must be true or false", "logprobs")
+    top = _number(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS, integer=True)
+    if top and not want_logprobs:
+        raise RequestError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    if want_logprobs and stream:
+        raise RequestError(400, "logprobs are served for non-streaming requests only", "logprobs")
+    max_new = _number(body, max_key, None, 1, 10_000_000, integer=True)
     return {
         "messages": messages,
         "temperature": _number(body, "temperature", DEFAULT_TEMPERATURE, 0.0, 2.0),
         "top_p": _number(body, "top_p", DEFAULT_TOP_P, 1e-9, 1.0),
-        "max_new_tokens": _number(body, max_key, DEFAULT_MAX_TOKENS, 1, 1_000_000, integer=True),
+        "max_new_tokens": max_new if max_new is not None else DEFAULT_MAX_TOKENS,
+        "strict_length": max_new is not None,
+        "max_key": max_key,
         "seed": seed,
         "stop": stop,
+        "logprobs": top if want_logprobs else None,
+        "stream": stream,
+        "include_usage": bool(options.get("include_usage")),
     }
 
 
+def _text_list(value: Any, name: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    raise RequestError(400, f"'{name}' must be a string or a non-empty list of strings", name)
+
+
+def parse_score_request(body: Any) -> list[tuple[list[dict[str, str]], str]]:
+    """``(prompt messages, response)`` per pair from a vLLM-style score body (``text_1`` against ``text_2``)."""
+    if not isinstance(body, dict):
+        raise RequestError(400, "the request body must be a JSON object")
+    first, second = _text_list(body.get("text_1"), "text_1"), _text_list(body.get("text_2"), "text_2")
+    if len(first) == 1:
+        first = first * len(second)
+    if len(first) != len(second):
+        raise RequestError(400, f"text_1 has {len(first)} items and text_2 {len(second)}: give one text_1 or equal lengths", "text_2")
+    return [([{"role": "user", "content": a}], b) for a, b in zip(first, second)]
+
+
+def parse_pooling_request(body: Any) -> list[tuple[list[dict[str, str]], str]]:
+    """``(prompt messages, response)`` per conversation from ``{"messages": [...]}`` or ``{"input": [[...], ...]}``;
+    each conversation ends with the assistant's answer."""
+    from mmpo.data.pairs import split_conversation
+
+    if not isinstance(body, dict):
+        raise RequestError(400, "the request body must be a JSON object")
+    if body.get("messages") is not None:
+        conversations, param = [body["messages"]], "messages"
+    elif isinstance(body.get("input"), list) and body["input"] and all(isinstance(c, list) for c in body["input"]):
+        conversations, param = body["input"], "input"
+    else:
+        raise RequestError(400, "give 'messages' (one conversation) or 'input' (a list of conversations)", "messages")
+    out = []
+    for i, conv in enumerate(conversations):
+        try:
+            messages = check_messages(conv)
+        except ValueError as e:
+            raise RequestError(400, f"{param}[{i}]: {e}" if param == "input" else str(e), param) from None
+        prompt, answer = split_conversation(messages)
+        if not answer or not prompt:
+            raise RequestError(400, f"{param}{f'[{i}]' if param == 'input' else ''}: a conversation must end with the assistant's answer to a prompt", param)
+        out.append((prompt, "\n\n".join(m["content"] for m in answer)))
+    return out
+
+
 class ChatServer(ThreadingHTTPServer):
-    """A threading HTTP server holding the one :class:`ChatModel` it serves."""
+    """A threading HTTP server holding the one model it serves: a :class:`ChatModel` (``chat_model``) or a
+    reward model grader (``reward``, a :class:`mmpo.graders.reward_model.RewardModelGrader`)."""
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], chat_model: ChatModel, api_key: str | None = None, quiet: bool = False):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        chat_model: ChatModel | None = None,
+        api_key: str | None = None,
+        quiet: bool = False,
+        reward: Any = None,
+        name: str | None = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    ):
+        if (chat_model is None) == (reward is None):
+            raise ValueError("serve exactly one model: a chat model or a reward model")
         super().__init__(address, ChatHandler)
         self.chat_model = chat_model
+        self.reward = reward
+        self.model_name = name or (chat_model.name if chat_model is not None else "reward-model")
         self.api_key = api_key
         self.quiet = quiet
+        self.request_timeout = request_timeout
         self.created = int(time.time())
         self.requests_served = 0
+        self.reward_lock = threading.Lock()
+
+    @property
+    def kind(self) -> str:
+        return "chat" if self.chat_model is not None else "reward"
 
     @property
     def url(self) -> str:
         """Base URL of the API, e.g. ``http://127.0.0.1:8000/v1``."""
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/v1"
+
+
+class ClientGone(Exception):
+    """The client closed the connection while its answer was being generated."""
 
 
 class ChatHandler(BaseHTTPRequestHandler):
@@ -124,7 +247,7 @@ class ChatHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _send_error(self, err: RequestError) -> None:
-        self._send_json(err.status, {"error": {"message": err.message, "type": err.kind, "param": err.param, "code": None}})
+        self._send_json(err.status, {"error": {"message": err.message, "type": err.kind, "param": err.param, "code": err.status}})
 
     def _check_auth(self) -> None:
         if self.server.api_key and self.headers.get("Authorization", "") != f"Bearer {self.server.api_key}":
@@ -148,17 +271,27 @@ class ChatHandler(BaseHTTPRequestHandler):
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise RequestError(400, f"request body is not valid JSON ({e})") from None
 
+    def _client_gone(self) -> bool:
+        """True once the client has closed its end (the socket reads as end-of-file)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return False
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
     # --- endpoints --------------------------------------------------------------------------------------
 
     def do_GET(self) -> None:  # noqa: N802 - BaseHTTPRequestHandler's name
         path = self.path.split("?", 1)[0].rstrip("/")
         try:
             if path == "/health":
-                self._send_json(200, {"status": "ok", "model": self.server.chat_model.name})
+                self._send_json(200, {"status": "ok", "model": self.server.model_name, "kind": self.server.kind})
                 return
             self._check_auth()
             if path == "/v1/models":
-                model = {"id": self.server.chat_model.name, "object": "model", "created": self.server.created, "owned_by": "mmpo"}
+                model = {"id": self.server.model_name, "object": "model", "created": self.server.created, "owned_by": "mmpo"}
                 self._send_json(200, {"object": "list", "data": [model]})
                 return
             raise RequestError(404, f"no such endpoint: GET {path}", kind="not_found_error")
@@ -171,41 +304,150 @@ class ChatHandler(BaseHTTPRequestHandler):
             # Read the body first, whatever happens next, so a keep-alive connection stays in step.
             raw = self._read_body()
             self._check_auth()
-            if path != "/v1/chat/completions":
+            if path == "/v1/chat/completions":
+                if self.server.kind != "chat":
+                    raise RequestError(400, "this server serves a reward model: POST /v1/score (vLLM score API) or /pooling instead")
+                self._chat(self._parse_json(raw))
+            elif path in ("/v1/score", "/score", "/pooling", "/v1/pooling"):
+                if self.server.kind != "reward":
+                    raise RequestError(400, f"{path} needs a reward model; this server serves a chat model (/v1/chat/completions)")
+                body = self._parse_json(raw)
+                pooling = path.endswith("pooling")
+                self._score(parse_pooling_request(body) if pooling else parse_score_request(body), "pooling" if pooling else "score")
+            else:
                 raise RequestError(404, f"no such endpoint: POST {path}", kind="not_found_error")
-            request = parse_chat_request(self._parse_json(raw))
-            try:
-                completion = self.server.chat_model.generate(**request)
-            except PromptTooLong as e:
-                raise RequestError(400, str(e), "messages") from None
-            except Exception as e:  # a generation failure is the server's fault, reported as 500
-                raise RequestError(500, f"generation failed: {type(e).__name__}: {e}", kind="server_error") from None
-            self.server.requests_served += 1
-            self._send_json(
-                200,
-                {
-                    "id": f"chatcmpl-{uuid.uuid4().hex}",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": self.server.chat_model.name,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": completion.text},
-                            "finish_reason": completion.finish_reason,
-                        }
-                    ],
-                    "usage": {
-                        "prompt_tokens": completion.prompt_tokens,
-                        "completion_tokens": completion.completion_tokens,
-                        "total_tokens": completion.prompt_tokens + completion.completion_tokens,
-                    },
-                },
-            )
         except RequestError as e:
             self._send_error(e)
 
+    def _score(self, pairs: list[tuple[list[dict[str, str]], str]], kind: str) -> None:
+        from mmpo.graders.base import ScoreItem
 
-def make_server(chat_model: ChatModel, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, quiet: bool = False) -> ChatServer:
-    """A bound (not yet serving) server; ``port=0`` picks a free port, readable from ``server.url``."""
-    return ChatServer((host, port), chat_model, api_key=api_key, quiet=quiet)
+        grader = self.server.reward
+        try:
+            with self.server.reward_lock:
+                tokens = sum(grader.token_count(prompt, response) for prompt, response in pairs)
+                scores = grader.score([ScoreItem(prompt, response) for prompt, response in pairs])
+        except Exception as e:  # noqa: BLE001 - a scoring failure is the server's fault, reported as 500
+            from mmpo.errors import UserError
+
+            if isinstance(e, UserError):
+                raise RequestError(400, str(e)) from None
+            raise RequestError(500, f"scoring failed: {type(e).__name__}: {e}", kind="server_error") from None
+        self.server.requests_served += 1
+        data = [{"index": i, "object": kind, **({"score": s} if kind == "score" else {"data": [s]})} for i, s in enumerate(scores)]
+        self._send_json(200, {
+            "id": f"{kind}-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": self.server.model_name,
+            "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
+        })
+
+    def _chat(self, body: Any) -> None:
+        request = parse_chat_request(body)
+        stream, include_usage, max_key = request.pop("stream"), request.pop("include_usage"), request.pop("max_key")
+        deadline = time.monotonic() + self.server.request_timeout
+        chat_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        started = {"yes": False}
+
+        def chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> dict[str, Any]:
+            return {"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": self.server.model_name,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+
+        def send_event(payload: Any) -> None:
+            data = payload if isinstance(payload, str) else json.dumps(payload)
+            try:
+                self.wfile.write(f"data: {data}\n\n".encode("utf-8"))
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError, OSError):
+                raise ClientGone from None
+
+        def start_stream() -> None:
+            if not started["yes"]:
+                started["yes"] = True
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                send_event(chunk({"role": "assistant", "content": ""}, None))
+
+        def on_text(piece: str) -> None:
+            start_stream()
+            send_event(chunk({"content": piece}, None))
+
+        try:
+            completion = self.server.chat_model.generate(
+                **request, deadline=deadline, cancelled=self._client_gone, on_text=on_text if stream else None
+            )
+        except ContextOverflow as e:
+            raise RequestError(400, str(e), max_key) from None
+        except PromptTooLong as e:
+            raise RequestError(400, str(e), "messages") from None
+        except ClientGone:
+            self.close_connection = True
+            self.log_message("client disconnected; generation stopped")
+            return
+        except Exception as e:  # a generation failure is the server's fault, reported as 500
+            if started["yes"]:
+                self._stream_error(send_event, f"generation failed: {type(e).__name__}: {e}", 500)
+                return
+            raise RequestError(500, f"generation failed: {type(e).__name__}: {e}", kind="server_error") from None
+        if completion.finish_reason == "cancelled":
+            self.close_connection = True
+            self.log_message("client disconnected; generation stopped after %d tokens", completion.completion_tokens)
+            return
+        self.server.requests_served += 1
+        usage = {
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+            "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+        }
+        timed_out = completion.finish_reason == "timeout"
+        if stream:
+            try:
+                start_stream()
+                send_event(chunk({}, "length" if timed_out else completion.finish_reason))
+                if timed_out:
+                    self._stream_error(send_event, self._timeout_message(), 504, done=False)
+                if include_usage:
+                    payload = chunk({}, None, usage=usage)
+                    payload["choices"] = []
+                    send_event(payload)
+                send_event("[DONE]")
+            except ClientGone:
+                self.close_connection = True
+            return
+        if timed_out:
+            raise RequestError(504, self._timeout_message(), kind="timeout_error")
+        message: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": completion.text},
+                                   "logprobs": None, "finish_reason": completion.finish_reason}
+        if completion.logprobs is not None:
+            message["logprobs"] = {"content": completion.logprobs}
+        self._send_json(200, {"id": chat_id, "object": "chat.completion", "created": created, "model": self.server.model_name,
+                              "choices": [message], "usage": usage})
+
+    def _timeout_message(self) -> str:
+        return f"generation stopped at the server's time limit of {self.server.request_timeout:g} s per request"
+
+    @staticmethod
+    def _stream_error(send_event: Any, message: str, code: int, done: bool = True) -> None:
+        try:
+            send_event({"error": {"message": message, "type": "server_error" if code >= 500 else "invalid_request_error", "param": None, "code": code}})
+            if done:
+                send_event("[DONE]")
+        except ClientGone:
+            pass
+
+
+def make_server(
+    chat_model: ChatModel | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    quiet: bool = False,
+    reward: Any = None,
+    name: str | None = None,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+) -> ChatServer:
+    """A bound (not yet serving) server for a chat model or a reward model grader; ``port=0`` picks a free
+    port, readable from ``server.url``."""
+    return ChatServer((host, port), chat_model, api_key=api_key, quiet=quiet, reward=reward, name=name, request_timeout=request_timeout)

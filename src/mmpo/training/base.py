@@ -21,9 +21,8 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from mmpo.evaluation.metrics import pair_metrics
-
-METRICS_FILE = "metrics.jsonl"
-STAGING_DIR = ".staging"  # checkpoints are written here, then renamed into place
+# Checkpoints are written under STAGING_DIR, then renamed into place.
+from mmpo.training.run_dir import METRICS_FILE, METRICS_LINES_FILE, STAGING_DIR, metrics_lines
 
 
 EVAL_SCORES_FILE = "eval_scores.jsonl"
@@ -123,6 +122,9 @@ class PairTrainer(Trainer):
             self._staging = None
         self.accelerator.wait_for_everyone()  # every rank's shards are written before the rename
         if self.args.should_save:
+            # A resume from this checkpoint cuts metrics.jsonl back to this length (see run_dir.rewind_metrics).
+            with open(os.path.join(staging_root, name, METRICS_LINES_FILE), "w") as f:
+                json.dump({"lines": metrics_lines(run_dir)}, f)
             final = os.path.join(run_dir, name)
             if os.path.isdir(final):
                 shutil.rmtree(final)
@@ -131,6 +133,14 @@ class PairTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
     # --- Trainer hooks ------------------------------------------------------------------------------
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> None:
+        # Resumed from the final checkpoint (a kill during the final evaluation or save): Trainer's loop would
+        # take one more step before it checks max_steps, so there is nothing to run.
+        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return
+        super()._run_epoch(*args, **kwargs)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         chosen, rejected, extras = self.pair_rewards(model, inputs)
         losses = self.pair_loss(chosen, rejected, inputs)

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmpo.config import DPOConfig, save_config
+from mmpo.config import DPOConfig
 from mmpo.data.collate import PairCollator
 from mmpo.data.pipeline import PreparedData, prepare_data
 from mmpo.errors import UserError
@@ -62,13 +62,13 @@ from mmpo.models.reference import (
     model_identity,
     resolve_reference_mode,
 )
-from mmpo.training.args import resume_checkpoint, training_arguments, use_bf16
+from mmpo.training.args import training_arguments, use_bf16
 from mmpo.training.base import PairTrainer, final_results
+from mmpo.training.run_dir import RESULTS_FILE, plan_run, save_run_config, write_results
 
 POLICY_LOSSES = ("mmpo", "dpo", "cdpo", "ipo", "simpo", "simpo_mmpo")
-EVAL_RESULTS_FILE = "eval_results.json"
+EVAL_RESULTS_FILE = RESULTS_FILE
 DATA_REPORT_FILE = "data_report.json"
-CONFIG_FILE = "config.yaml"
 
 
 # --- the math on recorded log-probs ------------------------------------------------------------------------
@@ -315,10 +315,6 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
     tokenizer = load_tokenizer(config.tokenizer or config.model)
     data = prepare_data(config, tokenizer)
     print(data.render())
-    os.makedirs(config.output_dir, exist_ok=True)
-    save_config(config, os.path.join(config.output_dir, CONFIG_FILE))
-    with open(os.path.join(config.output_dir, DATA_REPORT_FILE), "w") as f:
-        json.dump({split: r.to_dict() for split, r in data.reports.items()}, f, indent=2)
     if not data.train:
         raise UserError(f"no training pairs left from {config.data!r} (see the data report above)")
 
@@ -373,14 +369,27 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
 def train_policy(config: DPOConfig) -> dict[str, Any]:
     """Train a policy per ``config`` and save it to ``config.output_dir``; returns a summary dict.
 
-    Writes ``config.yaml`` and ``data_report.json`` before training, ``checkpoint-N/`` while training (a
-    rerun of the same command resumes from the last complete one, see ``resume``), and at the end the model
-    (LoRA merged into the base when ``merge_lora``, else the adapter) with its tokenizer and chat template,
-    so ``AutoModelForCausalLM.from_pretrained(output_dir)`` loads it, plus ``eval_results.json``.
+    Writes ``config.yaml`` and ``data_report.json`` when training starts, ``checkpoint-N/`` while training (a
+    rerun of the same command resumes from the last complete one, or reuses a finished run; see ``resume`` and
+    :mod:`mmpo.training.run_dir`), and at the end the model (LoRA merged into the base when ``merge_lora``, else
+    the adapter) with its tokenizer and chat template, so ``AutoModelForCausalLM.from_pretrained(output_dir)``
+    loads it, plus ``eval_results.json`` (last).
     """
+    config.validate()
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    plan = plan_run(config, main_process)
+    if plan.finished is not None:
+        return {"output_dir": config.output_dir, "loss": config.loss, "reused": True,
+                "global_step": plan.finished.get("step"), "eval": plan.finished}
     run = build_policy_run(config)
     trainer = run.trainer
-    resume_from = resume_checkpoint(config)
+    resume_from = plan.resume_from
+    # Training starts: only now does output_dir get the run's files, so a run that failed earlier leaves none.
+    if trainer.accelerator.is_main_process:
+        os.makedirs(config.output_dir, exist_ok=True)
+        save_run_config(config, config.output_dir)
+        with open(os.path.join(config.output_dir, DATA_REPORT_FILE), "w") as f:
+            json.dump({split: r.to_dict() for split, r in run.data.reports.items()}, f, indent=2)
     if resume_from:
         print(f"resuming from {resume_from}")
     train_output = trainer.train(resume_from_checkpoint=resume_from)
@@ -408,8 +417,7 @@ def train_policy(config: DPOConfig) -> dict[str, Any]:
         "saved": saved,
     }
     if trainer.accelerator.is_main_process:
-        with open(os.path.join(config.output_dir, EVAL_RESULTS_FILE), "w") as f:
-            json.dump(final_results(eval_metrics, trainer.state.global_step) if eval_metrics else {}, f, indent=2)
+        write_results(config.output_dir, final_results(eval_metrics, trainer.state.global_step) if eval_metrics else {})
         if eval_metrics:
             shown = {k: round(v, 4) for k, v in eval_metrics.items() if isinstance(v, float)}
             print(f"held-out: {shown}")

@@ -24,18 +24,19 @@ from typing import Any
 import torch
 from transformers import set_seed
 
-from mmpo.config import RMConfig, save_config
+from mmpo.config import RMConfig
 from mmpo.data.collate import PairCollator
 from mmpo.data.pipeline import prepare_data
 from mmpo.errors import UserError
 from mmpo.losses import bt_loss, label_smoothing_loss, margin_loss, mmpo_loss
 from mmpo.models.loading import load_tokenizer
 from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards
-from mmpo.training.args import resume_checkpoint, training_arguments
+from mmpo.training.args import training_arguments
 from mmpo.training.base import PairTrainer, final_results
+from mmpo.training.run_dir import RESULTS_FILE, plan_run, save_run_config, write_results
 
 RM_LOSSES = ("mmpo", "bt", "margin", "label_smoothing")
-EVAL_RESULTS_FILE = "eval_results.json"
+EVAL_RESULTS_FILE = RESULTS_FILE
 DATA_REPORT_FILE = "data_report.json"
 
 
@@ -109,21 +110,21 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
     """Train a reward model as ``config`` says; return the final held-out metrics (``eval_results.json``).
 
     Keys: n, accuracy, ece, soft_ece, nll, brier (see :mod:`mmpo.evaluation.metrics`), loss (the held-out
-    mean of the training loss) and step. Empty when there is no held-out set.
+    mean of the training loss) and step. Empty when there is no held-out set. ``output_dir`` is resumed,
+    reused (a finished run with the same settings: its saved results are returned) or refused as
+    :func:`mmpo.training.run_dir.plan_run` says.
     """
     config.validate()
     # Under accelerate/torchrun every rank runs this; only the first writes files and prints the report.
     main_process = int(os.environ.get("RANK", "0")) == 0
-    os.makedirs(config.output_dir, exist_ok=True)
-    if main_process:
-        save_config(config, os.path.join(config.output_dir, "config.yaml"))
+    plan = plan_run(config, main_process)
+    if plan.finished is not None:
+        return plan.finished
 
     tokenizer = load_tokenizer(config.tokenizer or config.model)
     data = prepare_data(config, tokenizer)
     if main_process:
         print(data.render())
-        with open(os.path.join(config.output_dir, DATA_REPORT_FILE), "w") as f:
-            json.dump({name: r.to_dict() for name, r in data.reports.items()}, f, indent=2)
     if not data.train:
         raise UserError(f"no training pairs left after filtering {config.data!r} (see the data report above)")
 
@@ -143,10 +144,15 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
         loss=config.loss,
         label_smoothing=config.label_smoothing,
     )
-    checkpoint = resume_checkpoint(config)
-    if checkpoint:
-        print(f"resuming from {checkpoint}")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    # Training starts: only now does output_dir get the run's files, so a run that failed earlier leaves none.
+    if main_process:
+        os.makedirs(config.output_dir, exist_ok=True)
+        save_run_config(config, config.output_dir)
+        with open(os.path.join(config.output_dir, DATA_REPORT_FILE), "w") as f:
+            json.dump({name: r.to_dict() for name, r in data.reports.items()}, f, indent=2)
+    if plan.resume_from:
+        print(f"resuming from {plan.resume_from}")
+    trainer.train(resume_from_checkpoint=plan.resume_from)
 
     results: dict[str, float] = {}
     if data.eval:
@@ -157,7 +163,6 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
         print("held-out: " + "  ".join(f"{k} {v:.4g}" for k, v in results.items()))
     save_final_model(trainer, tokenizer, config.output_dir)
     if trainer.args.should_save:
-        with open(os.path.join(config.output_dir, EVAL_RESULTS_FILE), "w") as f:
-            json.dump(results, f, indent=2)
+        write_results(config.output_dir, results)  # last: marks the run finished
         print(f"saved the reward model to {config.output_dir}")
     return results

@@ -1,0 +1,67 @@
+"""Model names that are not local paths: Hugging Face Hub ids, looked up once, quickly, with one-line errors.
+
+Loading a Hub model the usual way (``from_pretrained("org/name")``) retries an unreachable Hub for about a
+minute before it fails with a network traceback, and a mistyped local path such as ``runs/nosuch`` looks like
+a Hub id. :func:`resolve_hub_model` settles the name first:
+
+* already in the local Hugging Face cache and the Hub unreachable (or ``HF_HUB_OFFLINE=1``): the cached snapshot
+  directory, so loading needs no network;
+* not cached and ``HF_HUB_OFFLINE=1``: an error at once;
+* otherwise one request with a short timeout (:data:`HUB_TIMEOUT_S`): unreachable, or no such model, is an error
+  at once; found: the name, for ``from_pretrained`` to download.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from mmpo.errors import UserError
+
+HUB_TIMEOUT_S = 10.0
+
+
+def _cached_snapshot(repo_id: str) -> str | None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any failure means "not usable from the cache"
+        return None
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.is_offline_mode()) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+@functools.lru_cache(maxsize=64)
+def resolve_hub_model(repo_id: str) -> str:
+    """What to hand ``from_pretrained`` for the Hub id ``repo_id`` (rules in the module docstring)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise UserError(f"model path does not exist: {repo_id} (nor is it a Hugging Face Hub model id)") from None
+    cached = _cached_snapshot(repo_id)
+    if _offline():
+        if cached:
+            return cached
+        raise UserError(f"model {repo_id!r} is not a local path and not in the Hugging Face cache (HF_HUB_OFFLINE is set)")
+    try:
+        HfApi().model_info(repo_id, timeout=HUB_TIMEOUT_S)
+    except RepositoryNotFoundError:
+        raise UserError(f"model {repo_id!r} is not a local path and the Hugging Face Hub has no such model") from None
+    except Exception as e:  # noqa: BLE001 - connection refused, DNS, timeout, proxy: all mean "unreachable"
+        if cached:
+            return cached
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(
+            f"model {repo_id!r} is not a local path, and the Hugging Face Hub is unreachable to fetch it ({first}); "
+            "check the path, or the network"
+        ) from None
+    return repo_id

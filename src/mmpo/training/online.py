@@ -1,0 +1,494 @@
+"""`mmpo online`: on-policy MMPO. Each round samples from the current policy, grades the samples, pairs them
+with their grade margins and trains a few steps on those pairs; then the next round samples from the result.
+
+One round, each phase written to ``output_dir/round-R/`` before the next starts, so a rerun of the same
+command continues where a crash left off (finished phases are read back, unfinished ones redone):
+
+1. ``samples.jsonl``  ``samples_per_prompt`` sampled answers to each of the round's prompts (one line each);
+   generation batches are seeded on their own, so a redone batch gives the same answers.
+2. ``graded.jsonl``   the same lines with every answer's grade (``null`` = the grader failed after retries:
+   counted as missing, never replaced by a default).
+3. ``pairs.jsonl``    pairs from :func:`graded_pairs` in the local-file schema (``prompt``, ``chosen``,
+   ``rejected``, ``score_chosen``, ``score_rejected``): MMPO's target is ``sigmoid(gamma * grade margin)``.
+4. ``policy/``        ``mmpo dpo`` on those pairs for ``steps_per_round`` steps, starting from the previous
+   round's policy, against the initial model or the previous policy (``round_reference``); resumes from its
+   own checkpoints.
+5. ``eval.jsonl``     greedy answers to the held-out prompts, graded; ``round.json`` closes the round.
+
+``output_dir/log.jsonl`` has one line per finished round: the samples' mean grade, the share of candidate
+pairs kept, the training metrics and the held-out mean grade (round 0 = the starting model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmpo.config import DPOConfig
+from mmpo.data.records import Message
+from mmpo.errors import UserError
+from mmpo.graders import ScoreItem
+
+LOG_FILE = "log.jsonl"
+PAIRINGS = ("all", "best_worst")
+ROUND_REFERENCES = ("initial", "previous")
+
+
+@dataclass
+class OnlineConfig(DPOConfig):
+    """`mmpo online`: the `mmpo dpo` keys (they shape each round's training) plus the round loop's keys."""
+
+    rounds: int = field(default=3, metadata={"help": "number of sample -> grade -> train rounds"})
+    prompts: Any = field(default=None, metadata={"help": "JSONL of training prompts: `prompt` (text or messages) plus any fields the grader reads"})
+    eval_prompts: Any = field(default=None, metadata={"help": "JSONL of held-out prompts, answered greedily and graded after every round"})
+    prompts_per_round: int | None = field(default=32, metadata={"help": "prompts sampled (seeded) from `prompts` each round; none = all"})
+    max_eval_prompts: int | None = field(default=None, metadata={"help": "use only the first N held-out prompts; none = all"})
+    samples_per_prompt: int = field(default=4, metadata={"help": "answers sampled per prompt per round (k)"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the round's answers"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold of the round's answers"})
+    max_new_tokens: int = field(default=48, metadata={"help": "longest answer sampled or generated for evaluation"})
+    generation_batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
+    pairing: str = field(default="all", metadata={"help": "all: every two differently graded answers; best_worst: top vs bottom per prompt"})
+    grader: Any = field(default="checker:graded-tasks", metadata={"help": "checker:graded-tasks, checker:module:function, reward_model:DIR or judge:MODEL@URL (see mmpo.graders)"})
+    grader_retries: int = field(default=2, metadata={"help": "retries of a failed grading call before its answers count as missing"})
+    grader_retry_wait: float = field(default=0.5, metadata={"help": "seconds before the first retry; doubled for each further one"})
+    steps_per_round: int = field(default=16, metadata={"help": "training steps on each round's pairs"})
+    round_reference: str = field(default="initial", metadata={"help": "reference policy of every round: initial (the starting model) or previous (the last round's policy)"})
+    output_dir: str = field(default="runs/online", metadata={"help": "where rounds, checkpoints and log.jsonl go"})
+
+    def validate(self) -> None:
+        if self.prompts is None:
+            raise UserError("no prompts: set `prompts` (a JSONL file with a `prompt` field) in the recipe or pass --prompts PATH")
+        if self.data is None:
+            self.data = "(each round's pairs)"  # filled in per round; DPOConfig's check wants a value
+        super().validate()
+        if self.rounds < 1 or self.samples_per_prompt < 2 or self.steps_per_round < 1:
+            raise UserError("rounds and steps_per_round must be >= 1 and samples_per_prompt >= 2")
+        if self.pairing not in PAIRINGS:
+            raise UserError(f"pairing must be one of {', '.join(PAIRINGS)} (got {self.pairing!r})")
+        if self.round_reference not in ROUND_REFERENCES:
+            raise UserError(f"round_reference must be one of {', '.join(ROUND_REFERENCES)} (got {self.round_reference!r})")
+        if self.grader_retries < 0:
+            raise UserError(f"grader_retries must be >= 0 (got {self.grader_retries})")
+
+
+# --- pairs from graded samples (pure) --------------------------------------------------------------------
+
+
+@dataclass
+class PairCounts:
+    """Candidate pairs of one prompt or round: ``kept`` + ``ties`` = ``candidates``; answers without a grade are ``missing``."""
+
+    candidates: int = 0
+    kept: int = 0
+    ties: int = 0
+    missing: int = 0
+
+    def add(self, other: "PairCounts") -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+def graded_pairs(responses: Sequence[str], grades: Sequence[float | None], pairing: str = "all") -> tuple[list[tuple[int, int]], PairCounts]:
+    """Pairs ``(chosen, rejected)`` of answer indices, the chosen one graded strictly higher.
+
+    ``all``: every two graded answers (``n (n - 1) / 2`` candidates); ``best_worst``: one candidate, the first
+    highest- against the first lowest-graded answer. Candidates with equal grades are ties: dropped and
+    counted (they carry no preference); answers graded ``None`` are left out and counted as missing.
+    The margin of pair ``(c, r)`` is ``grades[c] - grades[r] > 0``.
+    """
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {PAIRINGS}")
+    graded = [i for i, g in enumerate(grades) if g is not None]
+    counts = PairCounts(missing=len(grades) - len(graded))
+    if len(graded) < 2:
+        return [], counts
+    if pairing == "all":
+        candidates = [(a, b) for n, a in enumerate(graded) for b in graded[n + 1:]]
+    else:
+        best = max(graded, key=lambda i: grades[i])
+        worst = min(graded, key=lambda i: grades[i])
+        candidates = [(best, worst)]
+    pairs = []
+    for a, b in candidates:
+        counts.candidates += 1
+        if grades[a] == grades[b]:
+            counts.ties += 1
+            continue
+        pairs.append((a, b) if grades[a] > grades[b] else (b, a))
+        counts.kept += 1
+    return pairs, counts
+
+
+# --- graders ---------------------------------------------------------------------------------------------
+
+
+# A grader here is any ``score(items) -> list[float | None]`` over :class:`mmpo.graders.ScoreItem`: the
+# ``score`` method of a :class:`mmpo.graders.Grader` (checker, reward model or judge), or a plain function.
+GradeFn = Callable[[Sequence[ScoreItem]], list[float | None]]
+
+
+def load_grader(spec: Any) -> GradeFn:
+    """A callable, or a :func:`mmpo.graders.load_grader` spec (``checker:graded-tasks``, ``checker:module:function``,
+    ``reward_model:DIR``, ``judge:MODEL@URL``, or a mapping) turned into its ``score`` method."""
+    if callable(spec):
+        return spec
+    from mmpo.graders import load_grader as build
+
+    return build(spec, progress=False).score
+
+
+def grade_with_retries(grader: GradeFn, requests: Sequence[ScoreItem], retries: int, wait_s: float = 0.5) -> tuple[list[float | None], int]:
+    """Grades of ``requests``, calling ``grader`` again (after ``wait_s * 2**attempt``) when it raises or
+    returns a non-finite grade. Returns ``(grades, failed_calls)``; what still fails is ``None`` (missing)."""
+    grades: list[float | None] = [None] * len(requests)
+    todo = list(range(len(requests)))
+    failed_calls = 0
+    for attempt in range(retries + 1):
+        if not todo:
+            break
+        if attempt:
+            time.sleep(wait_s * 2 ** (attempt - 1))
+        try:
+            got = grader([requests[i] for i in todo])
+            if len(got) != len(todo):
+                raise RuntimeError(f"grader returned {len(got)} grades for {len(todo)} answers")
+        except Exception as e:  # noqa: BLE001 - any grader failure is retried, then counted as missing
+            failed_calls += 1
+            print(f"grader failed ({type(e).__name__}: {str(e)[:120]}); attempt {attempt + 1} of {retries + 1}", flush=True)
+            continue
+        still = []
+        for i, g in zip(todo, got):
+            if g is not None and math.isfinite(float(g)):
+                grades[i] = float(g)
+            else:
+                still.append(i)
+        todo = still
+    return grades, failed_calls
+
+
+# --- files ---------------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Complete lines of ``path`` (none if it does not exist); a torn last line from a crash is ignored."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # only the last line can be torn: it was being appended when the process died
+    return rows
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def append_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+GRADED_TASKS = {"graded-tasks": "prompts_train.jsonl", "graded-tasks-eval": "prompts_eval.jsonl"}
+
+
+def load_prompt_rows(spec: Any, what: str) -> list[dict[str, Any]]:
+    """Prompt rows from a JSONL file: ``prompt`` as text or a message list, other fields kept for the grader.
+
+    ``graded-tasks`` / ``graded-tasks-eval`` name the training / held-out prompts of the graded-tasks set
+    (seed 0; written to the cache on first use, as ``mmpo make-data`` does).
+    """
+    if spec in GRADED_TASKS:
+        from mmpo.data.synthetic import SyntheticConfig, make_dataset
+
+        data_dir, _ = make_dataset(SyntheticConfig(seed=0), reuse=True)
+        spec = data_dir / GRADED_TASKS[spec]
+    path = Path(os.path.expandvars(os.path.expanduser(str(spec))))
+    if not path.is_file():
+        hint = " (run `mmpo make-data` for the graded-tasks prompts)" if "graded-tasks" in str(path) else ""
+        raise UserError(f"{what} file not found: {path}{hint}")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: row {n}: not valid JSON ({e.msg})") from None
+        prompt = row.get("prompt") if isinstance(row, dict) else None
+        if isinstance(prompt, str) and prompt.strip():
+            row["messages"] = [{"role": "user", "content": prompt}]
+        elif isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "content" in m for m in prompt):
+            row["messages"] = prompt
+        else:
+            raise UserError(f"{path}: row {n}: field 'prompt' must be a non-empty string or a list of messages")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path}: no prompts")
+    return rows
+
+
+def _seed(*parts: Any) -> int:
+    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+# --- the loop ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OnlineRun:
+    config: OnlineConfig
+    grader: GradeFn
+    train_rows: list[dict[str, Any]]
+    eval_rows: list[dict[str, Any]]
+    out: Path
+    started: float = field(default_factory=time.time)
+
+    def round_dir(self, r: int) -> Path:
+        return self.out / f"round-{r}"
+
+    def policy_of(self, r: int) -> str:
+        """The policy after round ``r`` (round 0 = the starting model)."""
+        return self.config.model if r == 0 else str(self.round_dir(r) / "policy")
+
+    # ---- phases ----
+    def round_prompts(self, r: int) -> list[dict[str, Any]]:
+        rows = self.train_rows
+        k = self.config.prompts_per_round
+        if k is None or k >= len(rows):
+            return list(rows)
+        picked = sorted(random.Random(_seed(self.config.seed, "prompts", r)).sample(range(len(rows)), k))
+        return [rows[i] for i in picked]
+
+    def generate(self, model: str, rows: list[dict[str, Any]], path: Path, num: int, temperature: float, desc: str, seed_key: str) -> list[dict[str, Any]]:
+        """Answers for ``rows`` in batches of ``generation_batch_size``, appended to ``path`` batch by batch;
+        batches already in the file are kept, so a rerun continues."""
+        from tqdm.auto import tqdm
+
+        from mmpo.models.generation import generate_batch
+        from mmpo.serving.chat_model import ChatModel
+
+        cfg = self.config
+        bs = max(1, cfg.generation_batch_size)
+        n_batches = math.ceil(len(rows) / bs)
+        have = read_jsonl(path)
+        done_batches = {b for b in {x["batch"] for x in have} if sum(x["batch"] == b for x in have) == len(rows[b * bs:(b + 1) * bs])}
+        kept = [x for x in have if x["batch"] in done_batches]
+        if len(kept) != len(have):
+            write_jsonl_atomic(path, kept)  # drop a batch cut short by a crash; it is redone below
+        todo = [b for b in range(n_batches) if b not in done_batches]
+        if todo:
+            chat = ChatModel.load(model)
+            for b in tqdm(todo, desc=desc, unit="batch"):
+                batch = rows[b * bs:(b + 1) * bs]
+                texts = generate_batch(chat, [x["messages"] for x in batch], num, max_new_tokens=cfg.max_new_tokens,
+                                       temperature=temperature, top_p=cfg.top_p, seed=_seed(cfg.seed, seed_key, b))
+                append_jsonl(path, [{"batch": b, "i": b * bs + j, "prompt": x["prompt"], "meta": _meta(x), "answers": t}
+                                    for j, (x, t) in enumerate(zip(batch, texts))])
+            del chat
+        out = sorted(read_jsonl(path), key=lambda x: x["i"])
+        return out
+
+    def grade(self, samples: list[dict[str, Any]], path: Path, desc: str) -> tuple[list[dict[str, Any]], int]:
+        """Every answer's grade, one line per prompt appended to ``path``; graded prompts are kept on rerun."""
+        from tqdm.auto import tqdm
+
+        done = {x["i"]: x for x in read_jsonl(path)}
+        failed_calls = 0
+        todo = [s for s in samples if s["i"] not in done]
+        for s in tqdm(todo, desc=desc, unit="prompt", disable=not todo):
+            messages = _messages(s["prompt"])
+            requests = [ScoreItem(messages, a, s["meta"]) for a in s["answers"]]
+            grades, failed = grade_with_retries(self.grader, requests, self.config.grader_retries, self.config.grader_retry_wait)
+            failed_calls += failed
+            rec = {**s, "grades": grades}
+            append_jsonl(path, [rec])
+            done[s["i"]] = rec
+        return [done[s["i"]] for s in samples], failed_calls
+
+    def evaluate(self, r: int, path: Path) -> dict[str, float]:
+        cfg = self.config
+        answers = self.generate(self.policy_of(r), self.eval_rows, path.with_name(path.stem + "-answers.jsonl"), 1, 0.0,
+                                f"round {r}/{cfg.rounds} evaluate", "eval")
+        graded, _ = self.grade(answers, path, f"round {r}/{cfg.rounds} grade held-out")
+        grades = [g["grades"][0] for g in graded]
+        ok = [g for g in grades if g is not None]
+        return {
+            "eval_mean_grade": sum(ok) / len(ok) if ok else math.nan,
+            "eval_full_marks": sum(g >= 10.0 for g in ok) / len(ok) if ok else math.nan,
+            "eval_missing": len(grades) - len(ok),
+            "eval_n": len(grades),
+        }
+
+    def train(self, r: int, pairs_file: Path) -> dict[str, Any]:
+        from mmpo.training.dpo import train_policy
+
+        cfg = self.config
+        names = {f.name for f in dataclasses.fields(DPOConfig)}
+        values = {k: v for k, v in dataclasses.asdict(cfg).items() if k in names}
+        start = self.policy_of(r - 1)
+        # The reference is the initial model (or the recipe's ref_model) or this round's starting policy;
+        # ref_model None means "the starting model itself".
+        ref = (cfg.ref_model or cfg.model) if cfg.round_reference == "initial" else start
+        values.update(
+            model=start,
+            ref_model=None if ref == start else ref,
+            data=str(pairs_file),
+            eval_data=None,
+            eval_split=0.0,
+            max_steps=cfg.steps_per_round,
+            output_dir=str(self.round_dir(r) / "policy"),
+            seed=cfg.seed + r,
+        )
+        results = self.round_dir(r) / "policy" / "eval_results.json"
+        summary = train_policy(DPOConfig(**values)) if not results.exists() else {"resumed_from": "finished"}
+        metrics_file = self.round_dir(r) / "policy" / "metrics.jsonl"
+        logs = [x for x in read_jsonl(metrics_file) if "loss" in x]
+        last = logs[-1] if logs else {}
+        return {"train_loss": last.get("loss"), "train_accuracy": last.get("train_accuracy"),
+                "train_steps": summary.get("global_step", last.get("step"))}
+
+    def run_round(self, r: int) -> dict[str, Any]:
+        cfg = self.config
+        rd = self.round_dir(r)
+        rd.mkdir(parents=True, exist_ok=True)
+        done = rd / "round.json"
+        if done.exists():
+            return json.loads(done.read_text())
+        self._say(r, "sample")
+        rows = self.round_prompts(r)
+        samples = self.generate(self.policy_of(r - 1), rows, rd / "samples.jsonl", cfg.samples_per_prompt, cfg.temperature,
+                                f"round {r}/{cfg.rounds} sample", f"sample-{r}")
+        self._say(r, "grade")
+        graded, failed_calls = self.grade(samples, rd / "graded.jsonl", f"round {r}/{cfg.rounds} grade")
+        counts = PairCounts()
+        pairs = []
+        all_grades = []
+        for g in graded:
+            idx, c = graded_pairs(g["answers"], g["grades"], cfg.pairing)
+            counts.add(c)
+            all_grades += [x for x in g["grades"] if x is not None]
+            for a, b in idx:
+                pairs.append({"prompt": g["prompt"], "chosen": g["answers"][a], "rejected": g["answers"][b],
+                              "score_chosen": g["grades"][a], "score_rejected": g["grades"][b], "round": r, "i": g["i"]})
+        write_jsonl_atomic(rd / "pairs.jsonl", pairs)
+        record: dict[str, Any] = {
+            "round": r,
+            "samples_mean_grade": sum(all_grades) / len(all_grades) if all_grades else math.nan,
+            "samples": sum(len(g["answers"]) for g in graded),
+            "samples_missing": counts.missing,
+            "grader_failed_calls": failed_calls,
+            "pairs_candidates": counts.candidates,
+            "pairs_kept": counts.kept,
+            "pairs_ties": counts.ties,
+            "share_kept": counts.kept / counts.candidates if counts.candidates else 0.0,
+        }
+        if pairs:
+            self._say(r, f"train ({len(pairs)} pairs, {cfg.steps_per_round} steps, loss {cfg.loss})")
+            record.update(self.train(r, rd / "pairs.jsonl"))
+        else:
+            # Nothing to learn from: the policy is carried over unchanged (said, and recorded).
+            print(f"round {r}: no pairs with different grades; the policy is carried over", flush=True)
+            _carry_over(self.policy_of(r - 1), rd / "policy")
+        self._say(r, "evaluate")
+        record.update(self.evaluate(r, rd / "eval.jsonl"))
+        write_atomic(done, json.dumps(record, indent=2))
+        return record
+
+    def _say(self, r: int, phase: str) -> None:
+        elapsed = time.time() - self.started
+        print(f"== round {r}/{self.config.rounds}: {phase}  (elapsed {elapsed / 60:.1f} min)", flush=True)
+
+
+def _meta(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in ("prompt", "messages")}
+
+
+def _messages(prompt: Any) -> list[Message]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def _carry_over(model: str, target: Path) -> None:
+    """Save the unchanged policy as this round's, so the next round starts from a directory like any other."""
+    from transformers import AutoModelForCausalLM
+
+    from mmpo.models.embedded import resolve_model_path
+    from mmpo.models.loading import load_tokenizer
+
+    if (target / "config.json").exists():
+        return
+    AutoModelForCausalLM.from_pretrained(resolve_model_path(model)).save_pretrained(target)
+    load_tokenizer(model).save_pretrained(target)
+
+
+def train_online(config: OnlineConfig, grader: GradeFn | None = None) -> list[dict[str, Any]]:
+    """Run ``config.rounds`` rounds (resuming finished work in ``output_dir``); returns ``log.jsonl``'s records.
+
+    Round 0 is the starting model's held-out evaluation. ``grader`` overrides ``config.grader`` (for the API).
+    """
+    config.validate()
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_rows = load_prompt_rows(config.prompts, "prompts")
+    eval_rows = load_prompt_rows(config.eval_prompts, "eval_prompts") if config.eval_prompts is not None else []
+    if config.max_eval_prompts is not None:
+        eval_rows = eval_rows[: config.max_eval_prompts]
+    run = OnlineRun(config, grader or load_grader(config.grader), train_rows, eval_rows, out)
+    from mmpo.config import save_config
+
+    save_config(config, out / "config.yaml")
+    records = []
+    base = out / "round-0" / "round.json"
+    if base.exists():
+        records.append(json.loads(base.read_text()))
+    else:
+        (out / "round-0").mkdir(exist_ok=True)
+        run._say(0, "evaluate the starting model")
+        rec = {"round": 0, **(run.evaluate(0, out / "round-0" / "eval.jsonl") if eval_rows else {})}
+        write_atomic(base, json.dumps(rec, indent=2))
+        records.append(rec)
+    for r in range(1, config.rounds + 1):
+        t0 = time.time()
+        records.append(run.run_round(r))
+        per_round = time.time() - t0
+        left = config.rounds - r
+        if left:
+            print(f"round {r} took {per_round / 60:.1f} min; about {left * per_round / 60:.0f} min left", flush=True)
+        write_jsonl_atomic(out / LOG_FILE, records)
+    write_jsonl_atomic(out / LOG_FILE, records)
+    print(render_log(records))
+    return records
+
+
+def render_log(records: Sequence[dict[str, Any]]) -> str:
+    """A markdown table of the rounds."""
+    def f(x: Any, spec: str = ".2f") -> str:
+        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+    lines = ["| round | samples: mean grade | pairs kept | share kept | train loss | held-out mean grade | held-out full marks |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in records:
+        lines.append(f"| {r['round']} | {f(r.get('samples_mean_grade'))} | {r.get('pairs_kept', '')} | {f(r.get('share_kept'), '.0%')} | "
+                     f"{f(r.get('train_loss'), '.4f')} | {f(r.get('eval_mean_grade'))} | {f(r.get('eval_full_marks'), '.0%')} |")
+    return "\n".join(lines)

@@ -1,0 +1,181 @@
+"""`mmpo online` on a tiny model: rounds end to end, pairs carry the grades' margins, a kill mid-round and a
+rerun end where an uninterrupted run ends, and a failing grader is retried and then counted as missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mmpo.graders import ScoreItem
+from mmpo.training.online import OnlineConfig, graded_pairs, grade_with_retries, read_jsonl, train_online
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+# A checker the subprocess runs import by name: the grade is the number of distinct characters (0..10), so
+# random answers of the tiny model get different grades; an answer without letters gets no grade.
+CHECKER = '''
+import time
+
+def grade(row, answer):
+    time.sleep(float(row.get("sleep", 0)))
+    if not any(c.isalpha() for c in answer):
+        return None
+    return float(min(10, len(set(answer))))
+'''
+
+
+def distinct_chars(row, answer):
+    return float(min(10, len(set(answer))))
+
+
+def _prompts(path: Path, n: int, start: int = 0, sleep: float = 0.0) -> Path:
+    with path.open("w") as f:
+        for i in range(start, start + n):
+            f.write(json.dumps({"prompt": f"Say something about the number {i}.", "sleep": sleep}) + "\n")
+    return path
+
+
+def _overrides(model: Path, tmp: Path, out: Path, rounds: int = 2, sleep: float = 0.0) -> dict:
+    return {
+        "model": str(model), "prompts": str(_prompts(tmp / "prompts.jsonl", 6, sleep=sleep)),
+        "eval_prompts": str(_prompts(tmp / "eval.jsonl", 3, start=100)), "rounds": rounds, "prompts_per_round": 4,
+        "samples_per_prompt": 3, "max_new_tokens": 8, "generation_batch_size": 2, "steps_per_round": 2,
+        "per_device_train_batch_size": 2, "learning_rate": 1e-3, "max_length": 96, "logging_steps": 1, "save_steps": 1,
+        "reference": "precomputed", "gamma": 0.5, "output_dir": str(out), "grader_retry_wait": 0.0, "seed": 3,
+    }
+
+
+def test_graded_pairs_all_and_best_worst():
+    answers = ["a", "b", "c", "d"]
+    pairs, counts = graded_pairs(answers, [3.0, 7.0, 3.0, None], "all")
+    assert sorted(pairs) == [(1, 0), (1, 2)]  # (chosen, rejected): the higher grade first
+    assert (counts.candidates, counts.kept, counts.ties, counts.missing) == (3, 2, 1, 1)
+    pairs, counts = graded_pairs(answers, [3.0, 7.0, 1.0, 5.0], "best_worst")
+    assert pairs == [(1, 2)] and (counts.candidates, counts.kept) == (1, 1)
+    pairs, counts = graded_pairs(answers, [4.0, 4.0, 4.0, 4.0], "best_worst")
+    assert pairs == [] and counts.ties == 1
+
+
+def test_failing_grader_is_retried_then_counted_missing():
+    calls = []
+
+    def flaky(requests):
+        calls.append(len(requests))
+        if len(calls) == 1:
+            raise ConnectionError("endpoint down")
+        return [None if r.response == "bad" else 5.0 for r in requests]
+
+    reqs = [ScoreItem([{"role": "user", "content": "q"}], a, {}) for a in ("ok", "bad", "fine")]
+    grades, failed = grade_with_retries(flaky, reqs, retries=2, wait_s=0.0)
+    assert grades == [5.0, None, 5.0]
+    assert failed == 1
+    # First call raised; the second graded all three; the third asked again only for the one still missing.
+    assert calls == [3, 3, 1]
+
+    def down(requests):
+        raise TimeoutError("no answer")
+
+    grades, failed = grade_with_retries(down, reqs, retries=1, wait_s=0.0)
+    assert grades == [None, None, None] and failed == 2
+
+
+def test_two_rounds_end_to_end_pairs_carry_grade_margins(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MMPO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    from mmpo.config import load_config
+
+    config = load_config(OnlineConfig, None, _overrides(tiny_model_dir, tmp_path, out))
+    records = train_online(config, grader=lambda reqs: [distinct_chars(r.meta, r.response) for r in reqs])
+    assert [r["round"] for r in records] == [0, 1, 2]
+    assert [json.loads(x)["round"] for x in (out / "log.jsonl").read_text().splitlines()] == [0, 1, 2]
+    for r in (1, 2):
+        rd = out / f"round-{r}"
+        graded = read_jsonl(rd / "graded.jsonl")
+        assert len(graded) == 4 and all(len(g["answers"]) == 3 == len(g["grades"]) for g in graded)
+        by_answer = {(g["i"], a): s for g in graded for a, s in zip(g["answers"], g["grades"])}
+        pairs = read_jsonl(rd / "pairs.jsonl")
+        assert len(pairs) == records[r]["pairs_kept"] > 0
+        for p in pairs:
+            # The pair's scores are the grades of its two answers, chosen strictly higher.
+            assert p["score_chosen"] == by_answer[(p["i"], p["chosen"])]
+            assert p["score_rejected"] == by_answer[(p["i"], p["rejected"])]
+            assert p["score_chosen"] > p["score_rejected"]
+        assert records[r]["pairs_kept"] + records[r]["pairs_ties"] == records[r]["pairs_candidates"]
+        assert records[r]["train_steps"] == 2
+        assert records[r]["eval_n"] == 3 and 0 <= records[r]["eval_mean_grade"] <= 10
+        # The trainer turned the grade margins into MMPO targets sigmoid(gamma * margin).
+        report = json.loads((rd / "policy" / "data_report.json").read_text())
+        assert report["train"]["kept"] == len(pairs)
+    # Round 2 started from round 1's policy and kept the initial model as its reference.
+    import yaml
+
+    cfg2 = yaml.safe_load((out / "round-2" / "policy" / "config.yaml").read_text())
+    assert cfg2["model"] == str(out / "round-1" / "policy")
+    assert cfg2["ref_model"] == str(tiny_model_dir)
+
+
+def _run_cli(args: list[str], env: dict, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mmpo.cli.main", "online", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _cli_args(overrides: dict) -> list[str]:
+    return [tok for k, v in overrides.items() for tok in (f"--{k}", str(v))]
+
+
+def test_kill_mid_round_and_rerun_matches_uninterrupted(tiny_model_dir, tmp_path):
+    (tmp_path / "checkers").mkdir()
+    (tmp_path / "checkers" / "online_test_checker.py").write_text(CHECKER)
+    env = {**ENV, "MMPO_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "checkers"), os.environ.get("PYTHONPATH", "")])}
+    common = {"grader": "checker:online_test_checker:grade", "grader_retries": 0}
+
+    full = tmp_path / "full"
+    (tmp_path / "a").mkdir()
+    proc = _run_cli(_cli_args({**_overrides(tiny_model_dir, tmp_path / "a", full, sleep=0.0), **common}), env, cwd=tmp_path)
+    log_full = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, log_full[-3000:]
+
+    killed = tmp_path / "killed"
+    (tmp_path / "b").mkdir()
+    args = _cli_args({**_overrides(tiny_model_dir, tmp_path / "b", killed, sleep=0.3), **common})
+    proc = _run_cli(args, env, cwd=tmp_path)
+    graded = killed / "round-1" / "graded.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if graded.exists() and len(read_jsonl(graded)) >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed mid-round"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "round-1" / "round.json").exists()
+    rerun = _run_cli(args, env, cwd=tmp_path)
+    log_rerun = rerun.communicate(timeout=600)[0]
+    assert rerun.returncode == 0, log_rerun[-3000:]
+
+    # The same samples, grades, pairs and held-out results in every round, and the same final weights.
+    for r in (1, 2):
+        for name in ("samples.jsonl", "graded.jsonl", "pairs.jsonl"):
+            a = [{k: v for k, v in x.items() if k != "meta"} for x in read_jsonl(full / f"round-{r}" / name)]
+            b = [{k: v for k, v in x.items() if k != "meta"} for x in read_jsonl(killed / f"round-{r}" / name)]
+            assert a == b, f"round {r} {name} differs"
+        ra = json.loads((full / f"round-{r}" / "round.json").read_text())
+        rb = json.loads((killed / f"round-{r}" / "round.json").read_text())
+        for key in ("samples_mean_grade", "pairs_kept", "eval_mean_grade", "train_steps"):
+            assert ra[key] == rb[key], key
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-5)
+    from safetensors.torch import load_file
+
+    wa = load_file(str(full / "round-2" / "policy" / "model.safetensors"))
+    wb = load_file(str(killed / "round-2" / "policy" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert (wa[k] - wb[k]).abs().max().item() <= 1e-6, k
