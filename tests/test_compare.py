@@ -130,6 +130,9 @@ def test_compare_trains_every_loss_and_seed_and_resumes(tiny_model_dir, pair_fil
     assert main(argv) == 0
     assert capsys.readouterr().out.count("finished earlier") == 4
     assert (out / "bt-seed1" / "eval_scores.jsonl").stat().st_mtime_ns == stamp
+    # Other settings into the same directory: refused, not silently reused.
+    assert main([*argv[:-6], "--learning_rate", "5e-3", "--gamma", "0.5", "--logging_steps", "1"]) == 2
+    assert "holds a run with other settings" in capsys.readouterr().err
 
 
 def test_compare_refuses_keys_it_sets(tiny_model_dir, pair_file, tmp_path, capsys):

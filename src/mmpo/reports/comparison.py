@@ -73,15 +73,19 @@ def finished_results(run_dir: Path) -> dict[str, Any] | None:
 
 
 def train_or_reuse(kind: str, recipe: str | Path | None, overrides: dict[str, Any]) -> Path:
-    """Train one run (``kind`` rm | dpo) unless ``output_dir`` already holds a finished one; returns its directory.
+    """Train one run (``kind`` rm | dpo) unless ``output_dir`` already holds it finished; returns its directory.
 
-    An unfinished run resumes from its last complete checkpoint (``resume: auto``).
+    An unfinished run resumes from its last complete checkpoint (``resume: auto``); a directory holding a run
+    with other settings is refused (:func:`mmpo.training.run_dir.plan_run`).
     """
     from mmpo.config import DPOConfig, RMConfig, load_config
 
+    from mmpo.training.run_dir import plan_run
+
     config = load_config(RMConfig if kind == "rm" else DPOConfig, recipe, overrides)
     out = Path(config.output_dir)
-    if finished_results(out) is not None:
+    # plan_run refuses a directory that holds a run with other settings, so a changed recipe is never "reused".
+    if plan_run(config).finished is not None and finished_results(out) is not None:
         print(f"== {out.name}: finished earlier, reusing {out}", flush=True)
         return out
     print(f"== {out.name}: training (loss {config.loss}, seed {config.seed})", flush=True)
