@@ -228,8 +228,6 @@ def test_the_recipes_graded_tasks_set_is_written_on_first_use(tmp_path, monkeypa
     from mmpo.data.sources import load_pairs
     from mmpo.data.synthetic import SyntheticConfig, generate_if_default_and_missing, make_dataset
 
-    import mmpo
-
     monkeypatch.setenv("MMPO_CACHE", str(tmp_path / "cache"))
     # The demo recipes read alpaca_graded; a recipe naming the graded-tasks set in the cache, as users write it:
     recipe = tmp_path / "rm.yaml"
