@@ -1,23 +1,26 @@
-"""mmpo's trainers against TRL's, side by side on one machine: throughput, peak memory and FLOP utilisation.
+"""mmpo's trainers against TRL's, side by side on one machine: steady-state step time and peak memory.
 
-    bash benchmarks/setup.sh                                   # bench venv with TRL (outside the repo)
-    ~/.cache/mmpo/bench-venv/bin/python benchmarks/bench.py    # the full matrix -> benchmarks/RESULTS.md
+    bash benchmarks/run_all.sh             # builds the bench venv (TRL, outside the repo), runs this, profiles
+    ~/.cache/mmpo/bench-venv/bin/python benchmarks/bench.py --help
 
-Cases, each at every ``--lengths`` value, on the embedded SmolLM2-135M-Instruct, full fine-tuning, float32:
+Model: the embedded SmolLM2-135M-Instruct, full fine-tuning. Mixes (``--mix NAME:MAX_LENGTH:PAIRS_PER_STEP``):
 
-* ``mmpo dpo`` (its defaults) against TRL's ``DPOTrainer`` (its default live reference model) and against
-  ``DPOTrainer`` with ``precompute_ref_log_probs=True``;
-* ``mmpo rm`` against TRL's ``RewardTrainer``.
+* ``synthetic``: ``pairs.make_pairs`` as before (sequences 60-100% of max length, prompts ~30% of the tokens);
+* ``real``: alpaca_graded instructions with two real model outputs each (``pairs.real_pairs``), responses cut by
+  the trainers at max length (TRL's RewardTrainer drops over-long pairs instead, so the reward-model runs get the
+  same pairs cut beforehand to fit);
+* ``prompt-heavy``: synthetic, sequences 50-70% of max length, prompts 40-50% of the tokens.
 
-Every run is its own process (``child.py``); within a length and repeat the runs alternate between the two
-libraries, and the order flips on every other repeat. The same synthetic pairs (``pairs.py``), max length, batch
-size, steps, learning rate, seed and gradient-checkpointing setting go to both.
+Cases, on every mix: ``mmpo dpo`` / ``mmpo rm`` at mmpo's defaults (whatever this checkout's config gives; extra
+keys with ``--mmpo-override``) and with ``bf16: false``; TRL 1.16's DPOTrainer (live reference), DPOTrainer with
+``precompute_ref_log_probs=True`` and RewardTrainer, each under every ``--settings`` entry (SETTINGS below: TRL's
+own defaults, and like-for-like float32 / bf16 without gradient checkpointing). Targets are checked per mix and
+setting (COMPARISONS).
 
-FLOPs convention: ``6 * N * tokens`` for a forward + backward of the trained model and ``2 * N * tokens`` for a
-no-grad forward done during the timed steps (a live reference model), with N the weights of every
-``nn.Linear`` (the tied LM head counted once; attention-score FLOPs not counted) and tokens the non-pad tokens the
-models were actually fed, counted by hooks. FLOP utilisation = achieved FLOP/s over the float32 matmul rate
-measured in the same command with the same thread count.
+Every run is its own process (``child.py``). Per repeat, mixes run in turn; within a mix the TRL and mmpo runs
+alternate, and the order flips on every other repeat. Timing is steady state, ``t(warmup + steps) - t(warmup)``.
+In the last repeat each run profiles one more step after its timed window (``--no-profile`` skips it); the
+profiles of the cases behind a missed target are kept in ``benchmarks/profiles/``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,92 +41,104 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-ORDER = ["trl-dpo", "mmpo-dpo", "trl-dpo-precompute", "mmpo-rm", "trl-rm"]
-CASES = {
-    # name: (trainer, task, variant)
-    "mmpo-dpo": ("mmpo", "dpo", "default"),
-    "trl-dpo": ("trl", "dpo", "default"),
-    "trl-dpo-precompute": ("trl", "dpo", "precompute"),
-    "mmpo-rm": ("mmpo", "rm", "default"),
-    "trl-rm": ("trl", "rm", "default"),
+# Settings: (label, suffix of the mmpo cases, suffix of the TRL cases).
+SETTINGS = {
+    "defaults": ("each at its defaults (TRL: bf16 autocast, gradient checkpointing on)", "", ""),
+    "bf16": ("like for like, bf16 autocast, no gradient checkpointing (mmpo at its defaults)", "", "-bf16"),
+    "fp32": ("like for like, float32, no gradient checkpointing", "-fp32", "-fp32"),
+    "defaults-fp32": ("TRL's defaults in float32 (gradient checkpointing on), mmpo in float32", "-fp32", "-ckpt-fp32"),
 }
-# ours / theirs: (numerator case, denominator case, target ratio)
+# TRL arguments per case suffix; {} leaves TRL's own defaults (bf16=True, gradient_checkpointing=True in 1.16).
+TRL_ARGS = {
+    "": {},
+    "-bf16": {"bf16": True, "gradient_checkpointing": False},
+    "-fp32": {"bf16": False, "gradient_checkpointing": False},
+    "-ckpt-fp32": {"bf16": False},
+}
+MMPO_ARGS = {"": {}, "-fp32": {"bf16": False}}
+
+
+def _cases() -> dict[str, dict[str, Any]]:
+    cases = {}
+    for suffix, keys in MMPO_ARGS.items():
+        for task in ("dpo", "rm"):
+            cases[f"mmpo-{task}{suffix}"] = {"trainer": "mmpo", "task": task, "variant": "default", "mmpo_overrides": keys}
+    for suffix, keys in TRL_ARGS.items():
+        cases[f"trl-dpo{suffix}"] = {"trainer": "trl", "task": "dpo", "variant": "default", "trl_overrides": keys}
+        cases[f"trl-dpo-pre{suffix}"] = {"trainer": "trl", "task": "dpo", "variant": "precompute", "trl_overrides": keys}
+        cases[f"trl-rm{suffix}"] = {"trainer": "trl", "task": "rm", "variant": "default", "trl_overrides": keys}
+    return cases
+
+
+CASES = _cases()
+# (name, mmpo case stem, TRL case stem, target ratio of mmpo's pairs/s over TRL's); setting suffixes are added.
 COMPARISONS = [
-    ("DPO vs TRL default", "mmpo-dpo", "trl-dpo", 1.5),
-    ("DPO vs TRL precomputed ref", "mmpo-dpo", "trl-dpo-precompute", 1.15),
-    ("RM vs TRL RewardTrainer", "mmpo-rm", "trl-rm", 1.3),
+    ("policy vs DPOTrainer", "mmpo-dpo", "trl-dpo", 2.0),
+    ("policy vs DPOTrainer, precomputed reference", "mmpo-dpo", "trl-dpo-pre", 1.5),
+    ("reward model vs RewardTrainer", "mmpo-rm", "trl-rm", 1.3),
 ]
+DEFAULT_MIXES = ["synthetic:128:1", "real:256:1", "prompt-heavy:256:1"]
 
 
-# --- matmul rate ---------------------------------------------------------------------------------------------
-def matmul_rate(n: int = 2048, repeats: int = 7, threads: int | None = None) -> float:
-    """Best-of-``repeats`` float32 ``torch.matmul`` rate on ``n x n`` matrices, FLOP/s (``2 n^3`` per product)."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.matmul(a, b)  # warm-up: thread pool, page faults
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+def comparisons(settings: list[str]) -> list[tuple[str, str, str, str, float]]:
+    """(setting, name, mmpo case, TRL case, target) for the settings asked."""
+    return [(s, name, ours + SETTINGS[s][1], theirs + SETTINGS[s][2], target)
+            for s in settings for name, ours, theirs, target in COMPARISONS]
 
 
-def measure_matmul_in_subprocess(threads: int) -> float:
-    out = subprocess.run(
-        [sys.executable, str(HERE / "bench.py"), "matmul", "--threads", str(threads)],
-        check=True, capture_output=True, text=True,
-    )
-    return float(out.stdout.strip().splitlines()[-1])
+def cases_for(settings: list[str]) -> list[str]:
+    needed = {c for _, _, ours, theirs, _ in comparisons(settings) for c in (ours, theirs)}
+    return [c for c in CASES if c in needed]
+
+
+def run_order(cases: list[str], repeat: int) -> list[str]:
+    """Per task, TRL runs in groups with one mmpo run between groups (TRL, mmpo, TRL, ...); reversed on odd repeats."""
+    order = []
+    for task in ("dpo", "rm"):
+        ours = [c for c in cases if CASES[c]["task"] == task and CASES[c]["trainer"] == "mmpo"]
+        theirs = [c for c in cases if CASES[c]["task"] == task and CASES[c]["trainer"] == "trl"]
+        groups = len(ours) + 1
+        for i in range(groups):
+            order += theirs[i * len(theirs) // groups : (i + 1) * len(theirs) // groups]
+            if i < len(ours):
+                order.append(ours[i])
+    return order[::-1] if repeat % 2 else order
 
 
 # --- runs ----------------------------------------------------------------------------------------------------
 def run_child(spec: dict[str, Any], log_dir: Path) -> dict[str, Any]:
-    """Run one case in a fresh process; its result plus the kernel's peak RSS for it (``wait4``)."""
+    """Run one case in a fresh process and return its result (``child.py`` writes it)."""
     with tempfile.TemporaryDirectory(prefix="mmpo-bench-") as tmp:
         spec = {**spec, "output_dir": str(Path(tmp) / "out")}
         spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_path.write_text(json.dumps(spec))
-        log = log_dir / f"{spec['case']}-L{spec['max_length']}-r{spec['repeat']}.log"
+        log = log_dir / f"{spec.get('mix', 'mix')}-{spec['case']}-r{spec['repeat']}.log"
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
                "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
         # Each run tokenizes its own data, as a user's run would: no shared datasets cache between runs.
         env["HF_DATASETS_CACHE"] = str(Path(tmp) / "hf-datasets")
         t = time.perf_counter()
         with log.open("w") as f:
-            proc = subprocess.Popen([sys.executable, str(HERE / "child.py"), str(spec_path), str(result_path)],
-                                    stdout=f, stderr=subprocess.STDOUT, env=env)
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.perf_counter() - t
+            proc = subprocess.run([sys.executable, str(HERE / "child.py"), str(spec_path), str(result_path)],
+                                  stdout=f, stderr=subprocess.STDOUT, env=env)
         if proc.returncode != 0 or not result_path.exists():
             tail = log.read_text()[-3000:]
-            raise RuntimeError(f"{spec['case']} L={spec['max_length']} failed (exit {proc.returncode}); log {log}:\n{tail}")
+            raise RuntimeError(f"{spec['case']} on {spec.get('mix')} failed (exit {proc.returncode}); log {log}:\n{tail}")
         result = json.loads(result_path.read_text())
-    result["wait4_maxrss_mib"] = usage.ru_maxrss / 1024
-    result["process_wall_seconds"] = wall
+    result["process_wall_seconds"] = time.perf_counter() - t
     return result
 
 
-def derive(result: dict[str, Any], matmul_flops: float) -> dict[str, Any]:
-    """Throughput and FLOP utilisation of one run's timed window."""
-    timed, secs, n = result["timed"], result["timed_seconds"], result["n_params_matmul"]
+def derive(result: dict[str, Any], mean_tokens_per_pair: float) -> dict[str, Any]:
+    """Steady-state throughput of one run: pairs/s, seconds per step, and the pairs' tokens per second (the
+    tokens of prompt + chosen and prompt + rejected after the max-length cut: the same data for every trainer)."""
     pairs = result["timed_steps"] * result["batch_size"]
-    flops = 6 * n * timed["grad_tokens"] + 2 * n * timed["nograd_tokens"]
-    return {
-        "pairs_per_s": pairs / secs,
-        "tokens_per_s": timed["grad_tokens"] / secs,
-        "padded_fraction": 1 - timed["grad_tokens"] / max(1, timed["grad_padded"]),
-        "flops": flops,
-        "mfu": flops / secs / matmul_flops,
-        "policy_fwd_bwd_mfu": 6 * n * timed["grad_tokens"] / secs / matmul_flops,
-        "peak_mib": max(result["peak_rss_mib"], result.get("wait4_maxrss_mib", 0.0)),
-    }
+    pairs_per_s = pairs / result["timed_seconds"]
+    return {"pairs_per_s": pairs_per_s, "seconds_per_step": result["timed_seconds"] / result["timed_steps"],
+            "tokens_per_s": pairs_per_s * mean_tokens_per_pair, "peak_mib": result["peak_rss_mib"]}
 
 
 def wait_until_quiet(threshold: float, poll_s: float, max_wait_s: float) -> float:
@@ -135,146 +151,227 @@ def wait_until_quiet(threshold: float, poll_s: float, max_wait_s: float) -> floa
         time.sleep(poll_s)
 
 
-def parse_per_length(text: str, lengths: list[int]) -> dict[int, int]:
-    """``"4"`` -> the same for every length; ``"128:4,512:2,1024:1"`` -> per length."""
-    if ":" not in text:
-        return {L: int(text) for L in lengths}
-    table = {int(k): int(v) for k, v in (item.split(":") for item in text.split(","))}
-    missing = [L for L in lengths if L not in table]
-    if missing:
-        raise SystemExit(f"no value given for lengths {missing} in {text!r}")
-    return table
+# --- data ----------------------------------------------------------------------------------------------------
+def find_real_data(explicit: str | None) -> Path:
+    """``explicit``, else ``$MMPO_ALPACA_GRADED``, else ``shared/data/alpaca_graded`` beside the repository (or
+    beside the directory holding it, for worktrees)."""
+    candidates = [Path(p) for p in (explicit, os.environ.get("MMPO_ALPACA_GRADED")) if p]
+    candidates += [base / "shared" / "data" / "alpaca_graded" for base in (REPO.parent, REPO.parent.parent)]
+    for path in candidates:
+        path = path / "responses.jsonl.gz" if path.is_dir() else path
+        if path.is_file():
+            return path
+    raise SystemExit("alpaca_graded responses.jsonl.gz not found: pass --real-data PATH or set $MMPO_ALPACA_GRADED")
 
 
-def build_data(lengths: list[int], batch: dict[int, int], steps: dict[int, int], warmup: int, model_path: str) -> dict[int, dict[str, Any]]:
+def build_data(mixes: dict[str, tuple[int, int]], n_steps: int, model_path: str, real_data: Path | None) -> dict[str, Any]:
+    """Per mix: data files for each trainer and task, and the token statistics of the pairs.
+
+    Exactly ``n_steps`` batches of pairs (one epoch), so TRL's precomputation scores no pair that is not trained on.
+    """
     from transformers import AutoTokenizer
 
     from mmpo.paths import cache_dir
-    from pairs import make_pairs, write_pairs
+    from pairs import make_pairs, real_pairs, token_stats, write_pairs
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     out = {}
-    for L in lengths:
-        # Exactly one epoch of pairs: so TRL's precomputation scores no pair that is not trained on.
-        n_pairs = (warmup + steps[L]) * batch[L]
-        pairs = make_pairs(tokenizer, n_pairs, L, seed=L)
-        paths = write_pairs(pairs, cache_dir() / "bench" / f"pairs-L{L}-n{n_pairs}")
-        tokens = [p["chosen_tokens"] + p["rejected_tokens"] for p in pairs]
-        out[L] = {"mmpo": str(paths["mmpo"]), "trl": str(paths["trl"]), "n_pairs": n_pairs,
-                  "mean_tokens_per_pair": statistics.mean(tokens),
-                  "mean_prompt_tokens": statistics.mean(p["prompt_tokens"] for p in pairs)}
+    for mix, (L, batch) in mixes.items():
+        n = n_steps * batch
+        root = cache_dir() / "bench" / f"{mix}-L{L}-n{n}"
+        if mix == "synthetic":
+            pairs = make_pairs(tokenizer, n, L, seed=L)
+            files = {"dpo": write_pairs(pairs, root), "rm": None}
+        elif mix == "prompt-heavy":
+            pairs = make_pairs(tokenizer, n, L, seed=L + 1, fill_low=0.5, fill_high=0.7, prompt_share=0.48)
+            files = {"dpo": write_pairs(pairs, root), "rm": None}
+        elif mix == "real":
+            assert real_data is not None
+            pairs = real_pairs(tokenizer, real_data, n, L, seed=0)
+            fitted = real_pairs(tokenizer, real_data, n, L, seed=0, fit=True)
+            files = {"dpo": write_pairs(pairs, root), "rm": write_pairs(fitted, root / "fitted")}
+        else:
+            raise SystemExit(f"unknown mix {mix!r} (synthetic, real, prompt-heavy)")
+        files["rm"] = files["rm"] or files["dpo"]
+        stats = token_stats(pairs, L)
+        print(f"{mix}: L={L}, {batch} pairs/step, {stats['mean_tokens_per_pair']:.0f} tokens/pair, prompts "
+              f"{stats['prompt_share']:.0%} of tokens, chosen cut {stats['chosen_cut']:.0%}", flush=True)
+        out[mix] = {"max_length": L, "batch": batch, "n_pairs": n, **stats,
+                    "files": {task: {k: str(v) for k, v in paths.items()} for task, paths in files.items()}}
     return out
 
 
+def tiny_model(like: str) -> str:
+    """A randomly initialised 2-layer, hidden-64 copy of ``like``'s architecture with its tokenizer, under the cache:
+    for smoke runs of the whole matrix (``--model tiny``); its timings mean nothing."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from mmpo.paths import cache_dir
+
+    path = cache_dir() / "bench" / "tiny-model"
+    if not (path / "config.json").exists():
+        config = AutoConfig.from_pretrained(like)
+        config.update({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "num_key_value_heads": 2, "head_dim": 16})
+        AutoModelForCausalLM.from_config(config).save_pretrained(path)
+        AutoTokenizer.from_pretrained(like).save_pretrained(path)
+    return str(path)
+
+
+# --- provenance ----------------------------------------------------------------------------------------------
 def machine_description() -> str:
-    cpu = "unknown CPU"
+    cpu, flags = "unknown CPU", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, {mem:.0f} GiB RAM, native bf16: {'/'.join(bf16) or 'none'}, "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
 
 
 def versions() -> str:
     import importlib.metadata as md
 
-    return ", ".join(f"{p} {md.version(p)}" for p in ("torch", "transformers", "accelerate", "datasets", "trl", "mmpo"))
+    return ", ".join(f"{p} {md.version(p)}" for p in ("torch", "transformers", "accelerate", "datasets", "trl"))
 
 
-def main_run(argv: list[str]) -> None:
+def checkout() -> str:
+    """The mmpo source measured (PYTHONPATH first, else the installed one) and its git commit."""
+    import mmpo
+
+    src = Path(mmpo.__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "src"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return str(src)
+    return f"{src} at {commit}{' with uncommitted changes under src/' if dirty else ''}"
+
+
+# --- main ----------------------------------------------------------------------------------------------------
+def parse_mixes(items: list[str]) -> dict[str, tuple[int, int]]:
+    """``["real:256:2", ...]`` -> ``{"real": (256, 2), ...}``."""
+    out = {}
+    for item in items:
+        try:
+            name, length, batch = item.split(":")
+            out[name] = (int(length), int(batch))
+        except ValueError:
+            raise SystemExit(f"--mix wants NAME:MAX_LENGTH:PAIRS_PER_STEP, got {item!r}") from None
+    return out
+
+
+def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 1024])
-    ap.add_argument("--batch", default="128:4,512:2,1024:1", help="pairs per step: N or L:N,L:N")
-    ap.add_argument("--steps", default="128:6,512:3,1024:2", help="timed steps: N or L:N,L:N")
+    ap.add_argument("--mix", action="append", default=None, metavar="NAME:MAX_LENGTH:PAIRS_PER_STEP",
+                    help=f"a data mix (repeatable; default {' '.join(DEFAULT_MIXES)})")
+    ap.add_argument("--settings", nargs="+", default=["defaults", "bf16", "fp32"], choices=list(SETTINGS))
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per run")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed window")
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--mmpo-override", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra mmpo config key for the mmpo runs (e.g. torch_compile=true)")
+                    help="mmpo config key for every mmpo run (e.g. prefix_sharing=false)")
+    ap.add_argument("--model", default=None, help="a model directory instead of the embedded SmolLM2-135M-Instruct; "
+                    "'tiny': a 2-layer random one with its tokenizer, for smoke runs")
+    ap.add_argument("--no-profile", action="store_true", help="skip the profiled step in the last repeat")
+    ap.add_argument("--real-data", default=None, help="alpaca_graded responses.jsonl.gz (default: see find_real_data)")
     ap.add_argument("--wait-quiet", type=float, default=None, metavar="LOAD",
                     help="first wait (up to 30 min) for the 1-minute load average to drop below LOAD")
-    ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
-    ap.add_argument("--json", type=Path, default=HERE / "results.json")
+    ap.add_argument("--invocation", default=None, help="the command that ran this, for the report")
+    ap.add_argument("--out-dir", type=Path, default=HERE, help="where RESULTS.md, results.json and profiles/ go")
     args = ap.parse_args(argv)
 
     import yaml
 
     from mmpo.models.embedded import embedded_model_path
 
+    if args.warmup < 1 or args.steps < 1:
+        raise SystemExit("--warmup and --steps must be at least 1")
+    mixes = parse_mixes(args.mix or DEFAULT_MIXES)
+    cases = cases_for(args.settings)
+    mmpo_overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.mmpo_override)}
     load_before = wait_until_quiet(args.wait_quiet, 30, 1800) if args.wait_quiet else os.getloadavg()[0]
     started = dt.datetime.now(dt.timezone.utc)
     t_start = time.perf_counter()
     model_path = str(embedded_model_path())
-    batch = parse_per_length(args.batch, args.lengths)
-    steps = parse_per_length(args.steps, args.lengths)
-    data = build_data(args.lengths, batch, steps, args.warmup, model_path)
-    mmpo_overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.mmpo_override)}
-    matmul = [measure_matmul_in_subprocess(args.threads)]
-    print(f"matmul rate: {matmul[0] / 1e9:.1f} GFLOP/s", flush=True)
+    if args.model == "tiny":
+        model_path = tiny_model(model_path)
+    elif args.model:
+        model_path = args.model
+    profile = not args.no_profile
+    real = find_real_data(args.real_data) if "real" in mixes else None
+    data = build_data(mixes, args.warmup + args.steps + profile, model_path, real)
     log_dir = HERE / "logs"
-    log_dir.mkdir(exist_ok=True)
+    (log_dir / "profiles").mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     loads: list[float] = [load_before]
-    for L in args.lengths:
-        for repeat in range(args.repeats):
-            # Libraries alternate run by run (trl, mmpo, trl, mmpo, trl); every other repeat runs in reverse.
-            order = [c for c in ORDER if c in args.cases]
-            if repeat % 2:
-                order.reverse()
-            for case in order:
-                trainer, task, variant = CASES[case]
-                spec = {"case": case, "trainer": trainer, "task": task, "variant": variant, "repeat": repeat,
-                        "max_length": L, "batch_size": batch[L], "timed_steps": steps[L], "warmup_steps": args.warmup,
-                        "model_path": model_path, "data_mmpo": data[L]["mmpo"], "data_trl": data[L]["trl"],
-                        "threads": args.threads, "mmpo_overrides": mmpo_overrides if trainer == "mmpo" else {}}
+    total = args.repeats * len(mixes) * len(cases)
+    for repeat in range(args.repeats):
+        if repeat == 1:
+            so_far = (time.perf_counter() - t_start) / 60
+            print(f"first repeat done at {so_far:.1f} min: the whole run will take about {so_far * args.repeats:.0f} min", flush=True)
+        for mix, d in data.items():
+            for case in run_order(cases, repeat):
+                c = CASES[case]
+                spec = {"case": case, "mix": mix, "repeat": repeat, "trainer": c["trainer"], "task": c["task"],
+                        "variant": c["variant"], "max_length": d["max_length"], "batch_size": d["batch"],
+                        "timed_steps": args.steps, "warmup_steps": args.warmup, "model_path": model_path,
+                        "data_mmpo": d["files"][c["task"]]["mmpo"], "data_trl": d["files"][c["task"]]["trl"],
+                        "threads": args.threads, "trl_overrides": c.get("trl_overrides", {}),
+                        "mmpo_overrides": {**c.get("mmpo_overrides", {}), **mmpo_overrides} if c["trainer"] == "mmpo" else {}}
+                if profile and repeat == args.repeats - 1:
+                    spec["profile_path"] = str(log_dir / "profiles" / f"{mix}-{case}.txt")
                 loads.append(os.getloadavg()[0])
                 result = run_child(spec, log_dir)
-                result.update(derive(result, matmul[0]))
+                result.update(derive(result, d["mean_tokens_per_pair"]))
                 results.append(result)
-                print(f"L={L:5d} {case:20s} r{repeat} {result['pairs_per_s']:7.3f} pairs/s {result['tokens_per_s']:8.1f} tok/s "
-                      f"peak {result['peak_mib']:7.0f} MiB  MFU {result['mfu']:.1%}  load {loads[-1]:.2f}", flush=True)
-    matmul.append(measure_matmul_in_subprocess(args.threads))
-    print(f"matmul rate (end): {matmul[1] / 1e9:.1f} GFLOP/s", flush=True)
-    best_matmul = max(matmul)
-    for r in results:  # utilisation against the best rate the machine showed in this command
-        r.update(derive(r, best_matmul))
+                print(f"[{len(results)}/{total} {(time.perf_counter() - t_start) / 60:5.1f} min] {mix:12s} {case:18s} "
+                      f"r{repeat} {result['seconds_per_step']:6.2f} s/step {result['pairs_per_s']:6.3f} pairs/s "
+                      f"peak {result['peak_mib']:6.0f} MiB ({result['mixed_precision']}, ckpt "
+                      f"{'on' if result['gradient_checkpointing'] else 'off'}) load {loads[-1]:.2f}", flush=True)
     meta = {
-        "command": "python benchmarks/bench.py " + " ".join(shlex.quote(a) for a in argv),
+        "command": args.invocation or "python benchmarks/bench.py " + " ".join(shlex.quote(a) for a in argv),
+        "bench_command": "python benchmarks/bench.py " + " ".join(shlex.quote(a) for a in argv),
         "started_utc": started.isoformat(timespec="seconds"),
         "minutes": (time.perf_counter() - t_start) / 60,
         "machine": machine_description(),
         "versions": versions(),
-        "matmul_gflops": [m / 1e9 for m in matmul],
+        "mmpo_checkout": checkout(),
         "loadavg_1min": {"before": load_before, "max_during": max(loads), "mean_during": statistics.mean(loads)},
         "threads": args.threads,
-        "data": data,
-        "batch": batch,
-        "steps": steps,
+        "mixes": data,
+        "settings": args.settings,
+        "steps": args.steps,
         "warmup": args.warmup,
+        "repeats": args.repeats,
         "mmpo_overrides": mmpo_overrides,
+        "model": args.model or "embedded",
     }
-    args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    from report import write_report
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, out_path = args.out_dir / "results.json", args.out_dir / "RESULTS.md"
+    json_path.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    from report import missed_cases, write_report
 
-    write_report(args.json, args.out)
-    print(f"wrote {args.out} and {args.json}")
-
-
-def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "matmul":
-        ap = argparse.ArgumentParser()
-        ap.add_argument("--threads", type=int, default=None)
-        ap.add_argument("--size", type=int, default=2048)
-        a = ap.parse_args(sys.argv[2:])
-        print(matmul_rate(a.size, threads=a.threads))
-        return
-    main_run(sys.argv[1:])
+    # Keep the profiles behind the misses, from this run only.
+    kept = args.out_dir / "profiles"
+    shutil.rmtree(kept, ignore_errors=True)
+    for mix, case in missed_cases(json_path):
+        src = log_dir / "profiles" / f"{mix}-{case}.txt"
+        if src.exists():
+            kept.mkdir(exist_ok=True)
+            shutil.copy(src, kept / src.name)
+    write_report(json_path, out_path)
+    print(f"wrote {out_path} and {json_path} ({meta['minutes']:.1f} min)")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

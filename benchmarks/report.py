@@ -1,8 +1,9 @@
-"""RESULTS.md and the memory-curve PNG from ``results.json`` (written by ``bench.py``).
+"""RESULTS.md from ``results.json`` (written by ``bench.py``).
 
     python benchmarks/report.py [results.json] [RESULTS.md]
 
-Numbers per case are the median over repeats; ratios compare medians from the same command.
+Numbers per case are medians over repeats; a target's ratio divides medians from the same command, and its range
+is the spread of the per-repeat ratios (run r of mmpo over run r of TRL).
 """
 
 from __future__ import annotations
@@ -17,152 +18,190 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench import CASES, COMPARISONS  # noqa: E402
+from bench import CASES, SETTINGS, comparisons  # noqa: E402
 
-LABELS = {
-    "mmpo-dpo": "mmpo dpo (defaults: reference log-probs precomputed + cached)",
-    "trl-dpo": "TRL DPOTrainer (default: live reference model)",
-    "trl-dpo-precompute": "TRL DPOTrainer, precompute_ref_log_probs=True",
-    "mmpo-rm": "mmpo rm (defaults)",
-    "trl-rm": "TRL RewardTrainer",
+TASK_LABELS = {
+    ("mmpo", "dpo", "default"): "mmpo dpo",
+    ("mmpo", "rm", "default"): "mmpo rm",
+    ("trl", "dpo", "default"): "TRL DPOTrainer, live reference",
+    ("trl", "dpo", "precompute"): "TRL DPOTrainer, precompute_ref_log_probs",
+    ("trl", "rm", "default"): "TRL RewardTrainer",
+}
+MIX_LABELS = {
+    "synthetic": "synthetic word pairs (`pairs.make_pairs`)",
+    "real": "alpaca_graded: real instructions and model outputs, cut at max length by each trainer "
+            "(RewardTrainer runs: cut beforehand, as it drops over-long pairs)",
+    "prompt-heavy": "synthetic, long prompts (`pairs.make_pairs`, prompt_share 0.48)",
 }
 
 
-def medians(results: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, float]]:
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+def label(case: str) -> str:
+    c = CASES[case]
+    extra = {"mmpo_overrides": c.get("mmpo_overrides"), "trl_overrides": c.get("trl_overrides")}
+    keys = ", ".join(f"{k}={v}" for d in extra.values() if d for k, v in d.items())
+    return TASK_LABELS[(c["trainer"], c["task"], c["variant"])] + (f": {keys}" if keys else ": defaults")
+
+
+def group(results: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in results:
-        groups[(r["case"], r["max_length"])].append(r)
-    out = {}
-    for key, runs in groups.items():
-        out[key] = {
-            k: statistics.median(r[k] for r in runs)
-            for k in ("pairs_per_s", "tokens_per_s", "peak_mib", "mfu", "policy_fwd_bwd_mfu", "padded_fraction",
-                      "setup_seconds", "timed_seconds")
-        }
-        out[key]["runs"] = len(runs)
-        out[key]["spread"] = (max(r["pairs_per_s"] for r in runs) / min(r["pairs_per_s"] for r in runs)) - 1
+        groups[(r["mix"], r["case"])].append(r)
+    return groups
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over repeats, the spread of pairs/s ((max - min) / median), and what the runs ran with."""
+    med = {k: statistics.median(r[k] for r in runs)
+           for k in ("seconds_per_step", "pairs_per_s", "tokens_per_s", "peak_mib", "setup_seconds")}
+    rates = [r["pairs_per_s"] for r in runs]
+    med["spread"] = (max(rates) - min(rates)) / med["pairs_per_s"]
+    med["step_range"] = (min(r["seconds_per_step"] for r in runs), max(r["seconds_per_step"] for r in runs))
+    med["runs"] = len(runs)
+    ran = {(r["mixed_precision"], r["param_dtype"], r["gradient_checkpointing"], r["models_held"]) for r in runs}
+    med["ran_with"] = sorted(ran)
+    return med
+
+
+def verdicts(blob: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per mix x setting x comparison: median ratio, per-repeat ratio range, memory ratio, met or not."""
+    groups = group(blob["results"])
+    rows = []
+    for mix in blob["meta"]["mixes"]:
+        for setting, name, ours, theirs, target in comparisons(blob["meta"]["settings"]):
+            a, b = groups.get((mix, ours)), groups.get((mix, theirs))
+            if not a or not b:
+                continue
+            sa, sb = summarise(a), summarise(b)
+            by_repeat = {r["repeat"]: r["pairs_per_s"] for r in b}
+            paired = [r["pairs_per_s"] / by_repeat[r["repeat"]] for r in a if r["repeat"] in by_repeat]
+            ratio, mem = sa["pairs_per_s"] / sb["pairs_per_s"], sa["peak_mib"] / sb["peak_mib"]
+            rows.append({"mix": mix, "setting": setting, "name": name, "ours": ours, "theirs": theirs, "target": target,
+                         "ratio": ratio, "paired": (min(paired), max(paired)), "met": ratio >= target,
+                         "memory": mem, "memory_met": mem <= 1.0,
+                         "ours_precision": sorted({r["mixed_precision"] for r in a})})
+    return rows
+
+
+def missed_cases(json_path: Path) -> list[tuple[str, str]]:
+    """(mix, case) of both sides of every missed target (throughput or memory)."""
+    blob = json.loads(Path(json_path).read_text())
+    out: list[tuple[str, str]] = []
+    for v in verdicts(blob):
+        if not (v["met"] and v["memory_met"]):
+            out += [p for p in ((v["mix"], v["ours"]), (v["mix"], v["theirs"])) if p not in out]
     return out
 
 
-def plot_memory(med: dict[tuple[str, int], dict[str, float]], lengths: list[int], batch: dict[int, int], path: Path) -> None:
-    import matplotlib
+def precision(ran_with: list[tuple]) -> str:
+    parts = []
+    for mixed, dtype, ckpt, models in ran_with:
+        mode = "bf16 autocast" if mixed == "bf16" else (dtype if mixed == "no" else mixed)
+        parts.append(f"{mode}, ckpt {'on' if ckpt else 'off'}{', live reference' if models > 1 else ''}")
+    return "; ".join(parts)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
-    for ax, task in zip(axes, ("dpo", "rm")):
-        for case, (trainer, t, _) in CASES.items():
-            if t != task:
-                continue
-            xs = [L for L in lengths if (case, L) in med]
-            if not xs:
-                continue
-            ys = [med[(case, L)]["peak_mib"] / 1024 for L in xs]
-            style = "-o" if trainer == "mmpo" else "--s"
-            ax.plot(xs, ys, style, label=LABELS[case].split(" (")[0] if trainer == "mmpo" else LABELS[case])
-        ax.set_xlabel("max length (tokens); pairs per step: " + ", ".join(f"{L}: {batch[L]}" for L in lengths))
-        ax.set_ylabel("peak resident memory (GiB)")
-        ax.set_title({"dpo": "policy (DPO)", "rm": "reward model"}[task])
-        ax.set_xticks(lengths)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.set_ylim(bottom=0)
-    fig.suptitle("Peak RSS against max length, float32 on CPU, full fine-tuning (SmolLM2-135M)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def profile_table(result: dict[str, Any] | None, n: int = 8) -> list[str]:
+    if not result or "profile" not in result:
+        return ["(no profile: the run was not profiled)"]
+    p = result["profile"]
+    lines = [f"one profiled step: {p['seconds']:.2f} s wall, {p['self_cpu_seconds']:.2f} s self CPU (profiler overhead included)",
+             "", "| op | self CPU s | share | calls |", "|---|---:|---:|---:|"]
+    for name, secs, calls in p["top_ops"][:n]:
+        lines.append(f"| `{name}` | {secs:.3f} | {secs / p['self_cpu_seconds']:.0%} | {calls} |")
+    return lines
 
 
 def write_report(json_path: Path, out_path: Path) -> None:
     blob = json.loads(Path(json_path).read_text())
     meta, results = blob["meta"], blob["results"]
-    lengths = sorted({r["max_length"] for r in results})
-    med = medians(results)
-    batch = {int(k): v for k, v in meta["batch"].items()}
-    steps = {int(k): v for k, v in meta["steps"].items()}
-    png = out_path.parent / "memory_vs_length.png"
-    plot_memory(med, lengths, batch, png)
-
+    groups = group(results)
+    rows = verdicts(blob)
+    load = meta["loadavg_1min"]
     lines = [
-        "# mmpo against TRL: throughput, memory, FLOP utilisation",
+        "# mmpo against TRL: steady-state step time and peak memory",
         "",
         "Generated by `benchmarks/bench.py` (rendering: `benchmarks/report.py`); raw numbers in `benchmarks/results.json`.",
         "",
-        f"- **Command:** `{meta['command']}` (run with the bench venv from `bash benchmarks/setup.sh`)",
+        f"- **Command:** `{meta['command']}`" + (f" (runs `{meta['bench_command']}` in the bench venv from `benchmarks/setup.sh`)"
+                                                 if meta["bench_command"] != meta["command"] else ""),
         f"- **Date (UTC):** {meta['started_utc']}, {meta['minutes']:.1f} minutes",
         f"- **Machine:** {meta['machine']}; torch threads {meta['threads']}",
-        f"- **Versions:** {meta['versions']}",
-        f"- **Load:** 1-minute load average {meta['loadavg_1min']['before']:.2f} before the run, "
-        f"{meta['loadavg_1min']['mean_during']:.2f} mean / {meta['loadavg_1min']['max_during']:.2f} max at the starts of the runs",
-        f"- **Matmul rate** (float32 `torch.matmul`, 2048x2048, best of 7, same threads): "
-        + " / ".join(f"{g:.1f}" for g in meta["matmul_gflops"])
-        + f" GFLOP/s at start / end; utilisation below is against the higher, {max(meta['matmul_gflops']):.1f} GFLOP/s.",
-        "- **GPU:** none. No accelerator was lent to this task, so every number here is CPU float32; nothing was measured on a GPU.",
+        f"- **Versions:** {meta['versions']}; mmpo from {meta['mmpo_checkout']}"
+        + (f", extra mmpo keys {meta['mmpo_overrides']}" if meta["mmpo_overrides"] else ""),
+        f"- **Load:** 1-minute load average {load['before']:.2f} before the run, {load['mean_during']:.2f} mean / "
+        f"{load['max_during']:.2f} max at the starts of the runs (a shared machine makes timings meaningless; "
+        "well above 1 on 2 cores is not benchmark grade)",
+        f"- **Size:** {meta['repeats']} repeats per case, {meta['warmup']} warm-up + {meta['steps']} timed steps per run; "
+        "mixes " + ", ".join(f"{m}: max length {d['max_length']}, {d['batch']} pairs/step" for m, d in meta["mixes"].items())
+        + " (set with BENCH_REPEATS, BENCH_WARMUP, BENCH_STEPS, BENCH_MIXES; see `benchmarks/run_all.sh`)",
+        "- **GPU:** none; every number is CPU.",
         "",
         "## Setup",
         "",
-        "- Model: the embedded SmolLM2-135M-Instruct (`mmpo.models.embedded.embedded_model_path()`), full fine-tuning, float32,"
-        " gradient checkpointing off on both sides (TRL's own default is on; mmpo's is off), AdamW, seed 42.",
-        "- Same synthetic one-turn chat pairs for both (`benchmarks/pairs.py`): mmpo reads them in its local schema, TRL in its"
-        " conversational format; both render them with the model's chat template. Every sequence fits max length"
-        " (TRL's RewardTrainer drops longer pairs), so both see the same tokens.",
-        "- Per length: " + "; ".join(
-            f"L={L}: {batch[L]} pairs/step, {meta['warmup']} warm-up + {steps[L]} timed steps, "
-            f"{meta['data'][str(L)]['mean_tokens_per_pair']:.0f} tokens/pair on average "
-            f"(prompt {meta['data'][str(L)]['mean_prompt_tokens']:.0f})"
-            for L in lengths) + ".",
-        "- Timing covers the timed steps only (end of the last warm-up step to end of the last step): model loading,"
-        " tokenization and reference precomputation are outside it (shown separately as setup seconds).",
-        "- Tokens/s counts the non-pad tokens fed to the trained model (chosen + rejected). Peak memory is the run's"
-        " peak resident set (`ru_maxrss` via `wait4`), model load and precomputation included.",
-        "- FLOPs: 6 x N x tokens for the trained model's forward + backward, plus 2 x N x tokens for a live reference"
-        " forward where the trainer runs one in the timed steps (TRL default only: precomputed reference log-probs cost"
-        " nothing there). N = weights of every `nn.Linear` (tied LM head once): "
-        + ", ".join(sorted({f"{r['model_class']} {r['n_params_matmul'] / 1e6:.1f}M" for r in results}))
-        + ". Attention-score FLOPs are not counted, so utilisation is a slight underestimate at 1024.",
-        "- Each run is its own process; runs alternate library by library (TRL, mmpo, TRL, mmpo, TRL), reversed every other repeat.",
+        "- Model: " + {"embedded": "the embedded SmolLM2-135M-Instruct",
+                       "tiny": "**a 2-layer, hidden-64 random model** with SmolLM2's tokenizer (`--model tiny`): a smoke"
+                               " run, its timings mean nothing"}.get(meta.get("model", "embedded"), f"`{meta.get('model')}`")
+        + ", full fine-tuning, AdamW, seed 42. Both libraries get the same pairs"
+        " (mmpo in its local schema, TRL in its conversational format), max length, pairs per step and steps.",
+        "- Time: steady state, t(warm-up + timed steps) - t(warm-up steps) from the wall clock at each optimizer step's"
+        " end; model loading, tokenization and reference precomputation are outside it (setup s). Throughput: pairs/s;"
+        " tokens/s counts each pair's prompt + chosen and prompt + rejected tokens after the max-length cut (the same"
+        " data for every trainer, whatever it feeds its model). Peak memory: the process's peak resident set at the end"
+        " of the timed window (model load and precomputation included).",
+        "- Each run is its own process. Per repeat the mixes run in turn; within a mix TRL and mmpo runs alternate"
+        " (TRL, mmpo, TRL, ...), reversed every other repeat.",
+        "- TRL runs get `use_cpu=True` on a CPU (transformers refuses TRL's bf16 default on a CPU without it).",
+        "- Settings: " + "; ".join(f"**{s}**: {SETTINGS[s][0]}" for s in meta["settings"]) + ".",
         "",
-        "## Results (median over repeats)",
-        "",
-        "| L | case | pairs/s | tokens/s | peak MiB | FLOP util. | padding | setup s | runs (spread) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        "| mix | data | max length | pairs/step | tokens/pair | prompt tokens | prompts' share of tokens | chosen cut | rejected cut |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for L in lengths:
+    for mix, d in meta["mixes"].items():
+        lines.append(f"| {mix} | {MIX_LABELS.get(mix, mix)} | {d['max_length']} | {d['batch']} | {d['mean_tokens_per_pair']:.0f} | "
+                     f"{d['mean_prompt_tokens']:.0f} | {d['prompt_share']:.0%} | {d['chosen_cut']:.0%} | {d['rejected_cut']:.0%} |")
+    lines += ["", "## Runs (median over repeats)", ""]
+    for mix in meta["mixes"]:
+        lines += [f"### {mix}", "",
+                  "| case | ran with | s/step | min-max | pairs/s | tokens/s | peak MiB | setup s | runs (spread) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---|"]
         for case in CASES:
-            if (case, L) not in med:
+            if (mix, case) not in groups:
                 continue
-            m = med[(case, L)]
-            lines.append(
-                f"| {L} | {LABELS[case]} | {m['pairs_per_s']:.3f} | {m['tokens_per_s']:.1f} | {m['peak_mib']:.0f} | "
-                f"{m['mfu']:.1%} | {m['padded_fraction']:.0%} | {m['setup_seconds']:.0f} | {m['runs']} ({m['spread']:.0%}) |"
-            )
-    lines += ["", "## Targets (ratios of medians from this one command)", "",
-              "| L | comparison | throughput ratio | target | met? | peak memory ours / theirs | memory met? |",
-              "|---:|---|---:|---:|---|---:|---|"]
-    verdicts = []
-    for L in lengths:
-        for name, ours, theirs, target in COMPARISONS:
-            if (ours, L) not in med or (theirs, L) not in med:
-                continue
-            ratio = med[(ours, L)]["pairs_per_s"] / med[(theirs, L)]["pairs_per_s"]
-            mem = med[(ours, L)]["peak_mib"] / med[(theirs, L)]["peak_mib"]
-            ok, mem_ok = ratio >= target, mem <= 1.0
-            verdicts.append((L, name, ratio, target, ok, mem, mem_ok))
-            lines.append(
-                f"| {L} | {name} | {ratio:.2f}x | {target:.2f}x | {'yes' if ok else f'NO ({ratio / target - 1:+.0%} vs target)'} | "
-                f"{mem:.2f} | {'yes' if mem_ok else f'NO (+{mem - 1:.0%})'} |"
-            )
-    util = [(c, med[(c, 512)]["policy_fwd_bwd_mfu"]) for c in ("mmpo-dpo", "mmpo-rm") if (c, 512) in med]
-    if util:
-        lines += ["", "FLOP utilisation of the policy forward + backward at length 512 (target >= 70% of the measured matmul rate): "
-                  + "; ".join(f"{c}: {u:.1%} ({'met' if u >= 0.7 else f'NOT met, {u / 0.7:.0%} of the target'})" for c, u in util) + "."]
-    met = sum(v[4] for v in verdicts) + sum(v[6] for v in verdicts)
-    lines += ["", f"Summary: {met} of {2 * len(verdicts)} throughput/memory checks met."]
-    lines += ["", "## Peak memory against max length", "", f"![peak memory]({png.name})", ""]
+            s = summarise(groups[(mix, case)])
+            lines.append(f"| {label(case)} | {precision(s['ran_with'])} | {s['seconds_per_step']:.2f} | "
+                         f"{s['step_range'][0]:.2f}-{s['step_range'][1]:.2f} | {s['pairs_per_s']:.3f} | {s['tokens_per_s']:.0f} | "
+                         f"{s['peak_mib']:.0f} | {s['setup_seconds']:.0f} | {s['runs']} ({s['spread']:.0%}) |")
+        lines.append("")
+    lines += ["## Targets (ratios of medians from this one command)", "",
+              "Policy >= 2.0x TRL's DPOTrainer and >= 1.5x DPOTrainer with precomputed reference log-probs; reward model"
+              " >= 1.3x RewardTrainer; peak memory <= TRL's. Range: the per-repeat ratios.", "",
+              "| mix | setting | comparison | ratio | range | target | met? | memory ours / theirs | memory met? |",
+              "|---|---|---|---:|---:|---:|---|---:|---|"]
+    for v in rows:
+        note = "" if v["setting"] != "bf16" or v["ours_precision"] == ["bf16"] else \
+            f" (mmpo ran {'/'.join('float32' if p == 'no' else p for p in v['ours_precision'])})"
+        speed = "met" if v["met"] else "NOT met ({:+.0%})".format(v["ratio"] / v["target"] - 1)
+        memory = "met" if v["memory_met"] else "NOT met (+{:.0%})".format(v["memory"] - 1)
+        lines.append(
+            f"| {v['mix']} | {v['setting']}{note} | {v['name']} | {v['ratio']:.2f}x | {v['paired'][0]:.2f}-{v['paired'][1]:.2f} | "
+            f"{v['target']:.1f}x | {speed} | {v['memory']:.2f} | {memory} |")
+    met = sum(v["met"] for v in rows) + sum(v["memory_met"] for v in rows)
+    lines += ["", f"Summary: {met} of {2 * len(rows)} throughput/memory checks met."]
+    misses = [v for v in rows if not (v["met"] and v["memory_met"])]
+    if misses:
+        lines += ["", "## Profiles of the misses", "",
+                  "Each run of the last repeat profiled one more step after its timed window (torch.profiler, CPU ops by"
+                  " self time); full tables in `profiles/MIX-CASE.txt` beside this file."]
+        last = {(r["mix"], r["case"]): r for r in results if r["repeat"] == meta["repeats"] - 1}
+        for v in misses:
+            what = [] if v["met"] else [f"{v['ratio']:.2f}x against {v['target']:.1f}x"]
+            what += [] if v["memory_met"] else [f"memory {v['memory']:.2f}x TRL's"]
+            lines += ["", f"### {v['mix']}, {v['setting']}: {v['name']}: {', '.join(what)}", ""]
+            for side in ("ours", "theirs"):
+                lines += [f"`{v[side]}`: " + "\n".join(profile_table(last.get((v["mix"], v[side])))), ""]
     notes = HERE / "NOTES.md"
     if notes.exists():
-        lines += [notes.read_text().rstrip(), ""]
+        lines += ["", notes.read_text().rstrip(), ""]
     out_path.write_text("\n".join(lines) + "\n")
 
 

@@ -1,12 +1,39 @@
 #!/usr/bin/env bash
-# The full side-by-side matrix, then profiles of the length-512 cases, in one command on a quiet machine.
-#   bash benchmarks/run_all.sh        (builds the bench venv first if needed; ~25-30 min on 2 CPU cores)
+# mmpo against TRL 1.16 in one command: every mix, case and setting, repeats alternating the libraries, profiles of
+# the misses; writes benchmarks/RESULTS.md and benchmarks/results.json. Meant for a quiet machine.
+#
+#   bash benchmarks/run_all.sh                    # builds the bench venv first if needed (~3 min, once)
+#   BENCH_MODEL=tiny BENCH_REPEATS=1 BENCH_WAIT_QUIET=0 BENCH_OUT=/tmp/smoke bash benchmarks/run_all.sh
+#                                                 # a smoke run: every case end to end, numbers meaningless
+#
+# Size (defaults fit ~25 min on 2 quiet cores; see RESULTS.md for what a run used):
+#   BENCH_MIXES     "NAME:MAX_LENGTH:PAIRS_PER_STEP ..."  (default: synthetic:128:1 real:256:1 prompt-heavy:256:1)
+#   BENCH_STEPS     timed steps per run (2)     BENCH_WARMUP  untimed steps before them (1)
+#   BENCH_REPEATS   runs per case (3)           BENCH_SETTINGS  "defaults bf16 fp32" (also: defaults-fp32)
+#   BENCH_MMPO      "KEY=VALUE ..." mmpo config keys for every mmpo run (e.g. "prefix_sharing=false")
+#   BENCH_PROFILE=0 no profiled step         BENCH_WAIT_QUIET  wait for a 1-min load below this first (1.0; 0: don't)
+#   BENCH_OUT       where RESULTS.md, results.json and profiles/ go (default benchmarks/)
+#   BENCH_MODEL     a model directory, or "tiny" (2 random layers, SmolLM2's tokenizer: smoke runs only)
+# Extra arguments go to benchmarks/bench.py (see its --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=$(bash benchmarks/setup.sh | tail -n 1)
-PY="$VENV/bin/python"
-"$PY" benchmarks/bench.py --wait-quiet 1.0 \
-  --lengths 128 512 1024 --batch 128:2,512:1,1024:1 --steps 128:3,512:2,1024:1 --warmup 1 --repeats 1 "$@"
-for case in mmpo-dpo trl-dpo-precompute mmpo-rm; do
-  "$PY" benchmarks/profile_case.py "$case" 512 --batch 1 --steps 1 --profile "benchmarks/profiles/$case-L512.txt"
+# The checkout being benchmarked, whichever checkout built the venv's editable install.
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+
+invocation="bash benchmarks/run_all.sh"
+args=(--wait-quiet "${BENCH_WAIT_QUIET:-1.0}" --steps "${BENCH_STEPS:-2}" --warmup "${BENCH_WARMUP:-1}"
+      --repeats "${BENCH_REPEATS:-3}")
+for v in BENCH_MIXES BENCH_STEPS BENCH_WARMUP BENCH_REPEATS BENCH_SETTINGS BENCH_MMPO BENCH_PROFILE BENCH_WAIT_QUIET \
+         BENCH_MODEL BENCH_OUT; do
+  if [ -n "${!v:-}" ]; then invocation="$v=\"${!v}\" $invocation"; fi
 done
+for mix in ${BENCH_MIXES:-}; do args+=(--mix "$mix"); done
+if [ -n "${BENCH_SETTINGS:-}" ]; then read -ra settings <<< "$BENCH_SETTINGS"; args+=(--settings "${settings[@]}"); fi
+for kv in ${BENCH_MMPO:-}; do args+=(--mmpo-override "$kv"); done
+if [ "${BENCH_PROFILE:-1}" = 0 ]; then args+=(--no-profile); fi
+if [ -n "${BENCH_MODEL:-}" ]; then args+=(--model "$BENCH_MODEL"); fi
+if [ -n "${BENCH_OUT:-}" ]; then args+=(--out-dir "$BENCH_OUT"); fi
+if [ $# -gt 0 ]; then invocation="$invocation $*"; fi
+
+"$VENV/bin/python" benchmarks/bench.py "${args[@]}" --invocation "$invocation" "$@"

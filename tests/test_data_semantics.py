@@ -210,5 +210,6 @@ def test_eval_pairs_scores_a_named_data_sets_test_split(monkeypatch, tmp_path, c
 
     monkeypatch.setattr(scoring, "load_scoring_model", stop)
     monkeypatch.setattr(scoring, "training_config", lambda model_dir: {})
+    monkeypatch.setattr(scoring, "model_kind", lambda model_dir: "reward")
     assert main(["eval", "pairs", "--model", str(tmp_path), "--data", "shp", "--out", str(tmp_path / "m.json")]) == 2
     assert calls == [("stanfordnlp/SHP", "test")]

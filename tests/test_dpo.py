@@ -43,6 +43,7 @@ def dpo_config(tmp_path: Path, model_dir: Path, data: Path, name: str = "run", *
         gamma=0.5,
         eval_split=0.25,
         save_total_limit=None,
+        bf16=False,  # these tests compare with float32 arithmetic; bfloat16 runs are tested in test_precision.py
     )
     values.update(overrides)
     return load_config(DPOConfig, overrides=values)
@@ -111,7 +112,8 @@ def test_reference_mode_resolution():
 def test_trainer_loss_equals_formula_with_a_live_reference_model(tmp_path, tiny_model_dir, other_model_dir, pair_file):
     from transformers import AutoModelForCausalLM
 
-    config = dpo_config(tmp_path, tiny_model_dir, pair_file(24), reference="model", ref_model=str(other_model_dir))
+    # Two rows per pair, to compare with response_logps (the shared layout is compared in test_prefix_sharing.py).
+    config = dpo_config(tmp_path, tiny_model_dir, pair_file(24), reference="model", ref_model=str(other_model_dir), prefix_sharing=False)
     run = build_policy_run(config)
     batch = next(iter(run.trainer.get_train_dataloader()))
     loss = run.trainer.compute_loss(run.trainer.model, batch).item()
@@ -217,7 +219,7 @@ def test_train_policy_rerun_reuses_the_reference_cache(tmp_path, tiny_model_dir,
 def test_lora_run_changes_only_adapter_weights_and_adapter_reference_is_the_base(tmp_path, tiny_model_dir, pair_file):
     from transformers import AutoModelForCausalLM
 
-    config = dpo_config(tmp_path, tiny_model_dir, pair_file(24), lora_r=4, lora_alpha=8, max_steps=3, learning_rate=5e-2)
+    config = dpo_config(tmp_path, tiny_model_dir, pair_file(24), lora_r=4, lora_alpha=8, max_steps=3, learning_rate=5e-2, prefix_sharing=False)
     run = build_policy_run(config)
     assert run.reference_mode == "adapter"
     model = run.trainer.model

@@ -68,3 +68,11 @@ def test_cli_report_missing_scores_is_one_line_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "eval_scores.jsonl" in err[0]
+
+
+def test_cli_report_says_where_it_wrote(tmp_path, capsys):
+    _write_run(tmp_path / "a", np.array([1.0, -0.5, 2.0]), [1.0, 2.0, 3.0], 1.0)
+    assert main(["report", str(tmp_path / "a"), "--out", str(tmp_path / "rep")]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"wrote the report to {(tmp_path / 'rep').resolve()}: ")
+    assert "report.md" in last and "summary.json" in last and "curves.png" in last

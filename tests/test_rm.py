@@ -26,6 +26,7 @@ def rm_config(model_dir: Path, data: Path, out: Path, **overrides) -> RMConfig:
         model=str(model_dir), data=str(data), output_dir=str(out), max_length=96,
         per_device_train_batch_size=4, per_device_eval_batch_size=8, learning_rate=5e-3,
         logging_steps=1, resume="auto", eval_split=0.25, gamma=1.0,
+        bf16=False,  # these tests compare with float32 arithmetic; bfloat16 runs are tested in test_precision.py
     )
     values.update(overrides)
     return load_config(RMConfig, None, values)

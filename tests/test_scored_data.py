@@ -149,6 +149,9 @@ def test_eval_gamma_is_checked():
     with pytest.raises(UserError, match="eval_gamma"):
         load_config(RMConfig, overrides={"data": "x.jsonl", "eval_gamma": -1.0})
     assert load_config(RMConfig, overrides={"data": "x.jsonl", "eval_gamma": "none"}).eval_gamma is None
+    assert load_config(RMConfig, overrides=["--data", "x.jsonl", "--eval_gamma", "1.5"]).eval_gamma == 1.5
+    with pytest.raises(UserError, match="eval_gamma"):
+        load_config(RMConfig, overrides={"data": "x.jsonl", "eval_gamma": "sometimes"})
     assert load_config(RMConfig, overrides={"data": "x.jsonl"}).eval_gamma == "same"
 
 

@@ -31,60 +31,77 @@ class TrainConfig:
     """Keys shared by `mmpo rm` and `mmpo dpo`."""
 
     # model
-    model: str = "embedded"
-    tokenizer: str | None = None
-    lora_r: int = 0  # 0 = full fine-tuning
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_target_modules: Any = "all-linear"
-    lora_layers: int | None = None  # adapt only the last N blocks (None = all); backward stops below them
-    gradient_checkpointing: bool = False
-    bf16: Any = "auto"  # auto = bf16 where the hardware has it, float32 on CPU
+    model: str = field(default="embedded", metadata={"help": "model to start from: a hub id, a local directory, or `embedded` (SmolLM2-135M-Instruct)"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer to use (none = the model's)"})
+    revision: str | None = field(default=None, metadata={"help": "hub revision (branch, tag or commit) of model and tokenizer (none = the default branch)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub repository (only for models you trust)"})
+    attn_implementation: str | None = field(default=None, metadata={"help": "attention kernel: eager | sdpa | flash_attention_2 | ... (none = transformers' choice)"})
+    dtype: str | None = field(default=None, metadata={"help": "weight dtype: float32 | bfloat16 | float16 | auto (checkpoint's); none = float32, or bfloat16 for a frozen LoRA base under bf16"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base in 4 bit through bitsandbytes (CUDA only; needs lora_r > 0)"})
+    load_in_8bit: bool = field(default=False, metadata={"help": "load the base in 8 bit through bitsandbytes (CUDA only; needs lora_r > 0)"})
+    bnb_4bit_quant_type: str = field(default="nf4", metadata={"help": "4-bit quantisation type for load_in_4bit: nf4 | fp4"})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank (0 = full fine-tuning)"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA path"})
+    lora_target_modules: Any = field(default="all-linear", metadata={"help": "modules to adapt: all-linear, a name, or a list of names"})
+    lora_layers: int | None = field(default=None, metadata={"help": "adapt only the last N blocks (none = all); backward stops below them"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward to save memory"})
+    bf16: Any = field(default="auto", metadata={"help": "bfloat16 autocast over float32 weights: auto (where the hardware has it natively: CUDA, AVX512-BF16/AMX CPUs; else float32) | true | false"})
+    prefix_sharing: bool = field(
+        default=True,
+        metadata={"help": "score each pair in one row [prompt | chosen | rejected] so the prompt is encoded once "
+                          "(exact; off, or unsupported attention, = two rows per pair)"},
+    )
+    packing: bool = field(
+        default=False,
+        metadata={"help": "with prefix_sharing, put several pairs in one row (each row as long as the batch's longest "
+                          "pair) so padding mostly disappears; exact"},
+    )
     # data (a path, a hub name / source name, or a mapping; see mmpo.data.sources.load_pairs)
-    data: Any = None
-    eval_data: Any = None
-    eval_split: float = 0.05  # held-out share of `data` when eval_data is not given
-    data_columns: dict[str, str] = field(default_factory=dict)
-    max_pairs: int | None = None  # a seeded sample of this many training pairs (None = all)
-    max_eval_pairs: int | None = None  # the same for eval_data (None = all)
-    ties: str = "keep"  # keep (p = 0.5) | drop
-    order_conflict: str = "swap"  # score_chosen < score_rejected: swap | drop | error
-    pairs_per_prompt: int | None = None
-    margin_bins: int = 0  # >0: sample pairs uniformly across this many score-difference quantile bins
+    data: Any = field(default=None, metadata={"help": "training pairs: a file, a hub data set or source name, or a mapping (see docs)"})
+    eval_data: Any = field(default=None, metadata={"help": "held-out pairs, in the same forms as data (none = split eval_split off data)"})
+    eval_split: float = field(default=0.05, metadata={"help": "held-out share of data when eval_data is not given"})
+    data_columns: dict[str, str] = field(default_factory=dict, metadata={"help": "column renames, e.g. {prompt: question, score_chosen: rating_a}"})
+    max_pairs: int | None = field(default=None, metadata={"help": "a seeded sample of this many training pairs (none = all)"})
+    max_eval_pairs: int | None = field(default=None, metadata={"help": "a seeded sample of this many held-out pairs (none = all)"})
+    ties: str = field(default="keep", metadata={"help": "pairs with equal scores: keep (target p = 0.5) | drop"})
+    order_conflict: str = field(default="swap", metadata={"help": "score_chosen < score_rejected: swap | drop | error"})
+    pairs_per_prompt: int | None = field(default=None, metadata={"help": "at most this many pairs per prompt (none = all)"})
+    margin_bins: int = field(default=0, metadata={"help": "> 0: sample pairs uniformly across this many score-difference quantile bins"})
     over_length: str = field(default="drop", metadata={"help": "a pair longer than max_length: drop it (counted) or truncate it; see docs/data.md"})
-    max_length: int = 512
-    max_prompt_length: int | None = None  # default: max_length // 2
+    max_length: int = field(default=512, metadata={"help": "tokens per prompt + response"})
+    max_prompt_length: int | None = field(default=None, metadata={"help": "prompt tokens kept (none = max_length // 2)"})
     # loss
-    loss: str = "mmpo"
-    gamma: float | None = 1.0  # None = hard labels (p = 1)
-    eval_gamma: Any = field(default="same", metadata={"help": "held-out truth p = sigmoid(eval_gamma * margin): 'same' = gamma, a number > 0, or none = hard labels; fix it to score runs with different losses against one truth"})
-    label_smoothing: float = 0.1
+    loss: str = field(default="mmpo", metadata={"help": "training loss"})
+    gamma: float | None = field(default=1.0, metadata={"help": "MMPO target sharpness: p = sigmoid(gamma * score margin); none = hard labels (p = 1)"})
+    eval_gamma: float | str | None = field(default="same", metadata={"help": "held-out truth p = sigmoid(eval_gamma * margin): 'same' = gamma, a number > 0, or none = hard labels; fix it to score runs with different losses against one truth"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "epsilon of the label_smoothing / cdpo losses"})
     # optimisation
-    learning_rate: float = 1e-5
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 8
-    per_device_eval_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    lr_scheduler_type: str = "linear"
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 42
+    learning_rate: float = field(default=1e-5, metadata={"help": "peak learning rate"})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "passes over the training pairs (max_steps > 0 overrides)"})
+    max_steps: int = field(default=-1, metadata={"help": "optimiser steps to train (-1 = num_train_epochs)"})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "pairs per device per step"})
+    per_device_eval_batch_size: int = field(default=16, metadata={"help": "pairs per device per evaluation batch"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "batches accumulated into one optimiser step"})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers learning-rate schedule: linear | cosine | constant | ..."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "share of the steps spent warming the learning rate up, in [0, 1)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    seed: int = field(default=42, metadata={"help": "seed for sampling, initialisation and data order"})
     # bookkeeping
-    output_dir: str = "runs/mmpo"
-    logging_steps: int = 10
-    eval_steps: int | None = None  # None = evaluate at the end of each epoch
-    save_steps: int | None = None  # None = save at the end of each epoch
-    save_total_limit: int | None = 2
-    # auto = resume the run in output_dir when its settings match (a finished one is reused; see
-    # mmpo.training.run_dir); false = start over there; or a checkpoint path
-    resume: Any = "auto"
+    output_dir: str = field(default="runs/mmpo", metadata={"help": "run directory: checkpoints, metrics, the final model and its card"})
+    logging_steps: int = field(default=10, metadata={"help": "log training statistics every N steps"})
+    eval_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps (none = at the end of each epoch)"})
+    save_steps: int | None = field(default=None, metadata={"help": "checkpoint every N steps (none = at the end of each epoch)"})
+    save_total_limit: int | None = field(default=2, metadata={"help": "checkpoints kept (none = all)"})
+    resume: Any = field(default="auto", metadata={"help": "auto (resume the run in output_dir when its settings match; a finished one is reused) | false (start over) | a checkpoint path"})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "start over in output_dir: delete the earlier run's checkpoints, metrics and results there first"})
-    dataloader_num_workers: int = 0
-    torch_compile: bool = False
-    debug: bool = False
+    report_to: Any = field(default=None, metadata={"help": "experiment trackers: tensorboard | wandb | trackio | mlflow | a list (those installed; none = no tracker)"})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
+    torch_compile: bool = field(default=False, metadata={"help": "compile the model with torch.compile"})
+    debug: bool = field(default=False, metadata={"help": "show tracebacks for user errors"})
+    trainer_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "any other transformers.TrainingArguments key (optim, adam_beta2, push_to_hub, ...); also accepted at the top level"})
 
     def validate(self) -> None:
         if self.gamma is not None and not self.gamma > 0:
@@ -105,6 +122,15 @@ class TrainConfig:
             raise UserError(f"eval_gamma must be 'same', a number > 0 or none (got {self.eval_gamma!r})")
         if self.over_length not in ("drop", "truncate"):
             raise UserError(f"over_length must be drop or truncate (got {self.over_length!r})")
+        if self.load_in_4bit and self.load_in_8bit:
+            raise UserError("choose one of load_in_4bit and load_in_8bit")
+        if (self.load_in_4bit or self.load_in_8bit) and self.lora_r <= 0:
+            raise UserError("load_in_4bit / load_in_8bit train a LoRA adapter on a frozen quantised base: set lora_r > 0")
+        if self.bnb_4bit_quant_type not in ("nf4", "fp4"):
+            raise UserError(f"bnb_4bit_quant_type must be nf4 or fp4 (got {self.bnb_4bit_quant_type!r})")
+        if self.dtype not in (None, "auto", "float32", "bfloat16", "float16"):
+            raise UserError(f"dtype must be float32, bfloat16, float16 or auto (got {self.dtype!r})")
+        check_trainer_args(self.trainer_args)
 
     @property
     def prompt_budget(self) -> int:
@@ -115,8 +141,8 @@ class TrainConfig:
 class RMConfig(TrainConfig):
     """`mmpo rm`: a reward model (backbone + scalar head)."""
 
-    loss: str = "mmpo"  # mmpo | bt | margin | label_smoothing
-    output_dir: str = "runs/rm"
+    loss: str = field(default="mmpo", metadata={"help": "mmpo | bt | margin | label_smoothing"})
+    output_dir: str = field(default="runs/rm", metadata={"help": "run directory: checkpoints, metrics, the final model and its card"})
 
     def validate(self) -> None:
         super().validate()
@@ -128,16 +154,16 @@ class RMConfig(TrainConfig):
 class DPOConfig(TrainConfig):
     """`mmpo dpo`: a policy trained against a reference with DPO-family losses."""
 
-    loss: str = "mmpo"  # mmpo | dpo | cdpo | ipo | simpo | simpo_mmpo
+    loss: str = field(default="mmpo", metadata={"help": "mmpo | dpo | cdpo | ipo | simpo | simpo_mmpo"})
     over_length: str = field(default="truncate", metadata={"help": "a pair longer than max_length: truncate it (a policy compares the answers' openings) or drop it (counted)"})
-    beta: float = 0.1
-    simpo_margin: float = 0.0  # SimPO's target reward margin (its "gamma")
+    beta: float = field(default=0.1, metadata={"help": "strength of the pull toward the reference (DPO's beta)"})
+    simpo_margin: float = field(default=0.0, metadata={"help": "SimPO's target reward margin (its gamma)"})
     ipo_logps: str = field(default="summed", metadata={"help": "IPO's log-probs: summed over the response (TRL 0.7.7, the official MMPO code) or averaged per token (TRL 1.x); betas do not transfer"})
-    learning_rate: float = 5e-6
-    reference: str = "auto"  # auto | model | adapter | precomputed | none
-    ref_model: str | None = None  # default: the starting model
-    merge_lora: bool = True
-    output_dir: str = "runs/dpo"
+    learning_rate: float = field(default=5e-6, metadata={"help": "peak learning rate"})
+    reference: str = field(default="auto", metadata={"help": "reference log-probs: auto | model | adapter | precomputed | none"})
+    ref_model: str | None = field(default=None, metadata={"help": "reference model (none = the starting model)"})
+    merge_lora: bool = field(default=True, metadata={"help": "merge a LoRA adapter into the saved policy (false = save the adapter)"})
+    output_dir: str = field(default="runs/dpo", metadata={"help": "run directory: checkpoints, metrics, the final model and its card"})
 
     def validate(self) -> None:
         super().validate()
@@ -209,7 +235,8 @@ _NO = object()  # "does not fit this type"
 def _fit(value: Any, tp: Any) -> Any:
     """``value`` converted to field type ``tp``, or ``_NO``."""
     if tp is Any:
-        return value
+        # An untyped key takes any value; the word none still means null, as YAML's null does.
+        return None if isinstance(value, str) and value.strip().lower() in ("none", "null") else value
     if _is_union(tp):
         members = typing.get_args(tp)
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
@@ -260,9 +287,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     """Build ``cls`` from a YAML file and ``--key value`` overrides (a list of CLI tokens or a dict)."""
     values: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config file not found: {path}")
+        from mmpo.recipes import resolve_recipe
+
+        p = resolve_recipe(path)  # a file, or a packaged recipe by name (embedded/rm)
         try:
             loaded = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
@@ -277,12 +304,21 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         cli_values = parse_overrides(overrides)
         values.update(cli_values)
     known = {f.name: f for f in dataclasses.fields(cls)}
-    for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            where = f" in {path}" if path is not None else ""
-            raise UserError(f"unknown config key '{key}'{where}{hint}")
+    # Any other TrainingArguments key passes through, collected under `trainer_args` (see training.args).
+    passthrough = trainer_argument_names() if "trainer_args" in known else set()
+    trainer_args = dict(values.pop("trainer_args", None) or {})
+    for key in list(values):
+        if key in known:
+            continue
+        if key in passthrough:
+            trainer_args[key] = values.pop(key)
+            continue
+        close = difflib.get_close_matches(key, list(known) + sorted(passthrough), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        where = f" in {path}" if path is not None else ""
+        raise UserError(f"unknown config key '{key}'{where}{hint}")
+    if trainer_args:
+        values["trainer_args"] = trainer_args
     values = {k: _expand_cache(v) for k, v in values.items()}
     types_of = typing.get_type_hints(cls)
     from_file = set(values) - set(overrides if isinstance(overrides, dict) else cli_values)
@@ -294,6 +330,31 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     if hasattr(config, "validate"):
         config.validate()
     return config
+
+
+# TrainingArguments keys mmpo sets from its own logic; a different value would break the pair trainer.
+MANAGED_TRAINER_ARGS = frozenset({"output_dir", "remove_unused_columns", "label_names"})
+
+
+def trainer_argument_names() -> set[str]:
+    """The ``transformers.TrainingArguments`` keys a recipe may pass through (all but :data:`MANAGED_TRAINER_ARGS`)."""
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init and not f.name.startswith("_")} - MANAGED_TRAINER_ARGS
+
+
+def check_trainer_args(trainer_args: Any) -> None:
+    """``trainer_args`` must map TrainingArguments keys to values; an unknown key names the closest one."""
+    if not isinstance(trainer_args, dict):
+        raise UserError(f"trainer_args must be a mapping of TrainingArguments keys (got {trainer_args!r})")
+    names = trainer_argument_names()
+    for key in trainer_args:
+        if key in MANAGED_TRAINER_ARGS:
+            raise UserError(f"trainer_args: '{key}' is set by mmpo itself")
+        if key not in names:
+            close = difflib.get_close_matches(str(key), sorted(names), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"trainer_args: '{key}' is not a transformers.TrainingArguments key{hint}")
 
 
 def parse_overrides(tokens: list[str]) -> dict[str, Any]:
@@ -323,3 +384,81 @@ def save_config(config: Any, path: str | Path) -> None:
     from mmpo.paths import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+
+# --- discoverable configuration: --help listings and docs/config.md, both generated from the dataclasses ------
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return yaml.safe_dump(value, default_flow_style=True).strip()
+    return str(value)
+
+
+def config_keys(cls: type) -> list[tuple[str, str, str]]:
+    """``(key, default, one line of meaning)`` for every field of a config dataclass, in declaration order."""
+    return [(f.name, _default_text(f), f.metadata.get("help", "")) for f in dataclasses.fields(cls)]
+
+
+def help_listing(cls: type) -> str:
+    """The key listing ``mmpo rm --help`` / ``mmpo dpo --help`` print (every key, its default, its meaning)."""
+    rows = config_keys(cls)
+    width = max(len(k) for k, _, _ in rows)
+    lines = ["config keys (in the recipe, or --key value on the command line; default in brackets):"]
+    for key, default, meaning in rows:
+        lines.append(f"  {key:<{width}}  {meaning} [{default}]")
+    lines.append("  ...and any transformers.TrainingArguments key (optim, adam_beta2, push_to_hub, hub_model_id, ddp_timeout, ...)")
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def config_markdown() -> str:
+    """docs/config.md: every key of `mmpo rm` and `mmpo dpo` with both defaults and its meaning."""
+    rm = {k: (d, h) for k, d, h in config_keys(RMConfig)}
+    dpo = {k: (d, h) for k, d, h in config_keys(DPOConfig)}
+    order = list(rm) + [k for k in dpo if k not in rm]
+    lines = [
+        "# Configuration keys",
+        "",
+        "<!-- Generated from the dataclasses in src/mmpo/config.py; do not edit by hand. Regenerate with:",
+        "     python -m mmpo.config --markdown > docs/config.md -->",
+        "",
+        "A recipe (YAML) sets these keys; any of them can be overridden as `--key value` after the recipe, e.g.",
+        "`mmpo rm embedded/rm --gamma 2.2 --max_steps 100`. A recipe is a file path or the name of a packaged recipe",
+        "(`embedded/rm`, `embedded/dpo`, `paper/rm-gemma-2b-ultrafeedback`, ...). `mmpo rm --help` and",
+        "`mmpo dpo --help` print the same listing.",
+        "",
+        "Any other [`transformers.TrainingArguments`](https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments)",
+        "key passes through unchanged, at the top level of a recipe or on the command line (`--optim adamw_torch_fused`,",
+        "`--adam_beta2 0.95`, `--push_to_hub --hub_model_id me/rm`, `--ddp_timeout 7200`, ...); it is recorded under",
+        "`trainer_args` in the run's `config.yaml`. A misspelt key is an error naming the closest known key.",
+        f"mmpo sets {', '.join(sorted(MANAGED_TRAINER_ARGS))} itself.",
+        "",
+        "| key | `mmpo rm` default | `mmpo dpo` default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for key in order:
+        rm_default = f"`{rm[key][0]}`" if key in rm else "-"
+        dpo_default = f"`{dpo[key][0]}`" if key in dpo else "-"
+        meaning = (dpo.get(key) or rm[key])[1] if key not in rm or rm[key][1] == dpo.get(key, rm[key])[1] else (
+            f"rm: {rm[key][1]}; dpo: {dpo[key][1]}")
+        lines.append(f"| `{key}` | {_cell(rm_default)} | {_cell(dpo_default)} | {_cell(meaning)} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m mmpo.config", description="print the configuration reference")
+    parser.add_argument("--markdown", action="store_true", help="docs/config.md (the default)")
+    parser.parse_args()
+    sys.stdout.write(config_markdown())

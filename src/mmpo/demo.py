@@ -22,8 +22,9 @@ from typing import Any
 
 from mmpo.errors import UserError
 from mmpo.paths import cache_dir
+from mmpo.recipes import RECIPES_DIR
 
-REPO_RECIPES = Path(__file__).resolve().parent / "recipes" / "embedded"
+REPO_RECIPES = RECIPES_DIR / "embedded"  # packaged: works from an installed wheel too
 
 # (title, kind, recipe file, losses: MMPO first, then its baseline, sub-directory)
 PARTS = (

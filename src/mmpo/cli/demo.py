@@ -13,7 +13,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.usage = "mmpo demo [--out DIR] [--seeds 0,1,2] [--only rm|dpo] [--key value ...]"
     p.epilog = "Extra --key value pairs override both recipes (e.g. --max_steps 4 for a quick look)."
     p.add_argument("--out", default=None, help="demo directory (default: <cache>/demo); rerun to resume")
-    p.add_argument("--recipes", default=None, help="directory with rm.yaml and dpo.yaml (default: the embedded recipes)")
+    p.add_argument("--recipes", default=None, help="directory with rm.yaml and dpo.yaml (default: the packaged embedded/ recipes)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--only", choices=["rm", "dpo"], default=None, help="run only the reward models or only the policies")
 

@@ -20,8 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", required=True, help="answers JSONL (appended as it goes; a rerun skips done questions)")
     g.add_argument(
         "--questions", default=None,
-        help="question.jsonl or the MT-bench directory (default: $MMPO_MT_BENCH_DIR, else ../shared/data/mt_bench "
-        "beside the repository; the files come from FastChat's fastchat/llm_judge/data)",
+        help="question.jsonl or the MT-bench directory (default: $MMPO_MT_BENCH_DIR, else $MMPO_CACHE/data/mt_bench, "
+        "else ../shared/data/mt_bench beside a source checkout, else downloaded there from FastChat's llm_judge data)",
     )
     g.add_argument("--max-new-tokens", type=int, default=1024, help="per turn (FastChat: 1024)")
     g.add_argument("--limit", type=int, default=None, help="only the first N questions")

@@ -69,6 +69,14 @@ def run(args: argparse.Namespace) -> int:
     from mmpo.evaluation.scoring import DEFAULT_BETA, load_scoring_model, model_kind, score_with_models, training_config
 
     trained = training_config(args.model)
+    gamma = _gamma(args.gamma, trained)
+    # A data set named without a split is scored on its test split (a local file is read whole).
+    pairs, report = load_pairs(args.data, PairOptions(gamma=gamma, max_pairs=args.max_pairs, split=held_out_split(args.data)))
+    print(report.render())
+    if not pairs:
+        raise UserError(f"{args.data}: no pairs to score")
+
+    # The model's kind comes from its config.json; the choice of reference is checked before weights load.
     kind = model_kind(args.model)
     ref_name = None if _is_none(args.ref_model) else args.ref_model
     if kind == "policy" and args.ref_model is None:
@@ -82,13 +90,6 @@ def run(args: argparse.Namespace) -> int:
         )
     if kind == "reward" and (args.ref_model is not None or args.beta is not None):
         raise UserError(f"{args.model} is a reward model: --ref-model and --beta only apply to a policy")
-    gamma = _gamma(args.gamma, trained)
-    # A data set named without a split is scored on its test split (a local file is read whole).
-    pairs, report = load_pairs(args.data, PairOptions(gamma=gamma, max_pairs=args.max_pairs, split=held_out_split(args.data)))
-    print(report.render())
-    if not pairs:
-        raise UserError(f"{args.data}: no pairs to score")
-
     model, tokenizer, kind = load_scoring_model(args.model, kind=kind)
     ref = None
     beta = None

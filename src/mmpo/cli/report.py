@@ -11,8 +11,13 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from mmpo.reports.compare import write_report
 
     write_report(args.runs, args.out)
-    print((__import__("pathlib").Path(args.out) / "report.md").read_text())
+    out = Path(args.out)
+    print((out / "report.md").read_text())
+    written = sorted(p.name for p in out.iterdir() if p.suffix in (".md", ".json", ".png"))
+    print(f"wrote the report to {out.resolve()}: {', '.join(written)}")
     return 0

@@ -10,8 +10,12 @@ ACCEPTS_OVERRIDES = {"rm": True, "dpo": True}
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     # The recipe path is taken from the leftover tokens (see split_recipe): an argparse positional would
     # swallow the value of an override such as `--model DIR` given before it.
+    from mmpo.config import DPOConfig, RMConfig, help_listing
+
     p.usage = f"mmpo {name} [CONFIG.yaml] [--key value ...]"
-    p.epilog = "CONFIG.yaml is a recipe (see recipes/). Any config key can be given as --key value, e.g. --gamma 2.2 --max_steps 100 --lora_r 8"
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.description = help_listing(RMConfig if name == "rm" else DPOConfig)
+    p.epilog = "CONFIG.yaml is a recipe file or a packaged recipe name (embedded/rm, paper/rm-gemma-2b-ultrafeedback, ...). Any config key can be given as --key value, e.g. --gamma 2.2 --max_steps 100 --lora_r 8"
 
 
 def split_recipe(tokens: list[str]) -> tuple[str | None, list[str]]:

@@ -4,7 +4,9 @@ Data files (public source: the FastChat repository, https://github.com/lm-sys/Fa
 ``fastchat/llm_judge/data/``: ``mt_bench/question.jsonl``, ``mt_bench/reference_answer/gpt-4.jsonl`` and
 ``judge_prompts.jsonl``; Apache-2.0). A directory holding ``question.jsonl``, ``judge_prompts.jsonl`` and the
 GPT-4 reference answers as ``reference_answer_gpt-4.jsonl`` (or in FastChat's layout) is found, in order,
-from the command line, ``$MMPO_MT_BENCH_DIR``, or ``../shared/data/mt_bench`` beside the repository.
+from the command line, ``$MMPO_MT_BENCH_DIR``, the cache (``$MMPO_CACHE/data/mt_bench``), or
+``../shared/data/mt_bench`` beside a source checkout; failing all of them the files are downloaded once from
+FastChat into the cache (``$MMPO_MT_BENCH_URL`` overrides the base URL). mmpo carries no copy.
 
 Facts kept from FastChat's protocol (the code is our own):
 
@@ -34,9 +36,18 @@ from typing import Any, Callable
 
 from mmpo.errors import DataError, UserError
 from mmpo.evaluation.jsonl_cache import JsonlAppender, read_records
+from mmpo.paths import cache_dir
 
 FASTCHAT_SOURCE = "https://github.com/lm-sys/FastChat/tree/main/fastchat/llm_judge/data"
+FASTCHAT_RAW_URL = "https://raw.githubusercontent.com/lm-sys/FastChat/main/fastchat/llm_judge/data"
 DIR_ENV = "MMPO_MT_BENCH_DIR"
+URL_ENV = "MMPO_MT_BENCH_URL"  # another base URL for the download (a mirror, or a local server in tests)
+# (path under FastChat's data directory, file name in our flat layout)
+DOWNLOAD_FILES = (
+    ("mt_bench/question.jsonl", "question.jsonl"),
+    ("judge_prompts.jsonl", "judge_prompts.jsonl"),
+    ("mt_bench/reference_answer/gpt-4.jsonl", "reference_answer_gpt-4.jsonl"),
+)
 CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 # FastChat's per-category sampling temperatures; categories outside the table get 0.7.
 CATEGORY_TEMPERATURE = {
@@ -87,9 +98,59 @@ def _repo_root() -> Path:
     return Path(__file__).resolve().parents[3]
 
 
+def mt_bench_cache_dir() -> Path:
+    """Where downloaded MT-bench files live: ``$MMPO_CACHE/data/mt_bench``."""
+    return cache_dir() / "data" / "mt_bench"
+
+
+def _development_dir() -> Path | None:
+    # ../shared/data/mt_bench beside a source checkout (never beside an installed wheel's site-packages).
+    root = _repo_root()
+    if not (root / "pyproject.toml").is_file():
+        return None
+    path = (root / ".." / "shared" / "data" / "mt_bench").resolve()
+    return path if (path / "question.jsonl").is_file() else None
+
+
+def download_mt_bench(target: str | os.PathLike | None = None, base_url: str | None = None, timeout: float = 30.0) -> Path:
+    """Download FastChat's three MT-bench files into ``target`` (default: :func:`mt_bench_cache_dir`).
+
+    ``base_url`` (default ``$MMPO_MT_BENCH_URL``, else :data:`FASTCHAT_RAW_URL`) is FastChat's
+    ``fastchat/llm_judge/data`` directory. The directory appears complete or not at all (an atomic rename);
+    the files are checked to parse before it does. Unreachable: one UserError line.
+    """
+    import urllib.error
+    import urllib.request
+
+    from mmpo.paths import atomic_directory
+
+    base = (base_url or os.environ.get(URL_ENV) or FASTCHAT_RAW_URL).rstrip("/")
+    target = Path(target) if target is not None else mt_bench_cache_dir()
+    with atomic_directory(target) as tmp:
+        for remote, local in DOWNLOAD_FILES:
+            url = f"{base}/{remote}"
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    body = response.read()
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                reason = getattr(e, "reason", None) or e
+                raise UserError(
+                    f"MT-bench data not found locally and {url} is not reachable ({reason}); give the MT-bench directory on the command line "
+                    f"or put question.jsonl, judge_prompts.jsonl and reference_answer_gpt-4.jsonl in {target}"
+                ) from None
+            (tmp / local).write_bytes(body)
+        load_questions(tmp / "question.jsonl")
+        load_judge_prompts(tmp / "judge_prompts.jsonl")
+        load_reference_answers(tmp / "reference_answer_gpt-4.jsonl")
+        (tmp / "SOURCE.md").write_text(f"Downloaded by mmpo from {base} ({FASTCHAT_SOURCE}, Apache-2.0).\n")
+    print(f"MT-bench: downloaded {len(DOWNLOAD_FILES)} files from {base} to {target}")
+    return target
+
+
 def find_mt_bench_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """The MT-bench data directory: ``explicit``, else ``$MMPO_MT_BENCH_DIR``, else ``../shared/data/mt_bench``
-    relative to the repository or to the working directory."""
+    """The MT-bench data directory, the first of: ``explicit``; ``$MMPO_MT_BENCH_DIR``; the cache
+    (:func:`mt_bench_cache_dir`); ``../shared/data/mt_bench`` beside a source checkout; else a download from
+    FastChat into the cache (:func:`download_mt_bench`)."""
     if explicit:
         path = Path(explicit).expanduser()
         if not path.exists():
@@ -100,14 +161,10 @@ def find_mt_bench_dir(explicit: str | os.PathLike | None = None) -> Path:
         if not path.is_dir():
             raise UserError(f"${DIR_ENV} points at {path}, which is not a directory")
         return path
-    for base in (_repo_root(), Path.cwd()):
-        path = (base / ".." / "shared" / "data" / "mt_bench").resolve()
-        if (path / "question.jsonl").exists():
-            return path
-    raise UserError(
-        f"MT-bench data not found: pass --questions-dir DIR or set ${DIR_ENV}; the files (question.jsonl, "
-        f"judge_prompts.jsonl, reference answers) come from {FASTCHAT_SOURCE}"
-    )
+    cached = mt_bench_cache_dir()
+    if (cached / "question.jsonl").is_file():
+        return cached
+    return _development_dir() or download_mt_bench(cached)
 
 
 def mt_bench_files(directory: str | os.PathLike | None = None, need_judge_prompts: bool = True) -> MTBenchFiles:

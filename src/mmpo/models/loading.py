@@ -8,13 +8,16 @@ from mmpo.errors import UserError
 from mmpo.models.embedded import resolve_model_path
 
 
-def load_tokenizer(name_or_path: str) -> Any:
+def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
     """The model's tokenizer with a pad token (falls back to EOS) and right padding for training."""
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name_or_path)
+    extra: dict[str, Any] = {"revision": revision} if revision else {}
+    if trust_remote_code:
+        extra["trust_remote_code"] = True
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, **extra)
     except OSError as e:
         raise UserError(f"cannot load a tokenizer from {name_or_path!r}: {str(e).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
@@ -61,3 +64,89 @@ def lora_config(config: Any, task_type: str, modules_to_save: list[str] | None =
         task_type=task_type,
         modules_to_save=modules_to_save,
     )
+
+
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def model_load_kwargs(config: Any, default_dtype: Any) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments from the run config's model-loading keys.
+
+    ``dtype`` (none = ``default_dtype``, the caller's choice), ``revision``, ``trust_remote_code``,
+    ``attn_implementation``, and for ``load_in_4bit`` / ``load_in_8bit`` a bitsandbytes quantisation config
+    (4 bit: ``bnb_4bit_quant_type``, compute in bfloat16 where the GPU has it, else float16) with the model
+    placed on this process's GPU. Quantised loading needs CUDA and bitsandbytes: else one UserError line.
+    """
+    import torch
+
+    name = getattr(config, "dtype", None)
+    dtype = default_dtype if name is None else ("auto" if name == "auto" else getattr(torch, _DTYPES[name]))
+    kwargs: dict[str, Any] = {}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if getattr(config, "revision", None):
+        kwargs["revision"] = config.revision
+    if getattr(config, "trust_remote_code", False):
+        kwargs["trust_remote_code"] = True
+    if getattr(config, "attn_implementation", None):
+        kwargs["attn_implementation"] = config.attn_implementation
+    four, eight = bool(getattr(config, "load_in_4bit", False)), bool(getattr(config, "load_in_8bit", False))
+    if four or eight:
+        kwargs.update(_quantized_loading(config, four))
+    return kwargs
+
+
+def _quantized_loading(config: Any, four_bit: bool) -> dict[str, Any]:
+    import importlib.util
+
+    import torch
+
+    key = "load_in_4bit" if four_bit else "load_in_8bit"
+    if not torch.cuda.is_available():
+        raise UserError(f"{key} needs a CUDA GPU (bitsandbytes); this machine has none: drop {key} to train in full precision")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError(f"{key} needs the bitsandbytes package: pip install bitsandbytes")
+    from accelerate import PartialState
+    from transformers import BitsAndBytesConfig
+
+    if four_bit:
+        compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=config.bnb_4bit_quant_type, bnb_4bit_compute_dtype=compute,
+            bnb_4bit_quant_storage=compute,
+        )
+    else:
+        quantization = BitsAndBytesConfig(load_in_8bit=True)
+    # Each process holds its own quantised copy on its own GPU (DDP); Trainer must not move it.
+    return {"quantization_config": quantization, "device_map": {"": PartialState().local_process_index}}
+
+
+def prepare_quantized_for_lora(model: Any, config: Any) -> Any:
+    """peft's preparation of a 4/8-bit base for LoRA (norms in float32, input gradients on); others unchanged."""
+    if not (getattr(config, "load_in_4bit", False) or getattr(config, "load_in_8bit", False)):
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=bool(config.gradient_checkpointing),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+
+
+def get_lora_model(model: Any, lora: Any) -> Any:
+    """peft's ``get_peft_model``, without the FutureWarning peft triggers by reading transformers' deprecated
+    ``is_gradient_checkpointing`` property (a peft / transformers version skew, not something a user set)."""
+    import warnings
+
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, lora)
+
+
+def trainable_summary(model: Any, config: Any) -> str:
+    """``LoRA r=16: training 1,303,104 of 135,818,688 parameters (0.96%)``: the line rm and dpo both print."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return f"LoRA r={config.lora_r}: training {trainable:,} of {total:,} parameters ({trainable / max(total, 1):.2%})"

@@ -62,22 +62,65 @@ def response_logps(
     """
     position_ids = position_ids_from_mask(attention_mask)
     target_mask = response_mask[:, 1:].bool()
-    targets = input_ids[:, 1:][target_mask]
-    n_tokens = target_mask.sum(-1)
-    row_of = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(target_mask)[target_mask]
+    n_rows = input_ids.shape[0]
+    rows, sources = target_mask.nonzero(as_tuple=True)  # target t = source + 1, in row-major order
+    targets = input_ids[rows, sources + 1]
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    logps = scored_logps(model, inputs, rows, sources, targets, rows, n_rows, full_logits)
+    return logps, target_mask.sum(-1)
+
+
+def shared_response_logps(model: Any, batch: dict[str, torch.Tensor], full_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`response_logps` for a prefix-shared batch (:class:`mmpo.data.collate.SharedPromptCollator`).
+
+    One forward over the rows of spans ``[prompt | chosen | rejected]`` (one pair per row, or packed); returns
+    ``(logps [2B], n_tokens [2B])``,
+    chosen first then rejected, as :func:`response_logps` returns them for the two-row layout.
+    """
+    from mmpo.models.shared_prefix import shared_forward_inputs
+
+    source = batch["logp_source"]
+    n_pairs = batch["p"].shape[0]
+    rows, targets_at = (source >= 0).nonzero(as_tuple=True)
+    sources = source[rows, targets_at]
+    targets = batch["input_ids"][rows, targets_at]
+    out_index = batch["logp_out"][rows, targets_at]
+    logps = scored_logps(model, shared_forward_inputs(model, batch), rows, sources, targets, out_index, 2 * n_pairs, full_logits)
+    n_tokens = torch.zeros(2 * n_pairs, dtype=torch.long, device=source.device).index_add(
+        0, out_index, torch.ones_like(out_index)
+    )
+    return logps, n_tokens
+
+
+def scored_logps(
+    model: Any,
+    inputs: dict[str, torch.Tensor],
+    rows: torch.Tensor,
+    sources: torch.Tensor,
+    targets: torch.Tensor,
+    out_index: torch.Tensor,
+    n_out: int,
+    full_logits: bool = False,
+) -> torch.Tensor:
+    """``logps[j] = sum over k with out_index[k] = j of log softmax(logits[rows[k], sources[k]])[targets[k]]``.
+
+    One forward of ``model`` on ``inputs``; the vocabulary projection runs only at the ``(rows, sources)``
+    positions (see :func:`response_logps` for the hidden-state path and its check). Returns float32 ``[n_out]``.
+    """
+    input_ids = inputs["input_ids"]
     if full_logits:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-        logits = out.logits[:, :-1][target_mask].float()
+        out = model(**inputs, use_cache=False)
+        logits = out.logits[rows, sources].float()
         token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     else:
         base = _unwrap(model)
-        final_hidden, out = _forward_final_hidden(model, base, input_ids, attention_mask, position_ids)
+        final_hidden, out = _forward_final_hidden(model, base, inputs)
         head = base.get_output_embeddings()
         softcap = getattr(base.config, "final_logit_softcapping", None)
         if not _head_matches(head, final_hidden[:, -1], out.logits[:, -1], softcap):
             _warn_head_mismatch(type(base).__name__)
-            return response_logps(model, input_ids, attention_mask, response_mask, full_logits=True)
-        hidden = final_hidden[:, :-1][target_mask]
+            return scored_logps(model, inputs, rows, sources, targets, out_index, n_out, full_logits=True)
+        hidden = final_hidden[rows, sources]
         pieces = []
         for start in range(0, hidden.shape[0], LOGIT_CHUNK_ROWS):
             h, t = hidden[start : start + LOGIT_CHUNK_ROWS], targets[start : start + LOGIT_CHUNK_ROWS]
@@ -87,19 +130,18 @@ def response_logps(
             else:
                 pieces.append(_token_logps(head, h, t, softcap))
         token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
-    logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
-    logps = logps.index_add(0, row_of, token_logps.float())
-    return logps, n_tokens
+    logps = torch.zeros(n_out, dtype=torch.float32, device=input_ids.device)
+    return logps.index_add(0, out_index, token_logps.float())
 
 
-def _forward_final_hidden(model: Any, base: Any, input_ids, attention_mask, position_ids) -> tuple[torch.Tensor, Any]:
+def _forward_final_hidden(model: Any, base: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
     """The model's forward with ``logits_to_keep=1``, plus its final (normed) hidden states ``[N, T, H]``.
 
     The decoder's output is caught with a forward hook: asking for ``output_hidden_states`` instead would keep
     every layer's hidden states alive, which under ``no_grad`` (reference pass, evaluation) costs layers x the
     memory of one. Models without ``get_decoder`` fall back to ``output_hidden_states``.
     """
-    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, logits_to_keep=1)
+    kwargs = dict(inputs, use_cache=False, logits_to_keep=1)
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
     if decoder is None or decoder is base:
         out = model(**kwargs, output_hidden_states=True)

@@ -22,13 +22,16 @@ PLAIN_CHAT_TEMPLATE = (
 )
 
 
-def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32) -> Any:
-    """``AutoModelForCausalLM`` from a hub id, a local path or ``embedded``; a failure is one UserError line."""
+def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32, **load_kwargs: Any) -> Any:
+    """``AutoModelForCausalLM`` from a hub id, a local path or ``embedded``; a failure is one UserError line.
+
+    ``load_kwargs`` go to ``from_pretrained`` (see :func:`mmpo.models.loading.model_load_kwargs`)."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
+    load_kwargs.setdefault("dtype", dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load a causal LM from {name_or_path!r}: {str(e).splitlines()[0]}") from None
     return model
@@ -45,7 +48,7 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 def save_policy(model: Any, tokenizer: Any, output_dir: str | Path, merge_lora: bool = True) -> str:
     """Write the final policy to ``output_dir``; returns ``"merged"``, ``"adapter"`` or ``"full"``.
 
-    A peft model is merged into its base (``merge_lora``) or saved as an adapter whose config points at
+    A peft model is merged into its base (``merge_lora``, saved in float32) or saved as an adapter whose config points at
     the base; both load with ``AutoModelForCausalLM.from_pretrained(output_dir)`` (an adapter needs peft).
     The tokenizer is saved beside it with a chat template (the plain one used in training if it had none)
     and left padding, which is what batched generation wants.
@@ -59,6 +62,10 @@ def save_policy(model: Any, tokenizer: Any, output_dir: str | Path, merge_lora: 
             kind = "merged"
         else:
             kind = "adapter"
+    quantized = getattr(model, "hf_quantizer", None) is not None
+    if kind != "adapter" and not quantized and any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters()):
+        # A LoRA base held in bfloat16 for mixed-precision training: the saved model is float32, like its masters.
+        model = model.to(torch.float32)
     model.save_pretrained(output_dir)
     if kind == "adapter":
         # The base's generation settings (eos ids) travel with the adapter.

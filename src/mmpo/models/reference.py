@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mmpo.data.collate import PairCollator
+from mmpo.data.collate import PairCollator, SharedPromptCollator
 from mmpo.errors import UserError
-from mmpo.models.logps import response_logps
+from mmpo.models.logps import response_logps, shared_response_logps
 from mmpo.paths import atomic_directory, cache_dir
 
 REFERENCE_MODES = ("auto", "model", "adapter", "precomputed", "none")
@@ -123,28 +123,41 @@ def compute_reference_logps(
     autocast_dtype: torch.dtype | None = None,
     full_logits: bool = False,
     desc: str = "reference log-probs",
+    prefix_sharing: bool = False,
+    packing: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log pi_ref(chosen|x), log pi_ref(rejected|x))`` per pair, float32 ``[n]`` each, in the order of ``features``.
 
     The model is put in eval mode (no dropout) and restored afterwards; ``autocast_dtype`` reproduces the
-    mixed precision training will run in, so cached and live reference numbers agree.
+    mixed precision training will run in, so cached and live reference numbers agree. ``prefix_sharing``
+    scores each pair in one row with its prompt encoded once where the model can take that mask
+    (:mod:`mmpo.models.shared_prefix`; the numbers are the same), several pairs per row with ``packing``.
     """
-    collate = PairCollator(pad_token_id=pad_token_id)
+    from mmpo.models.shared_prefix import prefix_sharing_unsupported
+
     n = len(features)
     chosen = torch.zeros(n, dtype=torch.float32)
     rejected = torch.zeros(n, dtype=torch.float32)
     if n == 0:
         return chosen, rejected
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    longest = max(len(f["prompt_ids"]) + max(len(f["chosen_ids"]), len(f["rejected_ids"])) for f in features)
+    shared = prefix_sharing and prefix_sharing_unsupported(model, longest) is None
+    collate = SharedPromptCollator(pad_token_id, pack=packing) if shared else PairCollator(pad_token_id=pad_token_id)
     was_training = model.training
     model.eval()
     try:
         batches = list(_length_sorted_batches(features, batch_size))
         for idx in tqdm(batches, desc=desc, unit="batch"):
             batch = collate([features[i] for i in idx])
-            ids, mask, resp = (batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask"))
+            batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                logps, _ = response_logps(model, ids, mask, resp, full_logits=full_logits)
+                if shared:
+                    logps, _ = shared_response_logps(model, batch, full_logits=full_logits)
+                else:
+                    logps, _ = response_logps(
+                        model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], full_logits=full_logits
+                    )
             logps = logps.float().cpu()
             b = len(idx)
             chosen[idx] = logps[:b]
@@ -195,6 +208,8 @@ def cached_reference_logps(
     full_logits: bool = False,
     desc: str = "reference log-probs",
     root: Path | None = None,
+    prefix_sharing: bool = False,
+    packing: bool = False,
 ) -> CachedReference:
     """Reference log-probs for ``features`` from the cache, or computed with ``get_model()`` and stored.
 
@@ -224,7 +239,8 @@ def cached_reference_logps(
     # Each rank scores its shard (rows rank, rank + world, ...); the shards are gathered on every rank.
     mine = list(range(state.process_index, len(features), state.num_processes))
     part_chosen, part_rejected = compute_reference_logps(
-        get_model(), [features[i] for i in mine], pad_token_id, batch_size, device, autocast_dtype, full_logits, desc
+        get_model(), [features[i] for i in mine], pad_token_id, batch_size, device, autocast_dtype, full_logits, desc,
+        prefix_sharing, packing,
     )
     chosen = torch.zeros(len(features), dtype=torch.float32)
     rejected = torch.zeros(len(features), dtype=torch.float32)

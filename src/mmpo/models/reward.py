@@ -13,6 +13,10 @@ way transformers reads it, so a saved model scores identically in plain transfor
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -29,20 +33,57 @@ def head_module_names(model: Any) -> list[str]:
     return [name for name in HEAD_NAMES if isinstance(getattr(model, name, None), torch.nn.Module)]
 
 
-def load_reward_model(name_or_path: str, tokenizer: Any, dtype: torch.dtype | None = torch.float32) -> Any:
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_REPORT_ROW = re.compile(r"^\s*(\S+)\s*\|\s*(MISSING|UNEXPECTED|MISMATCH|CONVERSION|\w+)\s*\|", re.MULTILINE)
+
+
+def _expected_for_new_head(report: str) -> bool:
+    """True when a transformers load report lists only what building a reward model from a causal LM implies:
+    the new head missing (``score.*`` / ``classifier.*``) and the language-model head unused (``lm_head.*``)."""
+    rows = [(key, status) for key, status in _REPORT_ROW.findall(_ANSI.sub("", report)) if key != "Key"]
+    return bool(rows) and all(
+        (status == "MISSING" and key.split(".")[0] in HEAD_NAMES) or (status == "UNEXPECTED" and key.startswith("lm_head."))
+        for key, status in rows
+    )
+
+
+class _NewHeadReportFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("LOAD REPORT" in message and _expected_for_new_head(message))
+
+
+@contextlib.contextmanager
+def _quiet_new_head_report() -> Iterator[None]:
+    """Drop transformers' load report while it only says the reward head is new (rm.py's docstring says so);
+    any other missing, unexpected or mismatched weight is still reported."""
+    from transformers.utils import logging as hf_logging
+
+    logger = hf_logging.get_logger("transformers.modeling_utils")
+    quiet = _NewHeadReportFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def load_reward_model(name_or_path: str, tokenizer: Any, dtype: torch.dtype | None = torch.float32, **load_kwargs: Any) -> Any:
     """``AutoModelForSequenceClassification`` with one output and ``config.pad_token_id`` from ``tokenizer``.
 
     ``name_or_path`` is a hub id, a local directory or ``embedded``. A causal-LM checkpoint gets a fresh
     scalar head; a reward model saved by mmpo loads unchanged. ``dtype=None`` keeps the checkpoint's dtype.
+    ``load_kwargs`` go to ``from_pretrained`` (see :func:`mmpo.models.loading.model_load_kwargs`).
     """
     from transformers import AutoModelForSequenceClassification
 
     path = resolve_model_path(name_or_path)
-    kwargs: dict[str, Any] = {"num_labels": 1}
+    kwargs: dict[str, Any] = {"num_labels": 1, **load_kwargs}
     if dtype is not None:
-        kwargs["dtype"] = dtype
+        kwargs.setdefault("dtype", dtype)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        with _quiet_new_head_report():
+            model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load {name_or_path!r} as a reward model: {str(e).splitlines()[0]}") from None
     if tokenizer is not None and tokenizer.pad_token_id is not None:
@@ -67,9 +108,39 @@ def sequence_rewards(model: Any, input_ids: torch.Tensor, attention_mask: torch.
 
 
 def add_lora(model: Any, config: Any) -> Any:
-    """Wrap ``model`` in a peft LoRA adapter (task SEQ_CLS); the classification head is trained in full."""
-    from peft import get_peft_model
+    """Wrap ``model`` in a peft LoRA adapter (task SEQ_CLS); the classification head is trained in full.
 
-    from mmpo.models.loading import lora_config
+    A 4/8-bit base (QLoRA) is prepared for training first."""
+    from mmpo.models.loading import get_lora_model, lora_config, prepare_quantized_for_lora
 
-    return get_peft_model(model, lora_config(config, "SEQ_CLS", modules_to_save=head_module_names(model), model=model))
+    model = prepare_quantized_for_lora(model, config)
+    return get_lora_model(model, lora_config(config, "SEQ_CLS", modules_to_save=head_module_names(model), model=model))
+
+
+def shared_sequence_rewards(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Rewards for a prefix-shared batch (:class:`mmpo.data.collate.SharedPromptCollator`): float32 ``[2B]``,
+    chosen first then rejected, equal to :func:`sequence_rewards` on the two-row layout.
+
+    The model runs its own forward (so wrappers' hooks run); the head's per-position output is caught and
+    read at each response's ``score_at`` (row, position), since the model itself would pool only each row's
+    last token.
+    """
+    from mmpo.models.shared_prefix import _base, shared_forward_inputs
+
+    base = _base(model)
+    names = head_module_names(base)
+    if not names:
+        raise ValueError(f"{type(base).__name__} has no classification head named {' or '.join(HEAD_NAMES)}")
+    caught: dict[str, torch.Tensor] = {}
+
+    def keep(module, args, output):
+        caught["scores"] = output
+
+    handle = getattr(base, names[0]).register_forward_hook(keep)
+    try:
+        model(**shared_forward_inputs(model, batch), use_cache=False)
+    finally:
+        handle.remove()
+    scores = caught["scores"][..., 0]  # [rows, T]
+    at = batch["score_at"]
+    return scores[at[:, 0], at[:, 1]].float()

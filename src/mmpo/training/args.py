@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any
@@ -10,21 +11,79 @@ import torch
 from transformers import TrainingArguments
 
 from mmpo.errors import UserError
+from mmpo.precision import native_bf16
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def use_bf16(setting: Any) -> bool:
-    """``auto``: bf16 where a CUDA device supports it, float32 on CPU. ``true`` on a CPU is an error."""
+    """Mixed precision (bfloat16 autocast over float32 master weights) or not.
+
+    ``auto``: on where the device has native bfloat16 (a CUDA GPU that supports it, or a CPU with AVX512-BF16 /
+    AMX / ARM BF16), float32 elsewhere. ``true`` on hardware without it is an error; ``false`` is float32.
+    """
     if isinstance(setting, str) and setting.lower() == "auto":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if setting and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
-        raise UserError("bf16: true needs a GPU with bfloat16 support; use bf16: auto (float32 on CPU)")
+        return native_bf16()
+    if setting and not native_bf16():
+        where = "this GPU" if torch.cuda.is_available() else "this CPU (no AVX512-BF16, AMX or ARM BF16)"
+        raise UserError(f"bf16: true, but {where} has no native bfloat16; use bf16: auto or false (float32)")
     return bool(setting)
 
 
+def _checkpointing_arguments(enabled: bool) -> dict[str, Any]:
+    # transformers 5.x renamed gradient_checkpointing* to activation_checkpointing* (the old names warn).
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    prefix = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {prefix: enabled, f"{prefix}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
+def check_trackers(report_to: Any) -> Any:
+    """``report_to`` for TrainingArguments (none = ``"none"``); a named tracker that is not installed is a
+    one-line error here rather than a traceback from inside Trainer."""
+    if report_to is None:
+        return "none"
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    if any(n in ("none", "all") for n in names):
+        return report_to
+    from transformers.integrations import get_available_reporting_integrations
+
+    available = get_available_reporting_integrations()
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise UserError(
+            f"report_to: {', '.join(missing)} not installed (pip install {' '.join(missing)}); "
+            f"installed trackers: {', '.join(available) or 'none'}"
+        )
+    return report_to
+
+
+def passthrough_arguments(config: Any) -> dict[str, Any]:
+    """The run's ``trainer_args`` (any other TrainingArguments key), numbers given as text made numbers."""
+    from mmpo.config import check_trainer_args
+
+    given = dict(getattr(config, "trainer_args", None) or {})
+    check_trainer_args(given)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainingArguments)}
+    return {k: _as_number(k, v, defaults.get(k)) for k, v in given.items()}
+
+
+def _as_number(key: str, value: Any, default: Any) -> Any:
+    # YAML 1.1 reads `adam_epsilon: 1e-8` as a string; a key whose default is a number gets a number.
+    if not isinstance(value, str) or isinstance(default, bool) or not isinstance(default, (int, float)):
+        return value
+    try:
+        return int(value) if isinstance(default, int) and value.strip().lstrip("-").isdigit() else float(value)
+    except ValueError:
+        raise UserError(f"{key} expects a number (got {value!r})") from None
+
+
 def training_arguments(config: Any, **extra: Any) -> TrainingArguments:
-    """TrainingArguments for a run: epoch or step-based eval/save, no external loggers, our metrics file."""
+    """TrainingArguments for a run: epoch or step-based eval/save, the chosen trackers, our metrics file.
+
+    Order of precedence: mmpo's mapping of its own keys, then ``trainer_args`` (any TrainingArguments key
+    from a recipe or the command line), then ``extra`` (what the caller must force, e.g. no evaluation
+    without held-out pairs).
+    """
     eval_strategy = "steps" if config.eval_steps else "epoch"
     save_strategy = "steps" if config.save_steps else "epoch"
     kwargs = dict(
@@ -43,8 +102,7 @@ def training_arguments(config: Any, **extra: Any) -> TrainingArguments:
         seed=config.seed,
         data_seed=config.seed,
         bf16=use_bf16(config.bf16),
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        **_checkpointing_arguments(config.gradient_checkpointing),
         logging_steps=config.logging_steps,
         logging_first_step=True,
         eval_strategy=eval_strategy,
@@ -52,7 +110,7 @@ def training_arguments(config: Any, **extra: Any) -> TrainingArguments:
         save_strategy=save_strategy,
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
-        report_to="none",
+        report_to=check_trackers(config.report_to),
         # Without a GPU, say so: then `torchrun`/`accelerate launch` processes form a gloo group (MULTI_CPU)
         # instead of each training alone.
         use_cpu=not torch.cuda.is_available(),
@@ -63,8 +121,13 @@ def training_arguments(config: Any, **extra: Any) -> TrainingArguments:
         torch_compile=config.torch_compile,
         disable_tqdm=False,
     )
+    kwargs.update(passthrough_arguments(config))
     kwargs.update(extra)
-    return TrainingArguments(**kwargs)
+    try:
+        return TrainingArguments(**kwargs)
+    except (ValueError, TypeError, ImportError) as e:
+        # e.g. an unknown optim or scheduler name: transformers' own message, on one line
+        raise UserError(f"training arguments: {str(e).strip().splitlines()[0]}") from None
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from mmpo.evaluation.metrics import pair_metrics
@@ -26,6 +27,7 @@ from mmpo.training.run_dir import METRICS_FILE, METRICS_LINES_FILE, STAGING_DIR,
 
 
 EVAL_SCORES_FILE = "eval_scores.jsonl"
+EVAL_RESULTS_FILE = "eval_results.json"
 
 
 def compute_pair_metrics(eval_pred: Any) -> dict[str, float]:
@@ -47,6 +49,30 @@ class MetricsJsonlCallback(TrainerCallback):
         os.makedirs(args.output_dir, exist_ok=True)
         with open(os.path.join(args.output_dir, METRICS_FILE), "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def format_log_line(step: int, logs: dict[str, Any]) -> str:
+    """``step 20: loss 0.6931  grad_norm 0.1302  learning_rate 1e-05 ...``: numbers as numbers (4 significant
+    digits), not the quoted strings of transformers' default progress callback."""
+    parts = []
+    for key, value in logs.items():
+        if key == "total_flos":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            parts.append(f"{key} {value}")
+        elif isinstance(value, int):
+            parts.append(f"{key} {value}")
+        else:
+            parts.append(f"{key} {value:.4g}")
+    return f"step {step}: " + "  ".join(parts)
+
+
+class PairProgressCallback(ProgressCallback):
+    """transformers' progress bar, with each log written as one readable line of numbers."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            self.training_bar.write(format_log_line(state.global_step, logs))
 
 
 class FinalEvalByCaller(TrainerCallback):
@@ -76,6 +102,19 @@ def final_results(metrics: dict[str, float], step: int) -> dict[str, float]:
     return {**{k: v for k, v in plain.items() if k not in _RUNTIME_KEYS and k != "epoch"}, "step": step}
 
 
+def run_summary(what: str, output_dir: str, results: dict[str, Any], saved_as: str | None = None) -> str:
+    """The end-of-run lines both ``mmpo rm`` and ``mmpo dpo`` print: the held-out metrics, then where the model is."""
+    shown = {k: v for k, v in results.items() if k not in ("n", "step") and isinstance(v, (int, float))}
+    if results:
+        head = f"held-out ({results.get('n', '?')} pairs, step {results.get('step', '?')}): "
+        lines = [head + "  ".join(f"{k} {v:.4g}" for k, v in shown.items())]
+    else:
+        lines = ["held-out: none (no held-out pairs)"]
+    kind = f" ({saved_as})" if saved_as else ""
+    lines.append(f"saved the {what}{kind} to {output_dir} (card: README.md, metrics: {EVAL_RESULTS_FILE})")
+    return "\n".join(lines)
+
+
 class PairTrainer(Trainer):
     """Trainer for pairwise preference losses. Subclasses implement :meth:`pair_rewards` and :meth:`pair_loss`."""
 
@@ -87,6 +126,9 @@ class PairTrainer(Trainer):
         self._train_metrics: dict[str, list[float]] = defaultdict(list)
         self._staging: str | None = None
         self.add_callback(MetricsJsonlCallback())
+        if any(isinstance(cb, ProgressCallback) for cb in self.callback_handler.callbacks):
+            self.remove_callback(ProgressCallback)
+            self.add_callback(PairProgressCallback)
         if self.eval_dataset is not None:
             self.add_callback(FinalEvalByCaller())
 
@@ -129,6 +171,10 @@ class PairTrainer(Trainer):
             if os.path.isdir(final):
                 shutil.rmtree(final)
             os.replace(os.path.join(staging_root, name), final)
+            try:
+                os.rmdir(staging_root)  # only when empty: nothing of a killed save is thrown away here
+            except OSError:
+                pass
             rotate_checkpoints(run_dir, save_total_limit=self.args.save_total_limit, use_mtime=False)
         self.accelerator.wait_for_everyone()
 

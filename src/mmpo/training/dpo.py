@@ -16,8 +16,9 @@ and the losses are
 * ``simpo``       -log sigmoid(h'),  h' = beta * (log pi(y_w|x)/|y_w| - log pi(y_l|x)/|y_l|) - simpo_margin
 * ``simpo_mmpo``  the MMPO cross-entropy on SimPO's h'             (reference-free, length-normalised)
 
-Chosen and rejected are scored in ONE forward pass over the 2B rows the collator stacks. The reference is a
-frozen copy, the LoRA base with the adapter disabled, or log-probs precomputed and cached
+Chosen and rejected are scored in ONE forward pass: spans ``[prompt | chosen | rejected]`` with the prompt
+encoded once (``prefix_sharing``, :mod:`mmpo.models.shared_prefix`; several pairs per row with ``packing``), or
+the 2B rows ``prompt + response``. The reference is a frozen copy, the LoRA base with the adapter disabled, or log-probs precomputed and cached
 (:mod:`mmpo.models.reference`).
 
 Logged with every training log and every evaluation (as ``train_*`` / ``eval_*``): loss, accuracy of
@@ -46,15 +47,22 @@ import numpy as np
 import torch
 
 from mmpo.config import DPOConfig
-from mmpo.data.collate import PairCollator
 from mmpo.data.pipeline import PreparedData, prepare_data
 from mmpo.errors import UserError
 from mmpo.evaluation.metrics import pair_metrics
 from mmpo.losses import bt_loss, dpo_logits, ipo_loss, label_smoothing_loss, mmpo_loss, simpo_logits
 from mmpo.models.embedded import resolve_model_path
-from mmpo.models.loading import load_tokenizer, lora_config
-from mmpo.models.logps import response_logps
+from mmpo.models.loading import (
+    get_lora_model,
+    load_tokenizer,
+    lora_config,
+    model_load_kwargs,
+    prepare_quantized_for_lora,
+    trainable_summary,
+)
+from mmpo.models.logps import response_logps, shared_response_logps
 from mmpo.models.policy import freeze, load_causal_lm, save_policy
+from mmpo.models.shared_prefix import pair_collator
 from mmpo.models.reference import (
     REFERENCE_FREE_LOSSES,
     attach_reference_logps,
@@ -63,7 +71,8 @@ from mmpo.models.reference import (
     resolve_reference_mode,
 )
 from mmpo.training.args import training_arguments, use_bf16
-from mmpo.training.base import PairTrainer, final_results
+from mmpo.training.base import PairTrainer, final_results, run_summary
+from mmpo.training.card import push_final_model, write_model_card
 from mmpo.training.run_dir import RESULTS_FILE, plan_run, save_run_config, write_results
 
 POLICY_LOSSES = ("mmpo", "dpo", "cdpo", "ipo", "simpo", "simpo_mmpo")
@@ -182,6 +191,19 @@ class PolicyTrainer(PairTrainer):
             return plugin is not None and plugin.zero_stage == 3
         return False
 
+    def batch_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log pi(y|x), |y|)`` for the batch's 2B responses, chosen first, in either batch layout.
+
+        Under mixed precision the vocabulary projection, which runs outside the model's (autocast) forward,
+        is autocast as well.
+        """
+        with self.accelerator.autocast():
+            if "segment_ids" in batch:  # one row per pair, prompt shared (SharedPromptCollator)
+                return shared_response_logps(model, batch, full_logits=self._full_logits())
+            return response_logps(
+                model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], full_logits=self._full_logits()
+            )
+
     def reference_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(log pi_ref(y_w|x), log pi_ref(y_l|x))`` for the batch, or None when running reference-free."""
         mode = self.reference_mode
@@ -191,20 +213,19 @@ class PolicyTrainer(PairTrainer):
             if "reference_chosen_logps" not in batch:
                 raise RuntimeError("reference: precomputed, but the batch carries no reference log-probs")
             return batch["reference_chosen_logps"], batch["reference_rejected_logps"]
-        args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
         if mode == "model":
             if not self._reference_on_device:
                 self.reference_model.to(self.accelerator.device)
                 self._reference_on_device = True
             with torch.no_grad(), self.accelerator.autocast():
-                logps, _ = response_logps(self.reference_model, *args, full_logits=self._full_logits())
+                logps, _ = self.batch_logps(self.reference_model, batch)
         elif mode == "adapter":
             peft_model = self.accelerator.unwrap_model(model)
             was_training = model.training
             model.eval()  # the reference has no dropout
             try:
                 with torch.no_grad(), peft_model.disable_adapter():
-                    logps, _ = response_logps(model, *args, full_logits=self._full_logits())
+                    logps, _ = self.batch_logps(model, batch)
             finally:
                 model.train(was_training)
         else:
@@ -214,9 +235,7 @@ class PolicyTrainer(PairTrainer):
 
     def pair_rewards(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         reference = self.reference_logps(model, batch)
-        logps, n_tokens = response_logps(
-            model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], full_logits=self._full_logits()
-        )
+        logps, n_tokens = self.batch_logps(model, batch)
         half = logps.shape[0] // 2
         policy_chosen, policy_rejected = logps[:half], logps[half:]
         ref_chosen, ref_rejected = reference if reference is not None else (None, None)
@@ -261,9 +280,19 @@ class PolicyRun:
     reference_cache: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _model_dtype(config: DPOConfig, bf16: bool) -> torch.dtype:
-    # A frozen LoRA base can live in bf16; fully trained weights stay float32 masters under mixed precision.
+def _model_dtype(config: DPOConfig, bf16: bool) -> torch.dtype | str:
+    # `dtype` set: as asked. Else a frozen LoRA base can live in bf16; fully trained weights stay float32
+    # masters under mixed precision.
+    if config.dtype is not None:
+        return "auto" if config.dtype == "auto" else getattr(torch, config.dtype)
     return torch.bfloat16 if bf16 and config.lora_r > 0 else torch.float32
+
+
+def _reference_load_kwargs(config: DPOConfig, dtype: Any) -> dict[str, Any]:
+    # ref_model is another checkpoint: the policy's revision does not apply to it.
+    kwargs = model_load_kwargs(config, dtype)
+    kwargs.pop("revision", None)
+    return kwargs
 
 
 def _precompute(config: DPOConfig, model: torch.nn.Module, dtype: torch.dtype, bf16: bool, features: dict[str, list], pad_token_id: int) -> tuple[dict[str, list], dict[str, dict[str, Any]]]:
@@ -282,8 +311,9 @@ def _precompute(config: DPOConfig, model: torch.nn.Module, dtype: torch.dtype, b
 
     def get_model() -> torch.nn.Module:
         if "model" not in loaded:
-            ref = model if config.ref_model is None else freeze(load_causal_lm(config.ref_model, dtype))
-            loaded["model"] = ref.to(device)
+            ref = model if config.ref_model is None else freeze(load_causal_lm(config.ref_model, **_reference_load_kwargs(config, dtype)))
+            # A quantised model was placed on its GPU when loaded and cannot be moved.
+            loaded["model"] = ref if getattr(ref, "is_quantized", False) else ref.to(device)
         return loaded["model"]
 
     out, info = {}, {}
@@ -293,6 +323,7 @@ def _precompute(config: DPOConfig, model: torch.nn.Module, dtype: torch.dtype, b
             get_model, feats, identity, settings, pad_token_id,
             batch_size=config.per_device_eval_batch_size, device=device,
             autocast_dtype=torch.bfloat16 if bf16 else None, desc=f"reference log-probs ({split})",
+            prefix_sharing=config.prefix_sharing, packing=config.packing,
         )
         out[split] = attach_reference_logps(feats, cached.chosen, cached.rejected)
         info[split] = {"path": str(cached.path), "from_cache": cached.from_cache, "pairs": len(feats)}
@@ -312,14 +343,14 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
     if config.ref_model is not None and mode == "adapter":
         raise UserError("ref_model cannot be used with reference: adapter (the reference is the LoRA base itself)")
     bf16 = use_bf16(config.bf16)
-    tokenizer = load_tokenizer(config.tokenizer or config.model)
+    tokenizer = load_tokenizer(config.tokenizer or config.model, config.revision if not config.tokenizer else None, config.trust_remote_code)
     data = prepare_data(config, tokenizer)
     print(data.render())
     if not data.train:
         raise UserError(f"no training pairs left from {config.data!r} (see the data report above)")
 
     dtype = _model_dtype(config, bf16)
-    model = load_causal_lm(config.model, dtype)
+    model = load_causal_lm(config.model, **model_load_kwargs(config, dtype))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.config.use_cache = False  # no generation during training; the KV cache only costs memory
@@ -335,14 +366,13 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
         train_features, eval_features = with_ref["train"], with_ref.get("eval", [])
     elif mode == "model":
         reference_model = freeze(
-            load_causal_lm(config.ref_model, dtype) if config.ref_model else copy.deepcopy(model)
+            load_causal_lm(config.ref_model, **_reference_load_kwargs(config, dtype)) if config.ref_model else copy.deepcopy(model)
         )
 
     if config.lora_r > 0:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, lora_config(config, "CAUSAL_LM", model=model))
-        model.print_trainable_parameters()
+        model = prepare_quantized_for_lora(model, config)  # QLoRA: a 4/8-bit base
+        model = get_lora_model(model, lora_config(config, "CAUSAL_LM", model=model))
+        print(trainable_summary(model, config))
 
     extra_args: dict[str, Any] = {}
     if not eval_features:
@@ -353,7 +383,9 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
         args=args,
         train_dataset=train_features,
         eval_dataset=eval_features or None,
-        data_collator=PairCollator(pad_token_id=tokenizer.pad_token_id),
+        data_collator=pair_collator(
+            model, tokenizer.pad_token_id, config.prefix_sharing, config.max_length, reference_model, packing=config.packing
+        ),
         processing_class=tokenizer,
         loss=config.loss,
         beta=config.beta,
@@ -417,9 +449,9 @@ def train_policy(config: DPOConfig) -> dict[str, Any]:
         "saved": saved,
     }
     if trainer.accelerator.is_main_process:
-        write_results(config.output_dir, final_results(eval_metrics, trainer.state.global_step) if eval_metrics else {})
-        if eval_metrics:
-            shown = {k: round(v, 4) for k, v in eval_metrics.items() if isinstance(v, float)}
-            print(f"held-out: {shown}")
-        print(f"saved the policy ({saved}) to {config.output_dir}")
+        results = final_results(eval_metrics, trainer.state.global_step) if eval_metrics else {}
+        write_model_card(config.output_dir, config, "policy", results)
+        write_results(config.output_dir, results)  # last: marks the run finished
+        print(run_summary("policy", config.output_dir, results, saved))
+    push_final_model(trainer, config.output_dir)
     return summary

@@ -1,7 +1,8 @@
 """`mmpo rm`: train a reward model on preference pairs with MMPO or a baseline loss.
 
 The model is ``AutoModelForSequenceClassification`` with one output (see :mod:`mmpo.models.reward`). A
-batch of B pairs is 2B rows (chosen first) scored in ONE forward pass; ``h = r(chosen) - r(rejected)``.
+batch of B pairs is scored in ONE forward pass, as B rows ``[prompt | chosen | rejected]`` with the prompt
+shared (``prefix_sharing``, :mod:`mmpo.models.shared_prefix`) or as 2B rows, chosen first; ``h = r(chosen) - r(rejected)``.
 
 Losses (``config.loss``), all per pair, from :mod:`mmpo.losses`:
 
@@ -25,14 +26,15 @@ import torch
 from transformers import set_seed
 
 from mmpo.config import RMConfig
-from mmpo.data.collate import PairCollator
 from mmpo.data.pipeline import prepare_data
 from mmpo.errors import UserError
 from mmpo.losses import bt_loss, label_smoothing_loss, margin_loss, mmpo_loss
-from mmpo.models.loading import load_tokenizer
-from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards
+from mmpo.models.loading import load_tokenizer, model_load_kwargs, trainable_summary
+from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards, shared_sequence_rewards
+from mmpo.models.shared_prefix import pair_collator
 from mmpo.training.args import training_arguments
-from mmpo.training.base import PairTrainer, final_results
+from mmpo.training.base import PairTrainer, final_results, run_summary
+from mmpo.training.card import push_final_model, write_model_card
 from mmpo.training.run_dir import RESULTS_FILE, plan_run, save_run_config, write_results
 
 RM_LOSSES = ("mmpo", "bt", "margin", "label_smoothing")
@@ -65,7 +67,10 @@ class RewardTrainer(PairTrainer):
         super().__init__(*args, **kwargs)
 
     def pair_rewards(self, model, batch):
-        rewards = sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
+        if "segment_ids" in batch:  # one row per pair, prompt shared (SharedPromptCollator)
+            rewards = shared_sequence_rewards(model, batch)
+        else:
+            rewards = sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
         n_pairs = batch["p"].shape[0]
         return rewards[:n_pairs], rewards[n_pairs:], {}
 
@@ -75,12 +80,10 @@ class RewardTrainer(PairTrainer):
 
 def build_model(config: RMConfig, tokenizer: Any) -> Any:
     """The reward model to train: backbone + scalar head, LoRA-wrapped when ``lora_r > 0``."""
-    model = load_reward_model(config.model, tokenizer)
+    model = load_reward_model(config.model, tokenizer, **model_load_kwargs(config, torch.float32))
     if config.lora_r > 0:
         model = add_lora(model, config)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
-        print(f"LoRA r={config.lora_r}: training {trainable:,} of {total:,} parameters ({trainable / total:.2%})")
+        print(trainable_summary(model, config))
     return model
 
 
@@ -121,7 +124,7 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
     if plan.finished is not None:
         return plan.finished
 
-    tokenizer = load_tokenizer(config.tokenizer or config.model)
+    tokenizer = load_tokenizer(config.tokenizer or config.model, config.revision if not config.tokenizer else None, config.trust_remote_code)
     data = prepare_data(config, tokenizer)
     if main_process:
         print(data.render())
@@ -137,7 +140,7 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
     trainer = RewardTrainer(
         model=model,
         args=training_arguments(config, **extra),
-        data_collator=PairCollator(pad_token_id=tokenizer.pad_token_id),
+        data_collator=pair_collator(model, tokenizer.pad_token_id, config.prefix_sharing, config.max_length, packing=config.packing),
         train_dataset=data.train,
         eval_dataset=data.eval or None,
         processing_class=tokenizer,
@@ -160,9 +163,10 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
         final = trainer.save_eval_scores(data.eval)
         trainer.log(dict(final))
         results = final_results(final, trainer.state.global_step)
-        print("held-out: " + "  ".join(f"{k} {v:.4g}" for k, v in results.items()))
     save_final_model(trainer, tokenizer, config.output_dir)
     if trainer.args.should_save:
+        write_model_card(config.output_dir, config, "reward_model", results)
         write_results(config.output_dir, results)  # last: marks the run finished
-        print(f"saved the reward model to {config.output_dir}")
+        print(run_summary("reward model", config.output_dir, results))
+    push_final_model(trainer, config.output_dir)
     return results

@@ -47,6 +47,7 @@ RUN_FILES = (CONFIG_FILE, RESULTS_FILE, METRICS_FILE, "eval_scores.jsonl", "data
 BOOKKEEPING_KEYS = frozenset({
     "output_dir", "resume", "overwrite_output_dir", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
     "per_device_eval_batch_size", "dataloader_num_workers", "gradient_checkpointing", "torch_compile", "debug",
+    "report_to",
 })
 
 

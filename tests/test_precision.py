@@ -1,0 +1,105 @@
+"""bfloat16 where the hardware has it: detection, the bf16 setting, and a bfloat16 run on this CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import mmpo.precision as precision
+from mmpo.errors import UserError
+from mmpo.training.args import use_bf16
+
+
+@pytest.fixture
+def cpu_only(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def fake_cpuinfo(monkeypatch, tmp_path, flags: str):
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\n\nprocessor\t: 1\nflags\t\t: fpu sse2 {flags}\n")
+    real_open = open
+    monkeypatch.setattr(precision.platform, "system", lambda: "Linux")
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(info if path == "/proc/cpuinfo" else path, *a, **k))
+    precision.cpu_has_native_bf16.cache_clear()
+
+
+@pytest.mark.parametrize("flags, native", [("avx2 avx512f avx512_bf16", True), ("avx2 amx_tile amx_bf16", True), ("avx2 avx512f", False)])
+def test_cpu_bf16_detection_and_settings(monkeypatch, tmp_path, cpu_only, flags, native):
+    fake_cpuinfo(monkeypatch, tmp_path, flags)
+    try:
+        assert precision.cpu_has_native_bf16() is native
+        assert use_bf16("auto") is native
+        assert use_bf16(False) is False
+        if native:
+            assert use_bf16(True) is True
+        else:
+            with pytest.raises(UserError, match="no native bfloat16"):
+                use_bf16(True)
+    finally:
+        precision.cpu_has_native_bf16.cache_clear()
+
+
+needs_native_bf16 = pytest.mark.skipif(
+    torch.cuda.is_available() or not precision.cpu_has_native_bf16(), reason="needs a CPU with native bfloat16"
+)
+
+
+@needs_native_bf16
+def test_bf16_reward_model_run_autocasts_and_saves_float32(tiny_model_dir, pair_file, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from mmpo.config import RMConfig, load_config
+    from mmpo.training import rm
+
+    seen: list[tuple[bool, torch.dtype]] = []
+    real_build = rm.build_model
+
+    def build_and_watch(config, tokenizer):
+        model = real_build(config, tokenizer)
+        decoder = model.model  # inside the model's forward, where accelerate applies autocast
+        decoder.register_forward_pre_hook(lambda m, a: seen.append((torch.is_autocast_enabled("cpu"), next(m.parameters()).dtype)))
+        return model
+
+    rm.build_model = build_and_watch
+    try:
+        data = pair_file(n=12, seed=3)
+        config = load_config(RMConfig, None, dict(
+            model=str(tiny_model_dir), data=str(data), eval_data=str(data), output_dir=str(tmp_path / "out"),
+            max_length=96, per_device_train_batch_size=4, per_device_eval_batch_size=8, max_steps=2,
+            logging_steps=1, learning_rate=1e-3, bf16=True,
+        ))
+        results = rm.train_reward_model(config)
+    finally:
+        rm.build_model = real_build
+    # training and the final evaluation ran under bfloat16 autocast over float32 weights
+    assert len(seen) >= 3 and all(autocast and dtype == torch.float32 for autocast, dtype in seen)
+    saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
+    assert all(p.dtype == torch.float32 for p in saved.parameters())
+    assert 0 <= results["accuracy"] <= 1 and results["nll"] == results["nll"]
+    assert json.loads((tmp_path / "out" / "eval_results.json").read_text())["n"] == 12
+
+
+@needs_native_bf16
+def test_bf16_lora_policy_is_saved_in_float32(tiny_model_dir, pair_file, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from mmpo.config import DPOConfig, load_config
+    from mmpo.training.dpo import train_policy
+
+    monkeypatch.setenv("MMPO_CACHE", str(tmp_path / "cache"))
+    data = pair_file(n=12, seed=4)
+    config = load_config(DPOConfig, overrides=dict(
+        model=str(tiny_model_dir), data=str(data), output_dir=str(tmp_path / "pol"), max_length=96,
+        per_device_train_batch_size=4, per_device_eval_batch_size=8, max_steps=2, logging_steps=1,
+        learning_rate=1e-3, eval_split=0.25, lora_r=4, lora_alpha=8, bf16=True, reference="precomputed",
+    ))
+    summary = train_policy(config)
+    assert summary["saved"] == "merged"
+    # the precomputed reference ran under the same autocast (it is part of the cache key)
+    meta = json.loads(next((tmp_path / "cache" / "reference_logps").glob("*/meta.json")).read_text())
+    assert meta["settings"]["autocast_bf16"] is True
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "pol")
+    assert all(p.dtype == torch.float32 for p in saved.parameters())

@@ -1,0 +1,282 @@
+"""Prefix sharing and packing are exact: one span [prompt | chosen | rejected] per pair under the shared mask,
+one pair per row or several packed in a row, gives the losses and gradients of the two-row layout, for reward models and policies, LoRA and full fine-tuning, on tiny Llama,
+Qwen2, Mistral (with a sliding window shorter than the rows) and Gemma-2 configs built without a download."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+
+from mmpo.data.collate import CHOSEN, PADDING, PROMPT, REJECTED, PairCollator, SharedPromptCollator
+from mmpo.models.logps import response_logps, shared_response_logps
+from mmpo.models.reward import sequence_rewards, shared_sequence_rewards
+from mmpo.models.shared_prefix import pair_collator, prefix_sharing_unsupported, shared_prefix_mask
+from mmpo.training.dpo import policy_loss, policy_rewards
+from mmpo.training.rm import reward_pair_loss
+
+VOCAB, PAD = 48, 0
+ARCHS = ["llama", "qwen2", "mistral", "gemma2"]
+
+
+def tiny_config(arch: str, attn: str = "sdpa"):
+    from transformers import AutoConfig
+
+    common = dict(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
+    )
+    extra = {
+        "llama": {},
+        "qwen2": {},
+        # A window shorter than the rows, so the mask's window term is exercised.
+        "mistral": {"sliding_window": 6},
+        "gemma2": {"head_dim": 8, "sliding_window": 128, "query_pre_attn_scalar": 8},
+    }[arch]
+    config = AutoConfig.for_model(arch, **common, **extra)
+    config._attn_implementation = attn
+    return config
+
+
+def build(arch: str, kind: str, lora: bool, attn: str = "sdpa", seed: int = 0):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = tiny_config(arch, attn)
+    if kind == "rm":
+        config.num_labels = 1
+        model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attn)
+    else:
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn)
+    model = model.float()
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        task = "SEQ_CLS" if kind == "rm" else "CAUSAL_LM"
+        extra = {"modules_to_save": ["score"]} if kind == "rm" else {}
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type=task, init_lora_weights=False, **extra))
+    return model
+
+
+def make_features(n: int = 5, seed: int = 0) -> list[dict]:
+    """Pairs of uneven lengths; some responses end in the pad token (the reward is then read one token earlier)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        prompt = [rng.randrange(3, VOCAB) for _ in range(rng.randint(2, 9))]
+        chosen = [rng.randrange(3, VOCAB) for _ in range(rng.randint(1, 8))]
+        rejected = [rng.randrange(3, VOCAB) for _ in range(rng.randint(1, 8))]
+        if i >= 3:  # short pairs, which packing puts beside longer ones
+            prompt, chosen, rejected = prompt[:2], chosen[:1], rejected[:2]
+        if i == 1:
+            rejected.append(PAD)
+        if i == 2:
+            chosen.append(PAD)
+        out.append({"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected, "p": 0.2 + 0.15 * i, "margin": float(i), "row": i})
+    return out
+
+
+def grads(model) -> dict[str, torch.Tensor]:
+    return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+
+
+def assert_rel_close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-4) -> None:
+    scale = max(a.abs().max().item(), 1e-12)
+    assert (a - b).abs().max().item() <= rel * scale, f"max diff {(a - b).abs().max().item():.3g} vs scale {scale:.3g}"
+
+
+def assert_same_grads(g1: dict, g2: dict) -> None:
+    assert g1.keys() == g2.keys() and g1
+    nonzero = 0
+    for name in g1:
+        assert_rel_close(g1[name], g2[name])
+        nonzero += int(g1[name].abs().max() > 0)
+    assert nonzero > len(g1) // 2  # the gradients compared are real ones
+
+
+def rm_loss(model, batch):
+    if "segment_ids" in batch:
+        rewards = shared_sequence_rewards(model, batch)
+    else:
+        rewards = sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
+    n = batch["p"].shape[0]
+    return rewards, reward_pair_loss("mmpo", rewards[:n], rewards[n:], batch).mean()
+
+
+def dpo_loss(model, reference, batch):
+    def logps(m):
+        if "segment_ids" in batch:
+            return shared_response_logps(m, batch)
+        return response_logps(m, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+
+    with torch.no_grad():
+        ref, _ = logps(reference)
+    pol, n_tok = logps(model)
+    n = batch["p"].shape[0]
+    chosen, rejected = policy_rewards("mmpo", pol[:n], pol[n:], n_tok[:n], n_tok[n:], ref[:n], ref[n:], beta=0.5)
+    return torch.cat([pol, ref, n_tok.float()]), policy_loss("mmpo", chosen, rejected, batch["p"], beta=0.5).mean()
+
+
+COLLATORS = {
+    "two_rows": PairCollator(pad_token_id=PAD),
+    "shared": SharedPromptCollator(pad_token_id=PAD),
+    "packed": SharedPromptCollator(pad_token_id=PAD, pack=True),
+}
+
+
+def run_all(arch: str, kind: str, lora: bool, attn: str = "sdpa"):
+    """(values, loss, gradients) under each layout; values are the rewards, or policy and reference log-probs."""
+    features = make_features()
+    assert len(COLLATORS["packed"](features)["input_ids"]) < len(features)  # packing does pack
+    results = []
+    for collator in COLLATORS.values():
+        model = build(arch, kind, lora, attn)
+        model.train()
+        batch = collator(features)
+        if kind == "rm":
+            values, loss = rm_loss(model, batch)
+        else:
+            reference = copy.deepcopy(model).eval()
+            values, loss = dpo_loss(model, reference, batch)
+        loss.backward()
+        results.append((values.detach(), loss.detach(), grads(model)))
+    return results
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("kind", ["rm", "dpo"])
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_shared_and_packed_layouts_match_two_rows(arch, kind, lora):
+    # transformers 5.24 has no SDPA for Gemma-2: eager, its default.
+    (v1, l1, g1), *others = run_all(arch, kind, lora, attn="eager" if arch == "gemma2" else "sdpa")
+    for v2, l2, g2 in others:  # shared prompt, then packed
+        assert_rel_close(v1, v2)
+        assert_rel_close(l1, l2)
+        assert_same_grads(g1, g2)
+
+
+@pytest.mark.parametrize("arch, kind, attn", [("llama", "rm", "eager"), ("mistral", "dpo", "eager"), ("qwen2", "rm", "eager")])
+def test_other_attention_implementations_match_too(arch, kind, attn):
+    (v1, l1, g1), *others = run_all(arch, kind, lora=False, attn=attn)
+    for v2, l2, g2 in others:
+        assert_rel_close(v1, v2)
+        assert_rel_close(l1, l2)
+        assert_same_grads(g1, g2)
+
+
+def test_shared_layout():
+    f = {"prompt_ids": [5, 6, 7], "chosen_ids": [8, 9], "rejected_ids": [10, 11, PAD], "p": 1.0, "row": 0}
+    g = {"prompt_ids": [5], "chosen_ids": [8], "rejected_ids": [9], "p": 1.0, "row": 1}
+    batch = SharedPromptCollator(pad_token_id=PAD)([f, g])
+    assert batch["input_ids"][0].tolist() == [5, 6, 7, 8, 9, 10, 11, PAD]
+    assert batch["segment_ids"][0].tolist() == [PROMPT] * 3 + [CHOSEN] * 2 + [REJECTED] * 3
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 3, 4, 5]
+    # chosen 8 from 7 (pos 2), 9 from 8; rejected 10 from the prompt's last token (pos 2), then in sequence
+    assert batch["logp_source"][0].tolist() == [-1, -1, -1, 2, 3, 2, 5, 6]
+    assert batch["score_at"][[0, 2]].tolist() == [[0, 4], [0, 6]]  # the rejected response ends in the pad token
+    assert batch["logp_out"][0].tolist() == [-1, -1, -1, 0, 0, 2, 2, 2]  # chosen of pair 0, rejected of pair 0
+    assert batch["segment_ids"][1].tolist() == [PROMPT, CHOSEN, REJECTED] + [PADDING] * 5
+    mask = shared_prefix_mask(batch["segment_ids"], batch["position_ids"])[0, 0]
+    assert mask[5].tolist() == [True, True, True, False, False, True, False, False]  # rejected skips chosen
+    assert mask[4].tolist() == [True] * 5 + [False] * 3
+    windowed = shared_prefix_mask(batch["segment_ids"], batch["position_ids"], sliding_window=2)[0, 0]
+    assert windowed[6].tolist() == [False, False, False, False, False, True, True, False]  # positions 3, 4 of 4
+    pad_rows = shared_prefix_mask(batch["segment_ids"], batch["position_ids"])[1, 0, 3:]
+    assert pad_rows.sum(-1).tolist() == [1] * 5  # padding attends to itself only: no empty softmax row
+
+
+def test_unsupported_models_fall_back_with_a_notice(capsys):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    bert = BertForSequenceClassification(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=1))
+    assert prefix_sharing_unsupported(bert) is not None
+    assert isinstance(pair_collator(bert, PAD, True, 64), PairCollator)
+    assert "prefix sharing off" in capsys.readouterr().out
+    llama = build("llama", "dpo", lora=True)
+    assert prefix_sharing_unsupported(llama) is None
+    assert isinstance(pair_collator(llama, PAD, True, 64), SharedPromptCollator)
+    assert isinstance(pair_collator(llama, PAD, False, 64), PairCollator)
+    gemma = build("gemma2", "dpo", lora=False, attn="eager")  # sliding window 128 on alternate layers
+    assert prefix_sharing_unsupported(gemma, max_length=128) is None
+    assert "exceeds the window" in prefix_sharing_unsupported(gemma, max_length=512)
+    llama.config._attn_implementation = "flash_attention_2"
+    assert "flash_attention_2" in prefix_sharing_unsupported(llama)
+
+
+def test_packing_layout():
+    features = [
+        {"prompt_ids": [5, 6], "chosen_ids": [7, 8, 9], "rejected_ids": [10, 11], "p": 1.0},  # 7 tokens
+        {"prompt_ids": [5], "chosen_ids": [8], "rejected_ids": [9], "p": 1.0},  # 3 tokens
+        {"prompt_ids": [12, 13], "chosen_ids": [14], "rejected_ids": [15], "p": 1.0},  # 4 tokens
+    ]
+    batch = SharedPromptCollator(pad_token_id=PAD, pack=True)(features)
+    # budget 7 (the longest pair): [pair 0], [pair 2 | pair 1]
+    assert batch["pair_ids"].tolist() == [[0] * 7, [2] * 4 + [1] * 3]
+    assert batch["position_ids"][1].tolist() == [0, 1, 2, 2, 0, 1, 1]
+    assert batch["logp_source"][1].tolist() == [-1, -1, 1, 1, -1, 4, 4]  # each pair's first tokens from its own prompt
+    assert batch["logp_out"][1].tolist() == [-1, -1, 2, 5, -1, 1, 4]
+    assert batch["score_at"].tolist() == [[0, 4], [1, 5], [1, 2], [0, 6], [1, 6], [1, 3]]
+    mask = shared_prefix_mask(batch["segment_ids"], batch["position_ids"], pair_ids=batch["pair_ids"])[1, 0]
+    assert mask[5].tolist() == [False] * 4 + [True, True, False]  # pair 1's chosen sees only pair 1's prompt
+    assert mask[6].tolist() == [False] * 4 + [True, False, True]
+
+
+LAYOUTS = [dict(prefix_sharing=False), dict(prefix_sharing=True), dict(prefix_sharing=True, packing=True)]
+
+
+def test_policy_trainer_step_and_precomputed_reference_agree_across_layouts(tmp_path, tiny_model_dir, pair_file, monkeypatch):
+    from mmpo.config import DPOConfig, load_config
+    from mmpo.training.dpo import build_policy_run
+
+    data = pair_file(n=16, seed=5)
+    losses, references, collators = [], [], []
+    for i, layout in enumerate(LAYOUTS):
+        monkeypatch.setenv("MMPO_CACHE", str(tmp_path / f"cache{i}"))  # each layout computes its own reference cache
+        config = load_config(DPOConfig, overrides=dict(
+            model=str(tiny_model_dir), data=str(data), output_dir=str(tmp_path / f"run{i}"), max_length=96,
+            per_device_train_batch_size=6, max_steps=1, beta=0.5, gamma=0.5, eval_split=0.25, bf16=False,
+            reference="precomputed", **layout,
+        ))
+        run = build_policy_run(config)
+        collators.append(type(run.trainer.data_collator).__name__ + ("+pack" if getattr(run.trainer.data_collator, "pack", False) else ""))
+        references.append(torch.tensor([[f["reference_chosen_logps"], f["reference_rejected_logps"]] for f in run.train_features]))
+        batch = run.trainer._prepare_inputs(next(iter(run.trainer.get_train_dataloader())))
+        losses.append(run.trainer.compute_loss(run.trainer.model, batch).detach())
+    assert collators == ["PairCollator", "SharedPromptCollator", "SharedPromptCollator+pack"]
+    for loss, reference in zip(losses[1:], references[1:]):
+        assert_rel_close(references[0], reference)
+        assert_rel_close(losses[0], loss)
+
+
+def test_reward_trainer_step_agrees_across_layouts(tmp_path, tiny_model_dir, pair_file):
+    from mmpo.config import RMConfig, load_config
+    from mmpo.training import rm
+
+    data = pair_file(n=16, seed=6)
+    tokenizer = None
+    losses = []
+    for i, layout in enumerate(LAYOUTS):
+        config = load_config(RMConfig, None, dict(
+            model=str(tiny_model_dir), data=str(data), output_dir=str(tmp_path / f"rm{i}"), max_length=96,
+            per_device_train_batch_size=6, max_steps=1, eval_split=0.25, bf16=False, **layout,
+        ))
+        from mmpo.data.pipeline import prepare_data
+        from mmpo.models.loading import load_tokenizer
+        from mmpo.models.shared_prefix import pair_collator
+        from mmpo.training.args import training_arguments
+        from transformers import set_seed
+
+        tokenizer = tokenizer or load_tokenizer(str(tiny_model_dir))
+        prepared = prepare_data(config, tokenizer)
+        set_seed(config.seed)
+        model = rm.build_model(config, tokenizer)
+        trainer = rm.RewardTrainer(
+            model=model, args=training_arguments(config, eval_strategy="no"), train_dataset=prepared.train,
+            data_collator=pair_collator(model, tokenizer.pad_token_id, config.prefix_sharing, config.max_length, packing=config.packing),
+        )
+        batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        losses.append(trainer.compute_loss(trainer.model, batch).detach())
+    for loss in losses[1:]:
+        assert_rel_close(losses[0], loss)
