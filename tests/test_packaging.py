@@ -191,7 +191,7 @@ def test_wheel_runs_outside_the_repository(installed_wheel, fastchat_server):
     assert str(REPO) not in where and str(work / "venv") in where  # the installed copy, not src/
 
     help_text = subprocess.run([str(mmpo), "demo", "--help"], cwd=work, env=env, check=True, capture_output=True, text=True).stdout
-    assert "--max-steps" in help_text
+    assert "--seeds" in help_text
 
     script = (
         "from mmpo.config import RMConfig, load_config\n"

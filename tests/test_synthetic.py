@@ -228,10 +228,10 @@ def test_the_recipes_graded_tasks_set_is_written_on_first_use(tmp_path, monkeypa
     from mmpo.data.sources import load_pairs
     from mmpo.data.synthetic import SyntheticConfig, generate_if_default_and_missing, make_dataset
 
-    import mmpo
-
     monkeypatch.setenv("MMPO_CACHE", str(tmp_path / "cache"))
-    recipe = Path(mmpo.__file__).parent / "recipes" / "embedded" / "rm.yaml"
+    # The demo recipes read alpaca_graded; a recipe naming the graded-tasks set in the cache, as users write it:
+    recipe = tmp_path / "rm.yaml"
+    recipe.write_text("data: $MMPO_CACHE/data/graded-tasks-0/train.jsonl\neval_data: $MMPO_CACHE/data/graded-tasks-0/eval.jsonl\n")
     config = load_config(RMConfig, recipe)
     assert not Path(config.data).exists()
     assert generate_if_default_and_missing(config.data) == tmp_path / "cache" / "data" / "graded-tasks-0"

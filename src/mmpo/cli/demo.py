@@ -1,30 +1,34 @@
-"""`mmpo demo`: train MMPO and baseline reward models and policies on the embedded model and compare them."""
+"""`mmpo demo`: MMPO vs BT reward models and MMPO vs DPO policies on real graded data, over several seeds."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+ACCEPTS_OVERRIDES = {"demo": True}
+
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    p.allow_abbrev = False
+    p.usage = "mmpo demo [--out DIR] [--seeds 0,1,2] [--only rm|dpo] [--key value ...]"
+    p.epilog = "Extra --key value pairs override both recipes (e.g. --max_steps 4 for a quick look)."
     p.add_argument("--out", default=None, help="demo directory (default: <cache>/demo); rerun to resume")
     p.add_argument("--recipes", default=None, help="directory with rm.yaml and dpo.yaml (default: the packaged embedded/ recipes)")
-    p.add_argument("--prompts", type=int, default=400, help="prompts in the generated data set")
-    p.add_argument("--generate-prompts", type=int, default=44, help="held-out prompts each policy answers")
-    p.add_argument("--max-steps", type=int, default=None, help="cap every training run at this many steps (a quick look)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--only", choices=["rm", "dpo"], default=None, help="run only the reward models or only the policies")
 
 
 def run(args: argparse.Namespace) -> int:
+    from mmpo.config import parse_overrides
     from mmpo.demo import REPO_RECIPES, DemoSettings, default_out, run_demo
+    from mmpo.reports.comparison import parse_list
 
-    overrides = {"max_steps": args.max_steps} if args.max_steps else {}
     settings = DemoSettings(
         out=Path(args.out) if args.out else default_out(),
         recipes=Path(args.recipes) if args.recipes else REPO_RECIPES,
-        prompts=args.prompts,
-        generate_prompts=args.generate_prompts,
-        rm_overrides=dict(overrides),
-        dpo_overrides=dict(overrides),
+        seeds=parse_list(args.seeds, "seeds", int),
+        overrides=parse_overrides(args.extra),
+        parts=(args.only,) if args.only else ("rm", "dpo"),
     )
     run_demo(settings)
     return 0

@@ -18,6 +18,7 @@ COMMANDS = [
     ("online", "mmpo.cli.online", "on-policy MMPO: sample from the policy, grade the samples, train on their margins, repeat"),
     ("eval", "mmpo.cli.evaluate", "evaluate models: pairs, rewardbench, mtbench"),
     ("report", "mmpo.cli.report", "compare finished runs: calibration, accuracy by margin, training curves"),
+    ("compare", "mmpo.cli.compare", "train one recipe with several losses and seeds; differences with 95% intervals"),
     ("sweep", "mmpo.cli.sweep", "train one recipe for several gammas and pick the lowest held-out NLL"),
     ("data", "mmpo.cli.data", "read a preference data set and print its report"),
     ("make-data", "mmpo.cli.make_data", "write the graded-tasks preference set (checkable prompts, graded responses)"),

@@ -39,36 +39,57 @@ def gamma_name(gamma: float | None) -> str:
     return "gamma-none" if gamma is None else f"gamma-{gamma:g}"
 
 
-def run_sweep(kind: str, recipe: str | None, gammas: list[float | None], overrides: list[str], out_dir: str | None = None) -> dict[str, Any]:
-    """Train ``kind`` (rm | dpo) once per gamma under ``out_dir/gamma-*``, then compare them with `mmpo report`."""
+def run_sweep(kind: str, recipe: str | None, gammas: list[float | None], overrides: list[str], out_dir: str | None = None,
+              seeds: list[int] | None = None) -> dict[str, Any]:
+    """Train ``kind`` (rm | dpo) once per gamma under ``out_dir/gamma-*``, then compare them with `mmpo report`.
+
+    With ``seeds``, once per gamma and seed (``gamma-*/seed-*``): each gamma's held-out NLL is the mean over seeds
+    with its 95% interval, and each gamma's paired difference from the best one gets the same interval
+    (:mod:`mmpo.reports.intervals`, as in `mmpo compare`).
+    """
     from mmpo.config import DPOConfig, RMConfig, load_config, parse_overrides
     from mmpo.reports.compare import write_report
+    from mmpo.reports.comparison import train_or_reuse
+    from mmpo.reports.intervals import METHOD, distinguishable, mean_interval, paired_difference
 
     cls = RMConfig if kind == "rm" else DPOConfig
     base = load_config(cls, recipe, overrides)
     root = Path(out_dir or base.output_dir)
-    run_dirs = []
+    run_dirs: dict[str, list[Path]] = {}
     for gamma in gammas:
-        values = parse_overrides(overrides) if overrides else {}
-        values.update({"gamma": gamma, "output_dir": str(root / gamma_name(gamma))})
-        if base.loss not in ("mmpo", "simpo_mmpo"):
-            values["loss"] = "mmpo"  # gamma only matters for soft-target losses
-        config = load_config(cls, recipe, values)
-        print(f"== sweep: {gamma_name(gamma)} -> {config.output_dir}", flush=True)
-        if kind == "rm":
-            from mmpo.training.rm import train_reward_model
+        for seed in (seeds or [None]):
+            values = parse_overrides(overrides) if overrides else {}
+            run_dir = root / gamma_name(gamma) if seed is None else root / gamma_name(gamma) / f"seed-{seed}"
+            values.update({"gamma": gamma, "output_dir": str(run_dir)})
+            if seed is not None:
+                values["seed"] = seed
+            if base.loss not in ("mmpo", "simpo_mmpo"):
+                values["loss"] = "mmpo"  # gamma only matters for soft-target losses
+            print(f"== sweep: {gamma_name(gamma)}{'' if seed is None else f', seed {seed}'} -> {run_dir}", flush=True)
+            run_dirs.setdefault(gamma_name(gamma), []).append(train_or_reuse(kind, recipe, values))
+    first_seed = [dirs[0] for dirs in run_dirs.values()]
+    summary = write_report(first_seed, root / "report")
+    by_dir = {v["path"]: v for v in summary["runs"].values()}
+    if seeds and len(seeds) > 1:
+        # The report covers the first seed; the NLL of every seed comes from its own scores.
+        from mmpo.reports.compare import read_run, summary_row
 
-            train_reward_model(config)
-        else:
-            from mmpo.training.dpo import train_policy
-
-            train_policy(config)
-        run_dirs.append(config.output_dir)
-    summary = write_report(run_dirs, root / "report")
-    by_dir = {v["path"]: (name, v) for name, v in summary["runs"].items()}
-    scored = [(by_dir[str(Path(d))][1]["nll_binary"], g, d) for g, d in zip(gammas, run_dirs)]
-    best_nll, best_gamma, best_dir = min(scored, key=lambda t: t[0])
-    result = {"best_gamma": best_gamma, "best_run": best_dir, "best_nll_binary": best_nll,
-              "runs": {gamma_name(g): {"nll_binary": n, "dir": d} for n, g, d in scored}}
+        nlls = {name: [summary_row(read_run(d))["nll_binary"] for d in dirs] for name, dirs in run_dirs.items()}
+    else:
+        nlls = {name: [by_dir[str(dirs[0])]["nll_binary"]] for name, dirs in run_dirs.items()}
+    means = {name: mean_interval(v) for name, v in nlls.items()}
+    best_name = min(means, key=lambda n: means[n]["mean"])
+    best_gamma = gammas[list(run_dirs).index(best_name)]
+    runs: dict[str, Any] = {}
+    for (name, dirs), gamma in zip(run_dirs.items(), gammas):
+        entry: dict[str, Any] = {"gamma": gamma, "nll_binary": means[name]["mean"], "low": means[name]["low"],
+                                 "high": means[name]["high"], "per_seed": nlls[name], "dir": str(dirs[0]),
+                                 "dirs": [str(d) for d in dirs]}
+        if name != best_name:
+            d = paired_difference(nlls[name], nlls[best_name])
+            entry["minus_best"] = {**d, "distinguishable": distinguishable(d["low"], d["high"])}
+        runs[name] = entry
+    result = {"best_gamma": best_gamma, "best_run": str(run_dirs[best_name][0]), "best_nll_binary": means[best_name]["mean"],
+              "seeds": seeds, "interval": METHOD if seeds and len(seeds) > 1 else None, "runs": runs}
     (root / "sweep.json").write_text(json.dumps(result, indent=2))
     return result

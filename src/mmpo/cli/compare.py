@@ -1,0 +1,34 @@
+"""`mmpo compare [CONFIG.yaml] --losses mmpo,bt --seeds 0,1,2 --out DIR [--kind rm|dpo] [--key value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+
+ACCEPTS_OVERRIDES = {"compare": True}
+
+
+def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    p.allow_abbrev = False  # `--seed 3` / `--loss bt` are run keys, not abbreviations of --seeds / --losses
+    p.usage = "mmpo compare [CONFIG.yaml] --losses mmpo,bt --seeds 0,1,2 --out DIR [--kind rm|dpo] [--key value ...]"
+    p.epilog = ("Trains the recipe once per loss and seed under DIR (finished runs are reused, unfinished ones resume) "
+                "and writes DIR/comparison.json, comparison.md, comparison.png and curves.png: each metric's mean "
+                "per loss and the paired difference first - second with a 95% t-interval over seeds.")
+    p.add_argument("--losses", required=True, help="comma-separated losses; the first is compared against the others")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--out", required=True, help="comparison directory")
+    p.add_argument("--kind", choices=["rm", "dpo"], default=None,
+                   help="reward models or policies (default: dpo when a loss exists only for policies, else rm)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmpo.cli.train import split_recipe
+    from mmpo.config import parse_overrides
+    from mmpo.reports.comparison import parse_list, render_table, run_compare
+
+    recipe, tokens = split_recipe(args.extra)
+    losses = parse_list(args.losses, "losses")
+    seeds = parse_list(args.seeds, "seeds", int)
+    comparison = run_compare(args.kind, recipe, losses, seeds, parse_overrides(tokens), args.out)
+    print("\n" + render_table(comparison))
+    print(f"\nwritten: {args.out}/comparison.json, comparison.md, " + ", ".join(comparison["plots"].values()))
+    return 0

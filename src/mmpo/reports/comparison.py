@@ -1,0 +1,329 @@
+"""`mmpo compare`: one recipe trained with each loss and each seed, compared with 95% intervals over seeds.
+
+Layout under ``out``: one run per loss and seed (``<loss>-seed<seed>/``, a normal `mmpo rm` / `mmpo dpo` run
+directory), and
+
+* ``comparison.json``: ``{"losses", "seeds", "interval", "metrics": {metric: {<loss>: mean, ..., "diff",
+  "low", "high", "distinguishable", "per_seed": {<loss>: [...]}, "intervals": {<loss>: {mean, low, high}}}}}``
+  where ``diff`` is the mean over seeds of ``first - second`` (the first two losses) with its 95% interval
+  (:mod:`mmpo.reports.intervals`); with more than two losses ``vs`` holds the first against each other one;
+* ``comparison.md``: the same as a table; ``comparison.png``: each metric's means with error bars;
+* ``curves.png``: held-out NLL, ECE and accuracy against training progress (every evaluation the runs logged
+  to ``metrics.jsonl``), one line per loss (the mean over seeds) with a band from the lowest to the highest seed.
+
+Every run of a seed is trained on the same pairs in the same order (``seed`` sets the sample, the order and the
+head's initialisation) and is scored on the same held-out pairs against the same targets: the losses differ in
+training only. :func:`check_same_truth` verifies the last part on the written per-pair scores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmpo.errors import UserError
+from mmpo.evaluation.metrics import pair_metrics
+from mmpo.reports.intervals import METHOD, distinguishable, format_interval, mean_interval, paired_difference
+
+METRICS = ("accuracy", "ece", "soft_ece", "nll", "brier")
+HIGHER_IS_BETTER = frozenset({"accuracy"})
+POLICY_ONLY_LOSSES = frozenset({"dpo", "cdpo", "ipo", "simpo", "simpo_mmpo"})
+METRIC_NOTES = {
+    "accuracy": "held-out pairs ranked as the judge ranks them",
+    "ece": "binary ECE: confidence against the judge's ranking",
+    "soft_ece": "ECE against the judge's probabilities",
+    "nll": "cross-entropy against the held-out targets",
+    "brier": "squared gap to the held-out targets",
+}
+
+
+def parse_list(text: str, what: str, cast: type = str) -> list[Any]:
+    """``"mmpo, bt"`` -> ``["mmpo", "bt"]`` (``cast=int`` for seeds); duplicates and empty lists are errors."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        values = [cast(t) for t in items]
+    except ValueError:
+        raise UserError(f"--{what}: {text!r} is not a comma-separated list of {cast.__name__}s") from None
+    if not values:
+        raise UserError(f"--{what}: give at least one value")
+    if len(set(values)) != len(values):
+        raise UserError(f"--{what}: {text!r} repeats a value")
+    return values
+
+
+def infer_kind(losses: list[str]) -> str:
+    """``dpo`` when any loss exists only for policies, else ``rm``."""
+    return "dpo" if any(loss in POLICY_ONLY_LOSSES for loss in losses) else "rm"
+
+
+def run_name(loss: str, seed: int) -> str:
+    return f"{loss}-seed{seed}"
+
+
+def finished_results(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``eval_results.json`` when it finished (that and ``eval_scores.jsonl`` exist), else None."""
+    results, scores = run_dir / "eval_results.json", run_dir / "eval_scores.jsonl"
+    if results.exists() and scores.exists():
+        return json.loads(results.read_text())
+    return None
+
+
+def train_or_reuse(kind: str, recipe: str | Path | None, overrides: dict[str, Any]) -> Path:
+    """Train one run (``kind`` rm | dpo) unless ``output_dir`` already holds it finished; returns its directory.
+
+    An unfinished run resumes from its last complete checkpoint (``resume: auto``); a directory holding a run
+    with other settings is refused (:func:`mmpo.training.run_dir.plan_run`).
+    """
+    from mmpo.config import DPOConfig, RMConfig, load_config
+
+    from mmpo.training.run_dir import plan_run
+
+    config = load_config(RMConfig if kind == "rm" else DPOConfig, recipe, overrides)
+    out = Path(config.output_dir)
+    # plan_run refuses a directory that holds a run with other settings, so a changed recipe is never "reused".
+    if plan_run(config).finished is not None and finished_results(out) is not None:
+        print(f"== {out.name}: finished earlier, reusing {out}", flush=True)
+        return out
+    print(f"== {out.name}: training (loss {config.loss}, seed {config.seed})", flush=True)
+    if kind == "rm":
+        from mmpo.training.rm import train_reward_model
+
+        train_reward_model(config)
+    else:
+        from mmpo.training.dpo import train_policy
+
+        train_policy(config)
+    return out
+
+
+def read_scores(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(row, h, p)`` arrays from a run's ``eval_scores.jsonl``, sorted by row."""
+    path = run_dir / "eval_scores.jsonl"
+    if not path.exists():
+        raise UserError(f"{run_dir}: no eval_scores.jsonl (the run has no held-out pairs, or did not finish)")
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    recs.sort(key=lambda r: r["row"])
+    return (np.array([r["row"] for r in recs]), np.array([r["h"] for r in recs], dtype=np.float64),
+            np.array([r["p"] for r in recs], dtype=np.float64))
+
+
+def check_same_truth(run_dirs: dict[str, Path], seed: int) -> None:
+    """All losses' runs of one seed were scored on the same held-out pairs against the same targets ``p``."""
+    reference: tuple[str, np.ndarray, np.ndarray] | None = None
+    for loss, path in run_dirs.items():
+        rows, _, p = read_scores(path)
+        if reference is None:
+            reference = (loss, rows, p)
+            continue
+        first, rows0, p0 = reference
+        if not (np.array_equal(rows, rows0) and np.allclose(p, p0, rtol=0, atol=1e-6)):
+            raise UserError(f"seed {seed}: runs {first} and {loss} were scored on different held-out pairs or targets "
+                            f"({path}); give every run the same data and eval_gamma")
+
+
+def run_metrics(run_dir: Path) -> dict[str, float]:
+    """:func:`pair_metrics` of a finished run's held-out scores (the same function every trainer uses)."""
+    _, h, p = read_scores(run_dir)
+    return pair_metrics(h, p)
+
+
+def compare_values(values: dict[str, dict[int, dict[str, float]]], losses: list[str], seeds: list[int],
+                   metrics: tuple[str, ...] = METRICS) -> dict[str, Any]:
+    """The comparison from recorded metrics ``values[loss][seed][metric]``: means, per-loss intervals, and the
+    paired difference ``first - second`` (and first against every other loss under ``vs``) with 95% intervals."""
+    first, others = losses[0], losses[1:]
+    out: dict[str, Any] = {}
+    for metric in metrics:
+        per_seed = {loss: [float(values[loss][s][metric]) for s in seeds] for loss in losses}
+        entry: dict[str, Any] = {loss: float(np.mean(per_seed[loss])) for loss in losses}
+        entry["intervals"] = {loss: mean_interval(per_seed[loss]) for loss in losses}
+        vs = {}
+        for other in others:
+            d = paired_difference(per_seed[first], per_seed[other])
+            d["distinguishable"] = distinguishable(d["low"], d["high"])
+            vs[other] = d
+        if others:
+            head = vs[others[0]]
+            entry.update({"diff": head["diff"], "low": head["low"], "high": head["high"], "distinguishable": head["distinguishable"]})
+        if len(others) > 1:
+            entry["vs"] = vs
+        entry["per_seed"] = per_seed
+        out[metric] = entry
+    return {"losses": list(losses), "seeds": list(seeds), "interval": METHOD, "metrics": out}
+
+
+def better_loss(metric: str, diff: float, first: str, second: str) -> str:
+    """Which loss the difference favours (higher accuracy; lower ECE, NLL, Brier)."""
+    first_better = diff > 0 if metric in HIGHER_IS_BETTER else diff < 0
+    return first if first_better else second
+
+
+def render_table(comparison: dict[str, Any], title: str | None = None) -> str:
+    """Markdown: per metric, each loss's mean +- half-width, the paired difference with its interval, a verdict."""
+    losses, seeds = comparison["losses"], comparison["seeds"]
+    first = losses[0]
+    lines = [f"### {title}", ""] if title else []
+    header = ["metric", *losses]
+    for other in losses[1:]:
+        header += [f"{first} - {other} [95% CI]", "distinguishable from 0?"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for metric, entry in comparison["metrics"].items():
+        cells = [metric]
+        for loss in losses:
+            iv = entry["intervals"][loss]
+            cells.append(format_interval(iv["mean"], iv["low"], iv["high"]))
+        for other in losses[1:]:
+            d = entry["vs"][other] if "vs" in entry else entry
+            if d["low"] is None:
+                cells += [f"{d['diff']:+.3f}", "n/a (one seed)"]
+                continue
+            cells.append(f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
+            verdict = f"yes: {better_loss(metric, d['diff'], first, other)} better" if d["distinguishable"] else "no"
+            cells.append(verdict)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Mean +- half-width of the {METHOD}; {len(seeds)} seeds ({', '.join(map(str, seeds))}). "
+              "Higher is better for accuracy, lower for the rest."]
+    return "\n".join(lines)
+
+
+def plot_comparison(comparison: dict[str, Any], path: Path, title: str = "") -> None:
+    """One panel per metric: each loss's mean with its 95% interval as an error bar, and each seed as a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    losses = comparison["losses"]
+    metrics = list(comparison["metrics"])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.7 * len(metrics) + 0.6, 3.6))
+    axes = np.atleast_1d(axes)
+    for ax, metric in zip(axes, metrics):
+        entry = comparison["metrics"][metric]
+        for i, loss in enumerate(losses):
+            iv = entry["intervals"][loss]
+            err = None if iv["low"] is None else [[iv["mean"] - iv["low"]], [iv["high"] - iv["mean"]]]
+            ax.errorbar([i], [iv["mean"]], yerr=err, fmt="o", color=f"C{i}", capsize=6, ms=8, lw=2)
+            seeds = entry["per_seed"][loss]
+            ax.plot(i + np.linspace(-0.12, 0.12, len(seeds)), seeds, "x", color=f"C{i}", alpha=0.6)
+        ax.set_xticks(range(len(losses)), losses)
+        ax.set_xlim(-0.6, len(losses) - 0.4)
+        sub = metric + (" (higher better)" if metric in HIGHER_IS_BETTER else " (lower better)")
+        if "diff" in entry and entry.get("low") is not None:
+            mark = "distinguishable" if entry["distinguishable"] else "not distinguishable"
+            sub += f"\n{losses[0]}-{losses[1]}: {entry['diff']:+.3f} [{entry['low']:+.3f}, {entry['high']:+.3f}]\n{mark}"
+        ax.set_title(sub, fontsize=8.5)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle((title + ": " if title else "") + f"mean and 95% t-interval over {len(comparison['seeds'])} seeds (x = one seed)", fontsize=9.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def eval_curve(logs: list[dict[str, Any]], metric: str) -> list[tuple[float, float]]:
+    """``(epoch, eval_<metric>)`` for every evaluation a run logged, in order of step."""
+    key = f"eval_{metric}"
+    return [(float(r.get("epoch") or 0.0), float(r[key])) for r in logs if key in r]
+
+
+def seed_band(curves: list[list[tuple[float, float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, mean, low, high)`` over the evaluation points every seed has (matched by position, x from the first);
+    low / high are the lowest and highest seed."""
+    n = min(len(c) for c in curves) if curves else 0
+    if n == 0:
+        empty = np.array([])
+        return empty, empty, empty, empty
+    x = np.array([c[i][0] for c in curves[:1] for i in range(n)])
+    y = np.array([[c[i][1] for i in range(n)] for c in curves])
+    return x, y.mean(axis=0), y.min(axis=0), y.max(axis=0)
+
+
+def plot_curves(logs_by_loss: dict[str, list[list[dict[str, Any]]]], path: Path, title: str = "",
+                metrics: tuple[str, ...] = ("nll", "ece", "accuracy")) -> bool:
+    """Held-out metrics against training progress: per loss the mean over seeds and a min-max band.
+
+    Returns False (and writes nothing) when no run logged an evaluation during training.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not any(eval_curve(logs, metrics[0]) for runs in logs_by_loss.values() for logs in runs):
+        return False
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.7))
+    axes = np.atleast_1d(axes)
+    for ax, metric in zip(axes, metrics):
+        for i, (loss, runs) in enumerate(logs_by_loss.items()):
+            x, mean, low, high = seed_band([eval_curve(logs, metric) for logs in runs])
+            if x.size == 0:
+                continue
+            ax.plot(x, mean, "o-", color=f"C{i}", label=f"{loss} (mean of {len(runs)})", ms=4)
+            ax.fill_between(x, low, high, color=f"C{i}", alpha=0.2, lw=0)
+        better = "higher" if metric in HIGHER_IS_BETTER else "lower"
+        ax.set(xlabel="training epochs", ylabel=f"held-out {metric}", title=f"held-out {metric} ({better} is better)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle((title + ": " if title else "") + "evaluated during training; band = lowest to highest seed", fontsize=9.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def summarize(run_dirs: dict[str, dict[int, Path]], losses: list[str], seeds: list[int], out: Path,
+              title: str = "") -> dict[str, Any]:
+    """Check the shared truth, compute the comparison and write comparison.json / .md / .png and curves.png."""
+    from mmpo.reports.compare import read_logs
+
+    for seed in seeds:
+        check_same_truth({loss: run_dirs[loss][seed] for loss in losses}, seed)
+    values = {loss: {s: run_metrics(run_dirs[loss][s]) for s in seeds} for loss in losses}
+    comparison = compare_values(values, losses, seeds)
+    comparison["n_eval_pairs"] = {str(s): int(values[losses[0]][s]["n"]) for s in seeds}
+    comparison["runs"] = {loss: {str(s): str(run_dirs[loss][s]) for s in seeds} for loss in losses}
+    out.mkdir(parents=True, exist_ok=True)
+    table = render_table(comparison, title or None)
+    plot_comparison(comparison, out / "comparison.png", title)
+    logs = {loss: [read_logs(run_dirs[loss][s] / "metrics.jsonl") for s in seeds] for loss in losses}
+    comparison["plots"] = {"comparison": str(out / "comparison.png")}
+    if plot_curves(logs, out / "curves.png", title):
+        comparison["plots"]["curves"] = str(out / "curves.png")
+    _atomic_write(out / "comparison.json", json.dumps(comparison, indent=2, default=_json_default))
+    _atomic_write(out / "comparison.md", table + "\n")
+    return comparison
+
+
+def run_compare(kind: str | None, recipe: str | Path | None, losses: list[str], seeds: list[int],
+                overrides: dict[str, Any], out: str | Path, title: str = "") -> dict[str, Any]:
+    """Train (or reuse) every loss x seed of ``recipe`` under ``out`` and write the comparison (see module doc)."""
+    if len(losses) < 2:
+        raise UserError("--losses: give at least two losses to compare, e.g. mmpo,bt")
+    kind = kind or infer_kind(losses)
+    out = Path(out)
+    for key in ("loss", "seed", "output_dir"):
+        if key in overrides:
+            raise UserError(f"--{key} is set by mmpo compare itself (use --losses / --seeds / --out)")
+    run_dirs: dict[str, dict[int, Path]] = {loss: {} for loss in losses}
+    for seed in seeds:  # seed-major: a stopped comparison has whole seeds done
+        for loss in losses:
+            values = {**overrides, "loss": loss, "seed": seed, "output_dir": str(out / run_name(loss, seed))}
+            run_dirs[loss][seed] = train_or_reuse(kind, recipe, values)
+    return summarize(run_dirs, losses, seeds, out, title)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(value)}")
