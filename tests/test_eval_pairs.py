@@ -140,3 +140,34 @@ def test_a_policy_without_ref_model_is_a_choice_left_to_the_user(tiny_model_dir,
     assert rc == 2 and len(err) == 1
     assert "is a policy: pass --ref-model PATH" in err[0] and "'embedded' per its config.yaml" in err[0]
     assert "--ref-model none" in err[0] and not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("over_length", ["drop", "truncate"])
+def test_eval_pairs_reproduces_the_trainers_own_evaluation(tiny_model_dir, tiny_tokenizer, pair_file, tmp_path, over_length):
+    """`mmpo eval pairs` on a saved (LoRA-merged) run scores what the run's final evaluation scored: the same
+    tokens (its over_length: a pair that fits stays whole under drop, even with a prompt past max_prompt_length)
+    and float32 even when the run trained under bf16 autocast (bf16: auto, the default, is autocast on hardware
+    with native bfloat16: there this checks that the final pass left it)."""
+    from mmpo.config import RMConfig, load_config
+    from mmpo.training.rm import train_reward_model
+
+    data = pair_file(n=6, seed=6)
+    out = tmp_path / "run"
+    config = load_config(RMConfig, None, dict(
+        model=str(tiny_model_dir), data=str(data), eval_data=str(data), output_dir=str(out), max_length=96,
+        max_prompt_length=12, over_length=over_length, max_steps=2, per_device_train_batch_size=2,
+        per_device_eval_batch_size=6, learning_rate=5e-3, lora_r=4, logging_steps=1, bf16="auto",
+    ))
+    pairs, _ = load_pairs(str(data), PairOptions(gamma=1.0))
+    whole = [tokenize_pair(tiny_tokenizer, p, 96, 12, over_length="drop") for p in pairs]
+    assert all(t is not None and len(t.prompt_ids) > 12 for t in whole)  # every prompt is past the budget, yet fits
+    train_reward_model(config)
+    scores_file = tmp_path / "s.jsonl"
+    assert main(["eval", "pairs", "--model", str(out), "--data", str(data), "--out", str(tmp_path / "m.json"),
+                 "--scores", str(scores_file), "--batch-size", "6"]) == 0
+    mine = {s["row"]: s["chosen_reward"] - s["rejected_reward"] for s in map(json.loads, scores_file.read_text().splitlines())}
+    theirs = [json.loads(line) for line in (out / "eval_scores.jsonl").read_text().splitlines()]
+    assert len(theirs) == 6
+    for s in theirs:
+        assert mine[s["row"]] == pytest.approx(s["h"], abs=1e-4)
+

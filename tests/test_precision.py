@@ -74,8 +74,10 @@ def test_bf16_reward_model_run_autocasts_and_saves_float32(tiny_model_dir, pair_
         results = rm.train_reward_model(config)
     finally:
         rm.build_model = real_build
-    # training and the final evaluation ran under bfloat16 autocast over float32 weights
-    assert len(seen) >= 3 and all(autocast and dtype == torch.float32 for autocast, dtype in seen)
+    # training ran under bfloat16 autocast over float32 weights; the final held-out pass (12 pairs, 2 batches),
+    # which eval_scores.jsonl and eval_results.json come from, in float32 like `mmpo eval pairs` on the saved model
+    assert len(seen) >= 4 and all(dtype == torch.float32 for _, dtype in seen)
+    assert seen[0][0] and seen[1][0] and not seen[-1][0] and not seen[-2][0]
     saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
     assert all(p.dtype == torch.float32 for p in saved.parameters())
     assert 0 <= results["accuracy"] <= 1 and results["nll"] == results["nll"]

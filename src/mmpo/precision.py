@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import platform
+from typing import Iterator
 
 import torch
 
@@ -41,3 +43,20 @@ def native_bf16(device_type: str | None = None) -> bool:
     """Does the device that will run (``cuda`` when present, else ``cpu``) have native bfloat16?"""
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
     return cuda_has_bf16() if device_type == "cuda" else cpu_has_native_bf16()
+
+
+@contextlib.contextmanager
+def without_mixed_precision(model: torch.nn.Module) -> Iterator[None]:
+    """Run ``model`` in its weights' own dtype (float32) inside the block: accelerate's mixed-precision forward
+    wrapper (bfloat16 autocast, installed by ``prepare_model`` as ``model.forward``, the original kept as
+    ``model._original_forward``) is taken off and put back after. A model without that wrapper is untouched."""
+    wrapped = model.__dict__.get("forward")
+    original = getattr(model, "_original_forward", None)
+    if wrapped is None or original is None:
+        yield
+        return
+    model.forward = original
+    try:
+        yield
+    finally:
+        model.forward = wrapped

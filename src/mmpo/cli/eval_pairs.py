@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from mmpo.data.sources import held_out_split
     from mmpo.errors import UserError
     from mmpo.evaluation.metrics import pair_metrics
-    from mmpo.evaluation.scoring import DEFAULT_BETA, load_scoring_model, model_kind, score_with_models, training_config
+    from mmpo.evaluation.scoring import DEFAULT_BETA, load_scoring_model, model_kind, score_with_models, trained_over_length, training_config
 
     trained = training_config(args.model)
     gamma = _gamma(args.gamma, trained)
@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     scores = score_with_models(
         model, tokenizer, pairs, kind, ref_model=ref, beta=beta,
         batch_size=args.batch_size, max_length=max_length, max_prompt_length=max_prompt_length,
+        over_length=trained_over_length(trained),  # a pair its training kept whole is scored whole
     )
     h = np.array([c - r for c, r in scores], dtype=np.float64)
     p = np.array([pair.p for pair in pairs], dtype=np.float64)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from mmpo.data.collate import PairCollator
 from mmpo.data.records import PreferencePair
-from mmpo.data.tokenize import TokenizedPair, tokenize_pair
+from mmpo.data.tokenize import OVER_LENGTH, TokenizedPair, tokenize_pair
 from mmpo.errors import DataError, UserError
 from mmpo.models.embedded import resolve_model_path
 
@@ -106,12 +106,39 @@ def load_scoring_model(model_dir: str, kind: ModelKind | None = None, device: to
     return model.to(device).eval(), tokenizer, kind
 
 
-def tokenize_for_scoring(pairs: list[PreferencePair], tokenizer: Any, max_length: int, max_prompt_length: int | None = None) -> list[TokenizedPair]:
-    """Tokenize like training; ``max_prompt_length`` defaults to ``max_length // 2`` (the training default)."""
+def trained_over_length(trained: dict[str, Any]) -> str:
+    """The ``over_length`` a model was trained with (its ``config.yaml``); ``truncate`` when it names none
+    (models trained before the key existed were truncated)."""
+    value = trained.get("over_length") or "truncate"
+    if value not in OVER_LENGTH:
+        raise UserError(f"config.yaml: over_length must be {' or '.join(OVER_LENGTH)} (got {value!r})")
+    return value
+
+
+def tokenize_for_scoring_pair(tokenizer: Any, pair: PreferencePair, max_length: int, max_prompt_length: int, over_length: str = "truncate") -> TokenizedPair | None:
+    """One pair's ids as training tokenized it (:func:`mmpo.data.tokenize.tokenize_pair`).
+
+    ``over_length="drop"`` (the reward-model default): training kept a pair that fits in ``max_length`` whole,
+    its prompt uncut even past ``max_prompt_length``, so such a pair is scored whole too; a pair that does not
+    fit (training dropped it) is still scored, truncated, since a scorer owes every pair a score.
+    ``over_length="truncate"``: the prompt is cut to ``max_prompt_length`` as in training.
+    """
+    if over_length == "drop":
+        whole = tokenize_pair(tokenizer, pair, max_length, max_prompt_length, over_length="drop")
+        if whole is not None:
+            return whole
+    return tokenize_pair(tokenizer, pair, max_length, max_prompt_length)
+
+
+def tokenize_for_scoring(
+    pairs: list[PreferencePair], tokenizer: Any, max_length: int, max_prompt_length: int | None = None, over_length: str = "truncate"
+) -> list[TokenizedPair]:
+    """Tokenize like training (see :func:`tokenize_for_scoring_pair`); ``max_prompt_length`` defaults to
+    ``max_length // 2`` (the training default)."""
     budget = max_prompt_length if max_prompt_length is not None else max_length // 2
     out = []
     for pair in pairs:
-        tok = tokenize_pair(tokenizer, pair, max_length, budget)
+        tok = tokenize_for_scoring_pair(tokenizer, pair, max_length, budget, over_length)
         if tok is None:
             raise DataError(pair.source or "data", pair.row, "chosen/rejected", "a response is empty after tokenization")
         out.append(tok)
@@ -146,12 +173,13 @@ def score_with_models(
     max_length: int = 1024,
     max_prompt_length: int | None = None,
     progress: bool = True,
+    over_length: str = "truncate",
 ) -> list[tuple[float, float]]:
     """``(chosen_reward, rejected_reward)`` per pair, in input order, with loaded models.
 
     ``pairs`` may be already tokenized. For ``kind="policy"``: ``beta`` (default 0.1) scales the summed
     log-probabilities; ``ref_model`` (optional) is subtracted. The models stay where they are; batches go to
-    ``model``'s device.
+    ``model``'s device. ``over_length``: see :func:`tokenize_for_scoring_pair`.
     """
     if kind == "reward" and ref_model is not None:
         raise UserError("a reference model only applies to a policy (implicit reward), not to a reward model")
@@ -163,7 +191,7 @@ def score_with_models(
     if all(isinstance(p, TokenizedPair) for p in pairs):
         tokenized: list[TokenizedPair] = list(pairs)  # type: ignore[arg-type]
     else:
-        tokenized = tokenize_for_scoring(list(pairs), tokenizer, max_length, max_prompt_length)  # type: ignore[arg-type]
+        tokenized = tokenize_for_scoring(list(pairs), tokenizer, max_length, max_prompt_length, over_length)  # type: ignore[arg-type]
     if not tokenized:
         return []
     device = next(model.parameters()).device
@@ -200,15 +228,19 @@ def score_pairs(
     """Load ``model_dir`` (reward model or policy, detected) and score ``pairs``; see :func:`score_with_models`.
 
     For a policy, ``beta`` defaults to the ``beta`` in the policy's ``config.yaml`` (written by ``mmpo dpo``),
-    else 0.1; ``ref_model`` is a model directory or hub id, or None for reference-free scoring.
+    else 0.1; ``ref_model`` is a model directory or hub id, or None for reference-free scoring. Pairs are
+    tokenized with the ``over_length`` the model was trained with (:func:`trained_over_length`).
     """
+    trained = training_config(model_dir)
     model, tokenizer, kind = load_scoring_model(model_dir)
     ref = None
     if kind == "policy":
         if beta is None:
-            beta = training_config(model_dir).get("beta")
+            beta = trained.get("beta")
         if ref_model is not None:
             ref, _, _ = load_scoring_model(ref_model, kind="policy", device=next(model.parameters()).device)
     elif ref_model is not None:
         raise UserError(f"{model_dir} is a reward model; --ref-model only applies to a policy")
-    return score_with_models(model, tokenizer, pairs, kind, ref, beta, batch_size, max_length, max_prompt_length, progress)
+    return score_with_models(
+        model, tokenizer, pairs, kind, ref, beta, batch_size, max_length, max_prompt_length, progress, trained_over_length(trained)
+    )

@@ -2,8 +2,9 @@
 own reward models included).
 
 Responses are tokenized exactly as training and ``mmpo eval pairs`` tokenize them
-(:func:`mmpo.data.tokenize.tokenize_pair`: chat template, prompt cut from the left to ``max_prompt_length``,
-response cut to fit ``max_length``), the reward is read by :func:`mmpo.models.reward.sequence_rewards`, and
+(:func:`mmpo.evaluation.scoring.tokenize_for_scoring_pair`: chat template; with the model's ``over_length:
+drop`` a pair that fits ``max_length`` stays whole, else the prompt is cut from the left to ``max_prompt_length``
+and the response to fit ``max_length``), the reward is read by :func:`mmpo.models.reward.sequence_rewards`, and
 batches are formed from length-sorted work, longest first. ``score_pairs`` goes through
 :func:`mmpo.evaluation.scoring.score_with_models`, the function ``mmpo eval pairs`` uses, with the same batch
 order, so on a fresh run its rewards equal ``mmpo eval pairs --scores`` exactly. Scores are logits of a
@@ -18,8 +19,9 @@ from typing import Any
 import torch
 
 from mmpo.data.records import PreferencePair
-from mmpo.data.tokenize import TokenizedPair, tokenize_pair
+from mmpo.data.tokenize import TokenizedPair
 from mmpo.errors import UserError
+from mmpo.evaluation.scoring import tokenize_for_scoring_pair
 from mmpo.graders.base import Grader, PairItem, ScoreItem
 
 
@@ -44,7 +46,7 @@ class RewardModelGrader(Grader):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        from mmpo.evaluation.scoring import load_scoring_model, model_kind, training_config
+        from mmpo.evaluation.scoring import load_scoring_model, model_kind, trained_over_length, training_config
 
         self.model_dir = str(model_dir)
         trained = training_config(self.model_dir)
@@ -52,6 +54,7 @@ class RewardModelGrader(Grader):
         if max_prompt_length is None and max_length is None and trained.get("max_prompt_length"):
             max_prompt_length = int(trained["max_prompt_length"])
         self.max_prompt_length = int(max_prompt_length) if max_prompt_length is not None else self.max_length // 2
+        self.over_length = trained_over_length(trained)  # tokenized as in training (a pair that fits stays whole)
         if model is None:
             if model_kind(self.model_dir) != "reward":
                 raise UserError(f"{model_dir} is not a reward model (*ForSequenceClassification); a policy cannot grade here")
@@ -68,7 +71,7 @@ class RewardModelGrader(Grader):
                 stat = (path / name).stat()
                 stamp = f"{stat.st_size}:{int(stat.st_mtime)}"
                 break
-        return f"reward_model:{path.resolve() if path.exists() else self.model_dir}:{stamp}:{self.max_length}:{self.max_prompt_length}"
+        return f"reward_model:{path.resolve() if path.exists() else self.model_dir}:{stamp}:{self.max_length}:{self.max_prompt_length}:{self.over_length}"
 
     # --- tokenization, memoized for the sort key and the batch ------------------------------------------
 
@@ -77,7 +80,7 @@ class RewardModelGrader(Grader):
         key = (repr(prompt), a, b)
         tok = self._tokens.pop(key, None) if consume else self._tokens.get(key)
         if tok is None:
-            tok = tokenize_pair(self.tokenizer, _as_pair(prompt, a, b), self.max_length, self.max_prompt_length)
+            tok = tokenize_for_scoring_pair(self.tokenizer, _as_pair(prompt, a, b), self.max_length, self.max_prompt_length, self.over_length)
             if tok is None:
                 raise UserError(f"a response or prompt leaves no room within max_length {self.max_length} (prompt {str(prompt)[:80]})")
             if not consume:

@@ -33,6 +33,7 @@ from mmpo.models.loading import load_tokenizer, model_load_kwargs, trainable_sum
 from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards, shared_sequence_rewards
 from mmpo.models.shared_prefix import pair_collator
 from mmpo.models.trunk_cache import build_trunk_cache
+from mmpo.precision import without_mixed_precision
 from mmpo.training.args import training_arguments, use_bf16
 from mmpo.training.base import PairTrainer, final_results, run_summary
 from mmpo.training.card import push_final_model, write_model_card
@@ -173,7 +174,11 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
     results: dict[str, float] = {}
     if data.eval:
         # One more pass over the held-out pairs: metrics plus eval_scores.jsonl (row, h, p, margin) for reports.
-        final = trainer.save_eval_scores(data.eval)
+        # In float32 even under bf16 autocast: these describe the saved (float32) model, as `mmpo eval pairs`
+        # and the reward-model grader score it; an autocast reward is rounded to bfloat16 (8 significant bits,
+        # +-0.004 at |r| ~ 1) and its rounding depends on the batch layout (prefix-shared row vs two rows).
+        with without_mixed_precision(trainer.model):
+            final = trainer.save_eval_scores(data.eval)
         trainer.log(dict(final))
         results = final_results(final, trainer.state.global_step)
     save_final_model(trainer, tokenizer, config.output_dir)
