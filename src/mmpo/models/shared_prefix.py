@@ -53,11 +53,10 @@ def shared_prefix_mask(
 
 
 def _base(model: Any) -> Any:
-    while hasattr(model, "module"):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
+    """The transformers model under DDP / accelerate / peft wrappers (see :func:`mmpo.models.logps._unwrap`)."""
+    from mmpo.models.logps import _unwrap
+
+    return _unwrap(model)
 
 
 def _sliding_window(config: Any) -> tuple[int | None, bool]:

@@ -64,13 +64,7 @@ def _notice(message: str) -> None:
     print(f"trunk cache: {message}")
 
 
-def _unwrap(model: Any) -> Any:
-    """The transformers model under DDP / accelerate / peft wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
+from mmpo.models.logps import _unwrap  # noqa: E402 - one unwrapping rule for every model helper
 
 
 def decoder_layers(model: Any) -> torch.nn.ModuleList | None:
