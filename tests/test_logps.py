@@ -129,3 +129,51 @@ def test_hidden_state_path_falls_back_when_the_head_is_not_the_whole_story():
         unscaled = brute_force_logps(model.inner, sequences)
     torch.testing.assert_close(logps, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(logps, unscaled, atol=1e-3)
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+@pytest.mark.parametrize("chunk_rows", [4, 1024])
+def test_frozen_head_gradient_in_forward_matches_brute_force(monkeypatch, softcap, chunk_rows):
+    """A frozen head (the adapter case) takes FrozenHeadTokenLogps; values and every trained gradient match."""
+    import mmpo.models.logps as logps_module
+
+    monkeypatch.setattr(logps_module, "LOGIT_CHUNK_ROWS", chunk_rows)  # 4: the 17 response tokens span 5 chunks
+    model = tiny_causal_lm(seed=5)
+    model.config.final_logit_softcapping = softcap
+    if softcap:
+        # Llama has no soft-capping of its own: wrap the head so the model's logits carry it, as Gemma-2's do.
+        head = model.lm_head
+
+        class CappedHead(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = head
+
+            def forward(self, x):
+                return torch.tanh(self.inner(x) / softcap) * softcap
+
+        model.lm_head = CappedHead()
+        model.get_output_embeddings = lambda: head  # the plain Linear, as Gemma-2 returns it
+    for p in model.lm_head.parameters():
+        p.requires_grad_(False)
+    sequences = make_sequences(seed=6)
+    weights = torch.tensor([1.1, -0.4, 0.9, -2.0])
+
+    model.zero_grad()
+    expected = brute_force_logps(model, sequences)
+    (expected * weights).sum().backward()
+    expected_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model.zero_grad()
+    calls = []
+    original = logps_module.FrozenHeadTokenLogps.forward
+    monkeypatch.setattr(logps_module.FrozenHeadTokenLogps, "forward", staticmethod(lambda *a: calls.append(1) or original(*a)))
+    ids, attention, response = pad_batch(sequences, "left")
+    logps, _ = response_logps(model, ids, attention, response)
+    (logps * weights).sum().backward()
+
+    assert calls, "the frozen-head path was not taken"
+    torch.testing.assert_close(logps, expected.detach(), rtol=1e-5, atol=1e-5)
+    assert expected_grads and all("lm_head" not in n for n in expected_grads)
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -1,9 +1,10 @@
 """Per-sequence log-probabilities of response tokens: ``log pi(y|x) = sum_t log pi(y_t | x, y_<t)``.
 
 Only response tokens count (prompt and padding are masked). The vocabulary projection is applied only at
-response positions, in row chunks, and under activation checkpointing during training, so the
-``[tokens, vocab]`` float32 logits of the whole batch never exist at once: at length 1024 with a 49k
-vocabulary that tensor alone would be 200 MB per sequence.
+response positions, in row chunks, so the ``[tokens, vocab]`` float32 logits of the whole batch never exist at
+once: at length 1024 with a 49k vocabulary that tensor alone would be 200 MB per sequence. In training a head
+that trains runs each chunk under activation checkpointing; a frozen head (adapters) gets its input gradient in
+forward instead (:class:`FrozenHeadTokenLogps`), which saves a third of the vocabulary work.
 """
 
 from __future__ import annotations
@@ -38,6 +39,54 @@ def _token_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Ten
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+class FrozenHeadTokenLogps(torch.autograd.Function):
+    """``log softmax(c * tanh(head(h) / c))[t]`` per row for a frozen head, its input gradient found in forward.
+
+    With ``z = h W^T (+ b)``, ``logits = c tanh(z / c)`` (or ``z`` without soft-capping) and ``p = softmax(logits)``:
+
+        d logp / d h = ((onehot(t) - p) * (1 - tanh(z / c)^2)) @ W
+
+    Forward computes that ``[rows, hidden]`` matrix chunk by chunk and keeps it instead of the ``[rows, vocab]``
+    logits; backward only scales it by each row's upstream gradient. That is two vocabulary-sized matmuls a step
+    instead of the three of checkpointed recomputation (forward, recompute, backward), and ``hidden`` floats of
+    memory a row. Only for a head that does not train (adapters, frozen embeddings): the weight's gradient would
+    need the upstream gradient before it is known.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:  # type: ignore[override]
+        logps = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
+        input_grad = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], LOGIT_CHUNK_ROWS):
+            stop = start + LOGIT_CHUNK_ROWS
+            t = targets[start:stop]
+            z = torch.nn.functional.linear(hidden[start:stop], weight, bias).float()  # autocast applies here
+            if softcap:
+                squashed = torch.tanh(z / softcap)
+                logits = squashed * softcap
+            else:
+                logits = z
+            log_probs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+            logps[start:stop] = log_probs.gather(-1, t.unsqueeze(-1)).squeeze(-1)
+            d_logits = log_probs.exp_().neg_()  # -p, in place of the log-probabilities
+            d_logits.scatter_add_(-1, t.unsqueeze(-1), torch.ones_like(d_logits[:, :1]))
+            if softcap:
+                d_logits.mul_(1 - squashed * squashed)
+            input_grad[start:stop] = torch.matmul(d_logits.to(weight.dtype), weight).float()
+        ctx.save_for_backward(input_grad)
+        ctx.hidden_dtype = hidden.dtype
+        return logps
+
+    @staticmethod
+    def backward(ctx: Any, grad_logps: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        (input_grad,) = ctx.saved_tensors
+        return (grad_logps.float().unsqueeze(-1) * input_grad).to(ctx.hidden_dtype), None, None, None, None
+
+
+def _frozen_head(head: torch.nn.Module) -> bool:
+    return isinstance(head, torch.nn.Linear) and not any(p.requires_grad for p in head.parameters())
 
 
 def response_logps(
@@ -121,6 +170,10 @@ def scored_logps(
             _warn_head_mismatch(type(base).__name__)
             return scored_logps(model, inputs, rows, sources, targets, out_index, n_out, full_logits=True)
         hidden = final_hidden[rows, sources]
+        if torch.is_grad_enabled() and hidden.requires_grad and _frozen_head(head):
+            token_logps = FrozenHeadTokenLogps.apply(hidden, head.weight, head.bias, targets, softcap)
+            logps = torch.zeros(n_out, dtype=torch.float32, device=input_ids.device)
+            return logps.index_add(0, out_index, token_logps)
         pieces = []
         for start in range(0, hidden.shape[0], LOGIT_CHUNK_ROWS):
             h, t = hidden[start : start + LOGIT_CHUNK_ROWS], targets[start : start + LOGIT_CHUNK_ROWS]
