@@ -179,3 +179,73 @@ def test_kill_mid_round_and_rerun_matches_uninterrupted(tiny_model_dir, tmp_path
     assert wa.keys() == wb.keys()
     for k in wa:
         assert (wa[k] - wb[k]).abs().max().item() <= 1e-6, k
+
+
+def _log(path: Path, grades: list[float], full: list[float]) -> None:
+    path.mkdir(parents=True)
+    path.joinpath("log.jsonl").write_text("".join(
+        json.dumps({"round": r, "eval_mean_grade": g, "eval_full_marks": f, "eval_n": 4}) + "\n"
+        for r, (g, f) in enumerate(zip(grades, full))))
+
+
+def test_online_comparison_on_recorded_rounds_by_hand(tmp_path):
+    """Gains over the starting model and the paired difference, against a hand calculation."""
+    from mmpo.reports.comparison import render_table, summarize_online
+
+    finals = {"mmpo": [3.0, 4.0, 5.0], "dpo": [2.0, 2.5, 4.5]}
+    dirs = {}
+    for loss, values in finals.items():
+        dirs[loss] = {}
+        for seed, final in enumerate(values):
+            _log(tmp_path / f"{loss}-seed{seed}", [1.0, (1.0 + final) / 2, final], [0.0, 0.0, 0.25])
+            dirs[loss][seed] = tmp_path / f"{loss}-seed{seed}"
+    c = summarize_online(dirs, ["mmpo", "dpo"], [0, 1, 2], tmp_path / "cmp")
+    assert c["base_grade"] == 1.0
+    gain = c["gain_over_base"]["mmpo"]  # gains 2, 3, 4: mean 3, sd 1, half-width t(0.975, 2) / sqrt(3), t = 4.303 (the table)
+    assert gain["mean"] == pytest.approx(3.0)
+    assert gain["high"] - gain["mean"] == pytest.approx(4.303 / 3 ** 0.5, rel=1e-5)
+    assert gain["distinguishable"]  # 3 - 2.484 > 0
+    diff = c["metrics"]["mean_grade"]  # paired differences 1, 1.5, 0.5: mean 1, sd 0.5
+    assert diff["diff"] == pytest.approx(1.0)
+    assert diff["high"] - diff["diff"] == pytest.approx(4.303 * 0.5 / 3 ** 0.5, rel=1e-5)
+    assert diff["distinguishable"] is False  # 1 - 1.242 < 0
+    table = render_table(c)
+    assert "mmpo: +3.000 [+0.516, +5.484]: above the starting model" in table
+    assert (tmp_path / "cmp" / "curves.png").exists() and (tmp_path / "cmp" / "comparison.json").exists()
+
+    _log(tmp_path / "other-start", [2.0, 3.0], [0.0, 0.0])  # another starting grade: not the same comparison
+    with pytest.raises(Exception, match="different held-out grades"):
+        summarize_online({"mmpo": {0: dirs["mmpo"][0]}, "dpo": {0: tmp_path / "other-start"}}, ["mmpo", "dpo"], [0], tmp_path / "x")
+
+
+def test_compare_runs_online_rounds_per_loss_and_seed_and_refuses_changed_settings(tiny_model_dir, tmp_path, monkeypatch):
+    (tmp_path / "checkers").mkdir()
+    (tmp_path / "checkers" / "online_cmp_checker.py").write_text(CHECKER)
+    monkeypatch.syspath_prepend(str(tmp_path / "checkers"))
+    monkeypatch.setenv("MMPO_CACHE", str(tmp_path / "cache"))
+    import yaml
+
+    from mmpo.cli.main import main
+    from mmpo.config import load_config
+
+    recipe = _overrides(tiny_model_dir, tmp_path, tmp_path / "unused", rounds=1)
+    recipe.update(prompts_per_round=2, samples_per_prompt=2, steps_per_round=1, max_new_tokens=4,
+                  grader="checker:online_cmp_checker:grade")
+    del recipe["output_dir"], recipe["seed"]
+    (tmp_path / "online.yaml").write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "online.yaml"), "--losses", "mmpo,dpo", "--seeds", "0,1", "--out", str(out)]) == 0
+    c = json.loads((out / "comparison.json").read_text())
+    assert c["kind"] == "online" and c["losses"] == ["mmpo", "dpo"] and c["seeds"] == [0, 1]
+    for loss in ("mmpo", "dpo"):
+        for seed in (0, 1):
+            log = [json.loads(x) for x in (out / f"{loss}-seed{seed}" / "log.jsonl").read_text().splitlines()]
+            assert [r["round"] for r in log] == [0, 1]
+            assert c["metrics"]["gain"]["per_seed"][loss][seed] == pytest.approx(log[1]["eval_mean_grade"] - log[0]["eval_mean_grade"])
+            cfg = yaml.safe_load((out / f"{loss}-seed{seed}" / "config.yaml").read_text())
+            assert (cfg["loss"], cfg["seed"]) == (loss, seed)
+    # The same directory with other settings is refused in one line, not silently reused.
+    config = load_config(OnlineConfig, tmp_path / "online.yaml", {"output_dir": str(out / "mmpo-seed0"), "loss": "mmpo",
+                                                                  "seed": 0, "gamma": 2.0})
+    with pytest.raises(Exception, match="other settings .*gamma 0.5 -> 2.0"):
+        train_online(config)

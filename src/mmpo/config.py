@@ -293,20 +293,23 @@ def _expand_cache(value: Any) -> Any:
     return value
 
 
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """A recipe's keys as written: a YAML file, or a packaged recipe by name (``embedded/rm``)."""
+    from mmpo.recipes import resolve_recipe
+
+    p = resolve_recipe(path)
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: expected a mapping of config keys")
+    return loaded
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> T:
     """Build ``cls`` from a YAML file and ``--key value`` overrides (a list of CLI tokens or a dict)."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        from mmpo.recipes import resolve_recipe
-
-        p = resolve_recipe(path)  # a file, or a packaged recipe by name (embedded/rm)
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{path}: not valid YAML ({e})") from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"{path}: expected a mapping of config keys")
-        values.update(loaded)
+    values: dict[str, Any] = read_recipe(path) if path is not None else {}
     cli_values: dict[str, Any] = {}
     if isinstance(overrides, dict):
         values.update(overrides)

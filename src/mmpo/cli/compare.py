@@ -1,4 +1,4 @@
-"""`mmpo compare [CONFIG.yaml] --losses mmpo,bt --seeds 0,1,2 --out DIR [--kind rm|dpo] [--key value ...]`."""
+"""`mmpo compare [CONFIG.yaml] --losses mmpo,bt --seeds 0,1,2 --out DIR [--kind rm|dpo|online] [--key value ...]`."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ ACCEPTS_OVERRIDES = {"compare": True}
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.allow_abbrev = False  # `--seed 3` / `--loss bt` are run keys, not abbreviations of --seeds / --losses
-    p.usage = "mmpo compare [CONFIG.yaml] --losses mmpo,bt --seeds 0,1,2 --out DIR [--kind rm|dpo] [--key value ...]"
+    p.usage = "mmpo compare [CONFIG.yaml] --losses mmpo,bt --seeds 0,1,2 --out DIR [--kind rm|dpo|online] [--key value ...]"
     p.epilog = ("Trains the recipe once per loss and seed under DIR (finished runs are reused, unfinished ones resume) "
                 "and writes DIR/comparison.json, comparison.md, comparison.png and curves.png: each metric's mean "
                 "per loss and the paired difference first - second with a 95% t-interval over seeds.")
     p.add_argument("--losses", required=True, help="comma-separated losses; the first is compared against the others")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--out", required=True, help="comparison directory")
-    p.add_argument("--kind", choices=["rm", "dpo"], default=None,
-                   help="reward models or policies (default: dpo when a loss exists only for policies, else rm)")
+    p.add_argument("--kind", choices=["rm", "dpo", "online"], default=None,
+                   help="reward models, policies, or `mmpo online` runs (default: online for a recipe with `prompts`, "
+                        "else dpo when a loss exists only for policies, else rm)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,7 +29,15 @@ def run(args: argparse.Namespace) -> int:
     recipe, tokens = split_recipe(args.extra)
     losses = parse_list(args.losses, "losses")
     seeds = parse_list(args.seeds, "seeds", int)
-    comparison = run_compare(args.kind, recipe, losses, seeds, parse_overrides(tokens), args.out)
+    kind = args.kind or ("online" if recipe is not None and recipe_is_online(recipe) else None)
+    comparison = run_compare(kind, recipe, losses, seeds, parse_overrides(tokens), args.out)
     print("\n" + render_table(comparison))
     print(f"\nwritten: {args.out}/comparison.json, comparison.md, " + ", ".join(comparison["plots"].values()))
     return 0
+
+
+def recipe_is_online(recipe: str) -> bool:
+    """An `mmpo online` recipe names its prompts (`prompts`); rm / dpo recipes name pairs (`data`)."""
+    from mmpo.config import read_recipe
+
+    return "prompts" in read_recipe(recipe)

@@ -30,7 +30,10 @@ from mmpo.evaluation.metrics import pair_metrics
 from mmpo.reports.intervals import METHOD, distinguishable, format_interval, mean_interval, paired_difference
 
 METRICS = ("accuracy", "ece", "soft_ece", "nll", "brier")
-HIGHER_IS_BETTER = frozenset({"accuracy"})
+# `--kind online` (mmpo online runs): the held-out greedy answers' mean grade after the last round, its gain over
+# the starting model's (round 0: the same greedy answers for every seed and loss), and the share at full marks.
+ONLINE_METRICS = ("mean_grade", "gain", "full_marks")
+HIGHER_IS_BETTER = frozenset({"accuracy", "mean_grade", "gain", "full_marks"})
 POLICY_ONLY_LOSSES = frozenset({"dpo", "cdpo", "ipo", "simpo", "simpo_mmpo"})
 METRIC_NOTES = {
     "accuracy": "held-out pairs ranked as the judge ranks them",
@@ -38,6 +41,9 @@ METRIC_NOTES = {
     "soft_ece": "ECE against the judge's probabilities",
     "nll": "cross-entropy against the held-out targets",
     "brier": "squared gap to the held-out targets",
+    "mean_grade": "held-out greedy answers' mean grade after the last round",
+    "gain": "mean grade after the last round minus the starting model's",
+    "full_marks": "share of held-out greedy answers at full marks",
 }
 
 
@@ -185,6 +191,17 @@ def render_table(comparison: dict[str, Any], title: str | None = None) -> str:
             verdict = f"yes: {better_loss(metric, d['diff'], first, other)} better" if d["distinguishable"] else "no"
             cells.append(verdict)
         lines.append("| " + " | ".join(cells) + " |")
+    if comparison.get("kind") == "online":
+        lines += ["", f"Starting model (round 0, greedy): mean grade {comparison['base_grade']:.3f} on "
+                  f"{comparison['n_eval_prompts']} held-out prompts. Gain over it, per loss:"]
+        for loss, g in comparison["gain_over_base"].items():
+            above = "above the starting model" if g["distinguishable"] and g["mean"] > 0 else \
+                "below the starting model" if g["distinguishable"] else "not distinguishable from the starting model"
+            span = f" [{g['low']:+.3f}, {g['high']:+.3f}]" if g["low"] is not None else " (one seed: no interval)"
+            lines.append(f"- {loss}: {g['mean']:+.3f}{span}: {above}")
+        lines += ["", f"Mean +- half-width of the {METHOD}; {len(seeds)} seeds ({', '.join(map(str, seeds))}). "
+                  "Higher is better for every metric here."]
+        return "\n".join(lines)
     lines += ["", f"Mean +- half-width of the {METHOD}; {len(seeds)} seeds ({', '.join(map(str, seeds))}). "
               "Higher is better for accuracy, lower for the rest."]
     return "\n".join(lines)
@@ -242,7 +259,7 @@ def seed_band(curves: list[list[tuple[float, float]]]) -> tuple[np.ndarray, np.n
 
 
 def plot_curves(logs_by_loss: dict[str, list[list[dict[str, Any]]]], path: Path, title: str = "",
-                metrics: tuple[str, ...] = ("nll", "ece", "accuracy")) -> bool:
+                metrics: tuple[str, ...] = ("nll", "ece", "accuracy"), xlabel: str = "training epochs") -> bool:
     """Held-out metrics against training progress: per loss the mean over seeds and a min-max band.
 
     Returns False (and writes nothing) when no run logged an evaluation during training.
@@ -264,7 +281,7 @@ def plot_curves(logs_by_loss: dict[str, list[list[dict[str, Any]]]], path: Path,
             ax.plot(x, mean, "o-", color=f"C{i}", label=f"{loss} (mean of {len(runs)})", ms=4)
             ax.fill_between(x, low, high, color=f"C{i}", alpha=0.2, lw=0)
         better = "higher" if metric in HIGHER_IS_BETTER else "lower"
-        ax.set(xlabel="training epochs", ylabel=f"held-out {metric}", title=f"held-out {metric} ({better} is better)")
+        ax.set(xlabel=xlabel, ylabel=f"held-out {metric}", title=f"held-out {metric} ({better} is better)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle((title + ": " if title else "") + "evaluated during training; band = lowest to highest seed", fontsize=9.5)
@@ -311,8 +328,75 @@ def run_compare(kind: str | None, recipe: str | Path | None, losses: list[str], 
     for seed in seeds:  # seed-major: a stopped comparison has whole seeds done
         for loss in losses:
             values = {**overrides, "loss": loss, "seed": seed, "output_dir": str(out / run_name(loss, seed))}
-            run_dirs[loss][seed] = train_or_reuse(kind, recipe, values)
+            run_dirs[loss][seed] = train_or_reuse_online(recipe, values) if kind == "online" else train_or_reuse(kind, recipe, values)
+    if kind == "online":
+        return summarize_online(run_dirs, losses, seeds, out, title)
     return summarize(run_dirs, losses, seeds, out, title)
+
+
+# --- online runs (`mmpo online`) ---------------------------------------------------------------------------
+
+
+def train_or_reuse_online(recipe: str | Path | None, overrides: dict[str, Any]) -> Path:
+    """Run (or continue; finished rounds are read back) one `mmpo online` run; returns its directory."""
+    from mmpo.config import load_config
+    from mmpo.training.online import OnlineConfig, train_online
+
+    config = load_config(OnlineConfig, recipe, overrides)
+    print(f"== {Path(config.output_dir).name}: online rounds (loss {config.loss}, seed {config.seed})", flush=True)
+    train_online(config)
+    return Path(config.output_dir)
+
+
+def online_records(run_dir: Path) -> list[dict[str, Any]]:
+    """A finished online run's ``log.jsonl`` (round 0 = the starting model, then one record per round)."""
+    path = run_dir / "log.jsonl"
+    if not path.exists():
+        raise UserError(f"{run_dir}: no log.jsonl (the online run did not finish)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def online_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
+    """:data:`ONLINE_METRICS` of one run from its rounds: the last round's held-out grade, minus round 0's for the gain."""
+    if len(records) < 2 or "eval_mean_grade" not in records[0]:
+        raise UserError("an online run without held-out prompts or rounds cannot be compared (set eval_prompts)")
+    base, last = records[0], records[-1]
+    return {"mean_grade": float(last["eval_mean_grade"]), "gain": float(last["eval_mean_grade"] - base["eval_mean_grade"]),
+            "full_marks": float(last["eval_full_marks"]), "base_grade": float(base["eval_mean_grade"]),
+            "n": int(last["eval_n"])}
+
+
+def summarize_online(run_dirs: dict[str, dict[int, Path]], losses: list[str], seeds: list[int], out: Path,
+                     title: str = "") -> dict[str, Any]:
+    """The online comparison: :data:`ONLINE_METRICS` per loss with 95% intervals over seeds, the paired difference,
+    and whether each loss's gain over the starting model excludes zero; comparison.json / .md / .png and a
+    curves.png of the held-out grade after every round."""
+    values = {loss: {s: online_metrics(online_records(run_dirs[loss][s])) for s in seeds} for loss in losses}
+    bases = {values[loss][s]["base_grade"] for loss in losses for s in seeds}
+    if max(bases) - min(bases) > 1e-9:
+        raise UserError(f"the runs start from different held-out grades ({sorted(bases)}): give every run the same "
+                        "model, eval_prompts and max_new_tokens")
+    comparison = compare_values(values, losses, seeds, ONLINE_METRICS)
+    comparison["kind"] = "online"
+    comparison["base_grade"] = bases.pop()
+    comparison["n_eval_prompts"] = values[losses[0]][seeds[0]]["n"]
+    comparison["gain_over_base"] = {
+        loss: {**comparison["metrics"]["gain"]["intervals"][loss],
+               "distinguishable": distinguishable(comparison["metrics"]["gain"]["intervals"][loss]["low"],
+                                                  comparison["metrics"]["gain"]["intervals"][loss]["high"])}
+        for loss in losses}
+    comparison["runs"] = {loss: {str(s): str(run_dirs[loss][s]) for s in seeds} for loss in losses}
+    out.mkdir(parents=True, exist_ok=True)
+    table = render_table(comparison, title or None)
+    plot_comparison(comparison, out / "comparison.png", title)
+    logs = {loss: [[{"epoch": r["round"], "eval_mean_grade": r["eval_mean_grade"], "eval_full_marks": r["eval_full_marks"]}
+                    for r in online_records(run_dirs[loss][s])] for s in seeds] for loss in losses}
+    comparison["plots"] = {"comparison": str(out / "comparison.png")}
+    if plot_curves(logs, out / "curves.png", title, metrics=("mean_grade", "full_marks"), xlabel="round (0 = starting model)"):
+        comparison["plots"]["curves"] = str(out / "curves.png")
+    _atomic_write(out / "comparison.json", json.dumps(comparison, indent=2, default=_json_default))
+    _atomic_write(out / "comparison.md", table + "\n")
+    return comparison
 
 
 def _atomic_write(path: Path, text: str) -> None:

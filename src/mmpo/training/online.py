@@ -442,6 +442,28 @@ def _carry_over(model: str, target: Path) -> None:
     load_tokenizer(model).save_pretrained(target)
 
 
+# Keys an online run may change and still continue in its directory: more rounds extend it.
+EXTENDABLE_KEYS = frozenset({"rounds"})
+
+
+def refuse_other_settings(config: OnlineConfig, out: Path) -> None:
+    """An ``output_dir`` whose ``config.yaml`` holds other settings (beyond bookkeeping keys and ``rounds``) is
+    refused in one line: its rounds were made by another recipe and would be silently reused."""
+    import yaml
+
+    from mmpo.training.run_dir import _plain, settings_differences
+
+    saved_path = out / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    current = {k: v for k, v in _plain(config).items() if k not in EXTENDABLE_KEYS}
+    diffs = settings_differences(saved, current, _plain(OnlineConfig()))
+    if diffs:
+        raise UserError(f"{out} holds an online run with other settings ({'; '.join(diffs)}): choose another output_dir "
+                        "or delete it")
+
+
 def train_online(config: OnlineConfig, grader: GradeFn | None = None) -> list[dict[str, Any]]:
     """Run ``config.rounds`` rounds (resuming finished work in ``output_dir``); returns ``log.jsonl``'s records.
 
@@ -457,6 +479,7 @@ def train_online(config: OnlineConfig, grader: GradeFn | None = None) -> list[di
     run = OnlineRun(config, grader or load_grader(config.grader), train_rows, eval_rows, out)
     from mmpo.config import save_config
 
+    refuse_other_settings(config, out)
     save_config(config, out / "config.yaml")
     records = []
     base = out / "round-0" / "round.json"
