@@ -177,3 +177,33 @@ def test_frozen_head_gradient_in_forward_matches_brute_force(monkeypatch, softca
     assert expected_grads and all("lm_head" not in n for n in expected_grads)
     for name, grad in expected_grads.items():
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_head_gets_a_contiguous_input_in_scoring_and_generation(tiny_model_dir):
+    """The model projects ``hidden[:, -1:, :]``, a strided view; on it a linear layer copies its whole weight once
+    per row (a batched matmul against the expanded weight). Scoring and generation hand the head a contiguous input."""
+    from transformers import AutoModelForCausalLM
+
+    from mmpo.models.generation import generate_batch
+    from mmpo.models.loading import load_tokenizer
+    from mmpo.serving.chat_model import ChatModel
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    head = model.get_output_embeddings()
+    seen: list[bool] = []
+    original = head.forward
+    # A 2-d strided input is fine (a matrix product takes its strides); a 3-d one is what falls off the cliff.
+    head.forward = lambda x: seen.append(x.dim() < 3 or x.is_contiguous()) or original(x)
+    ids, attention, response = pad_batch(make_sequences(), "right")
+    model(input_ids=ids, attention_mask=attention, logits_to_keep=1)
+    assert seen == [False], "the model itself hands the head a strided view (what this test guards against)"
+
+    seen.clear()
+    with torch.no_grad():
+        response_logps(model, ids, attention, response)
+    assert seen and all(seen)
+    seen.clear()
+    chat = ChatModel(model, load_tokenizer(str(tiny_model_dir)), "tiny")
+    generate_batch(chat, [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "hello there"}]], 2,
+                   max_new_tokens=3, temperature=1.0, seed=0)
+    assert seen and all(seen)

@@ -208,7 +208,10 @@ class ChatModel:
     instance can be shared by the threads of an HTTP server."""
 
     def __init__(self, model: Any, tokenizer: Any, name: str):
+        from mmpo.models.logps import keep_head_input_contiguous
+
         self.model = model.eval()
+        keep_head_input_contiguous(model)
         self.tokenizer = tokenizer
         self.name = name
         self.eos_ids = _eos_ids(model, tokenizer)
