@@ -57,6 +57,10 @@ def test_two_gloo_processes_match_one_process(kind, tiny_model_dir, pair_file, t
     assert (two / "config.json").exists()
     if kind == "dpo":
         assert "reference log-probs (train): computed and cached" in done.stdout
+        # Each rank scored its half: on CPUs accelerate's default state would see one process per rank, and both
+        # would score every pair and race to write the same cache entry.
+        for rank in (0, 1):
+            assert f"process {rank} of 2 scores 32 of 64 pairs" in done.stdout, done.stdout[-3000:]
         # The shards were gathered and written once, as the whole set.
         entries = list((tmp_path / "cache-two" / "reference_logps").iterdir())
         assert len(entries) == 1 and (entries[0] / "meta.json").exists()

@@ -106,8 +106,9 @@ def _quantized_loading(config: Any, four_bit: bool) -> dict[str, Any]:
         raise UserError(f"{key} needs a CUDA GPU (bitsandbytes); this machine has none: drop {key} to train in full precision")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise UserError(f"{key} needs the bitsandbytes package: pip install bitsandbytes")
-    from accelerate import PartialState
     from transformers import BitsAndBytesConfig
+
+    from mmpo.distributed import process_state
 
     if four_bit:
         compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -118,7 +119,7 @@ def _quantized_loading(config: Any, four_bit: bool) -> dict[str, Any]:
     else:
         quantization = BitsAndBytesConfig(load_in_8bit=True)
     # Each process holds its own quantised copy on its own GPU (DDP); Trainer must not move it.
-    return {"quantization_config": quantization, "device_map": {"": PartialState().local_process_index}}
+    return {"quantization_config": quantization, "device_map": {"": process_state().local_process_index}}
 
 
 def prepare_quantized_for_lora(model: Any, config: Any) -> Any:

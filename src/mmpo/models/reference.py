@@ -217,12 +217,13 @@ def cached_reference_logps(
     several processes each rank computes its shard of the pairs, the shards are gathered on every rank, and
     only the main process writes the cache entry.
     """
-    from accelerate import PartialState
     from accelerate.utils import broadcast_object_list, gather_object
+
+    from mmpo.distributed import process_state
 
     key = reference_cache_key(identity, features, settings)
     path = (root or cache_dir() / "reference_logps") / key
-    state = PartialState()
+    state = process_state()
     found = _read_entry(path, key, len(features)) if path.exists() else None
     if state.num_processes > 1:
         # Every rank takes the main process's branch, or some would wait forever in the gather below.
@@ -238,6 +239,8 @@ def cached_reference_logps(
         return CachedReference(found[0], found[1], path, from_cache=True)
     # Each rank scores its shard (rows rank, rank + world, ...); the shards are gathered on every rank.
     mine = list(range(state.process_index, len(features), state.num_processes))
+    if state.num_processes > 1:
+        print(f"{desc}: process {state.process_index} of {state.num_processes} scores {len(mine)} of {len(features)} pairs", flush=True)
     part_chosen, part_rejected = compute_reference_logps(
         get_model(), [features[i] for i in mine], pad_token_id, batch_size, device, autocast_dtype, full_logits, desc,
         prefix_sharing, packing,

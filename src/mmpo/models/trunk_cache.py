@@ -367,15 +367,14 @@ def build_trunk_cache(config: Any, model: torch.nn.Module, kind: str, bf16: bool
 
     ``model`` is the model as trained (LoRA applied), so the frozen depth is read from its ``requires_grad``.
     """
-    from accelerate import PartialState
-
+    from mmpo.distributed import process_state
     from mmpo.models.embedded import resolve_model_path
     from mmpo.models.reference import model_identity
 
     depth = resolve_trunk_cache(
         getattr(config, "trunk_cache", "auto"),
         model,
-        processes=PartialState().num_processes,
+        processes=process_state().num_processes,
         torch_compile=bool(getattr(config, "torch_compile", False)),
         packed=any(bool(getattr(config, k, False)) for k in PACKING_KEYS),
     )

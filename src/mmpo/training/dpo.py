@@ -298,7 +298,7 @@ def _reference_load_kwargs(config: DPOConfig, dtype: Any) -> dict[str, Any]:
 
 
 def _precompute(config: DPOConfig, model: torch.nn.Module, dtype: torch.dtype, bf16: bool, features: dict[str, list], pad_token_id: int) -> tuple[dict[str, list], dict[str, dict[str, Any]]]:
-    from accelerate import PartialState
+    from mmpo.distributed import process_state
 
     ref_name = config.ref_model or config.model
     identity = model_identity(resolve_model_path(ref_name))
@@ -308,7 +308,7 @@ def _precompute(config: DPOConfig, model: torch.nn.Module, dtype: torch.dtype, b
         "dtype": str(dtype),
         "autocast_bf16": bf16,
     }
-    device = PartialState().device  # this rank's device
+    device = process_state().device  # this rank's device
     loaded: dict[str, torch.nn.Module] = {}
 
     def get_model() -> torch.nn.Module:
