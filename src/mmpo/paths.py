@@ -65,3 +65,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def fetch_url(url: str, failure: str, timeout: float = 60.0) -> bytes:
+    """The body at ``url``. Unreachable (or any transport error): one ``UserError`` line, ``failure`` with
+    ``{url}`` and ``{reason}`` filled in, which should say where else the data can come from."""
+    import urllib.error
+    import urllib.request
+
+    from mmpo.errors import UserError
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.read()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise UserError(failure.format(url=url, reason=reason)) from None
+

@@ -19,16 +19,14 @@ import gzip
 import json
 import os
 import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from mmpo.errors import UserError
-from mmpo.paths import cache_dir
+from mmpo.paths import cache_dir, fetch_url
 
 FILE_NAME = "responses.jsonl.gz"
 URL_ENV = "MMPO_ALPACA_EVAL_URL"
@@ -61,15 +59,13 @@ def locate() -> Path:
 
 
 def _fetch_json(url: str) -> Any:
+    failure = ("alpaca_graded: cannot download {url} ({reason}); give a local copy with "
+               "data: {{source: alpaca_graded, path: FILE}} or point $" + URL_ENV + " at a mirror of alpaca_eval's results/")
+    body = fetch_url(url, failure)
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            return json.load(response)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise UserError(
-            f"alpaca_graded: cannot download {url} ({reason}); give a local copy with "
-            f"data: {{source: alpaca_graded, path: FILE}} or point ${URL_ENV} at a mirror of alpaca_eval's results/"
-        ) from None
+        return json.loads(body)
+    except ValueError as e:
+        raise UserError(failure.format(url=url, reason=f"not JSON: {e}")) from None
 
 
 def build_records(annotations: dict[str, list[dict[str, Any]]], n: int | None = None) -> list[dict[str, Any]]:

@@ -119,26 +119,16 @@ def download_mt_bench(target: str | os.PathLike | None = None, base_url: str | N
     ``fastchat/llm_judge/data`` directory. The directory appears complete or not at all (an atomic rename);
     the files are checked to parse before it does. Unreachable: one UserError line.
     """
-    import urllib.error
-    import urllib.request
-
-    from mmpo.paths import atomic_directory
+    from mmpo.paths import atomic_directory, fetch_url
 
     base = (base_url or os.environ.get(URL_ENV) or FASTCHAT_RAW_URL).rstrip("/")
     target = Path(target) if target is not None else mt_bench_cache_dir()
     with atomic_directory(target) as tmp:
         for remote, local in DOWNLOAD_FILES:
-            url = f"{base}/{remote}"
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    body = response.read()
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                reason = getattr(e, "reason", None) or e
-                raise UserError(
-                    f"MT-bench data not found locally and {url} is not reachable ({reason}); give the MT-bench directory on the command line "
-                    f"or put question.jsonl, judge_prompts.jsonl and reference_answer_gpt-4.jsonl in {target}"
-                ) from None
-            (tmp / local).write_bytes(body)
+            failure = ("MT-bench data not found locally and {url} is not reachable ({reason}); give the MT-bench "
+                       "directory on the command line or put question.jsonl, judge_prompts.jsonl and "
+                       f"reference_answer_gpt-4.jsonl in {target}")
+            (tmp / local).write_bytes(fetch_url(f"{base}/{remote}", failure, timeout))
         load_questions(tmp / "question.jsonl")
         load_judge_prompts(tmp / "judge_prompts.jsonl")
         load_reference_answers(tmp / "reference_answer_gpt-4.jsonl")
