@@ -25,13 +25,15 @@ def generate_batch(
     temperature: float = 1.0,
     top_p: float = 1.0,
     seed: int = 0,
+    autocast_dtype: Any = None,
 ) -> list[list[str]]:
     """``num_samples`` answers to each prompt, as ``out[i][j]`` = the j-th answer to ``prompts[i]``.
 
     ``chat`` is a :class:`mmpo.serving.chat_model.ChatModel` (model, tokenizer, ``eos_ids``, ``prompt_ids``).
     Sampling uses ``temperature`` and nucleus ``top_p`` (``top_k`` off); ``temperature`` below
     :data:`GREEDY_BELOW` decodes greedily (then all samples of a prompt are the same, so ask for one).
-    Each answer is cut at the first EOS id and decoded without special tokens.
+    Each answer is cut at the first EOS id and decoded without special tokens. ``autocast_dtype``
+    (``torch.bfloat16``) runs the model under that autocast, as training does under ``bf16``.
     """
     import torch
     from transformers import GenerationConfig
@@ -57,7 +59,8 @@ def generate_batch(
         pad_token_id=pad_id,
         **({"temperature": temperature, "top_p": top_p, "top_k": 0} if sample else {}),
     )
-    with torch.inference_mode():
+    precision = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    with torch.inference_mode(), precision:
         torch.manual_seed(seed)
         out = chat.model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config)
     texts: list[list[str]] = []

@@ -299,11 +299,18 @@ class OnlineRun:
             write_jsonl_atomic(path, kept)  # drop a batch cut short by a crash; it is redone below
         todo = [b for b in range(n_batches) if b not in done_batches]
         if todo:
+            import torch
+
+            from mmpo.training.args import use_bf16
+
+            # Sampling and held-out answers run in the precision training runs in (bf16: auto).
+            autocast = torch.bfloat16 if use_bf16(cfg.bf16) else None
             chat = ChatModel.load(model)
             for b in tqdm(todo, desc=desc, unit="batch"):
                 batch = rows[b * bs:(b + 1) * bs]
                 texts = generate_batch(chat, [x["messages"] for x in batch], num, max_new_tokens=cfg.max_new_tokens,
-                                       temperature=temperature, top_p=cfg.top_p, seed=_seed(cfg.seed, seed_key, b))
+                                       temperature=temperature, top_p=cfg.top_p, seed=_seed(cfg.seed, seed_key, b),
+                                       autocast_dtype=autocast)
                 append_jsonl(path, [{"batch": b, "i": b * bs + j, "prompt": x["prompt"], "meta": _meta(x), "answers": t}
                                     for j, (x, t) in enumerate(zip(batch, texts))])
             del chat
