@@ -63,12 +63,13 @@ class FrozenHeadTokenLogps(torch.autograd.Function):
             stop = start + LOGIT_CHUNK_ROWS
             t = targets[start:stop]
             z = torch.nn.functional.linear(hidden[start:stop], weight, bias).float()  # autocast applies here
+            # In place from here on (no graph is recorded in forward): one [rows, vocab] float32 buffer a chunk.
             if softcap:
-                squashed = torch.tanh(z / softcap)
+                squashed = z.div_(softcap).tanh_()
                 logits = squashed * softcap
             else:
                 logits = z
-            log_probs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+            log_probs = logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
             logps[start:stop] = log_probs.gather(-1, t.unsqueeze(-1)).squeeze(-1)
             d_logits = log_probs.exp_().neg_()  # -p, in place of the log-probabilities
             d_logits.scatter_add_(-1, t.unsqueeze(-1), torch.ones_like(d_logits[:, :1]))
