@@ -205,21 +205,19 @@ def _forward_final_hidden(model: Any, base: Any, inputs: dict[str, torch.Tensor]
     def keep(module, args, output):
         caught["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
 
-    handles = [decoder.register_forward_hook(keep)]
-    head = base.get_output_embeddings()
-    if head is not None and not getattr(head, "_mmpo_contiguous_input", False):
-        handles.append(head.register_forward_pre_hook(_contiguous_input))
+    keep_head_input_contiguous(base)
+    handle = decoder.register_forward_hook(keep)
     try:
         out = model(**kwargs)
     finally:
-        for handle in handles:
-            handle.remove()
+        handle.remove()
     return caught["hidden"], out
 
 
 def keep_head_input_contiguous(model: Any) -> None:
-    """Make ``model``'s output head always get a contiguous input (for generation: see :func:`_contiguous_input`;
-    ``generate`` projects ``hidden[:, -1:, :]`` of the whole prompt batch at its first step). Idempotent."""
+    """Make ``model``'s output head always get a contiguous input (:func:`_contiguous_input`): scoring asks for
+    ``logits_to_keep=1``, and ``generate``'s first step projects ``hidden[:, -1:, :]`` of the whole prompt batch.
+    The values are unchanged; only the copy of the weight goes. Idempotent."""
     head = _unwrap(model).get_output_embeddings()
     if head is not None and not getattr(head, "_mmpo_contiguous_input", False):
         head.register_forward_pre_hook(_contiguous_input)
