@@ -371,7 +371,8 @@ def summarize_online(run_dirs: dict[str, dict[int, Path]], losses: list[str], se
     """The online comparison: :data:`ONLINE_METRICS` per loss with 95% intervals over seeds, the paired difference,
     and whether each loss's gain over the starting model excludes zero; comparison.json / .md / .png and a
     curves.png of the held-out grade after every round."""
-    values = {loss: {s: online_metrics(online_records(run_dirs[loss][s])) for s in seeds} for loss in losses}
+    records = {loss: {s: online_records(run_dirs[loss][s]) for s in seeds} for loss in losses}
+    values = {loss: {s: online_metrics(records[loss][s]) for s in seeds} for loss in losses}
     bases = {values[loss][s]["base_grade"] for loss in losses for s in seeds}
     if max(bases) - min(bases) > 1e-9:
         raise UserError(f"the runs start from different held-out grades ({sorted(bases)}): give every run the same "
@@ -380,17 +381,15 @@ def summarize_online(run_dirs: dict[str, dict[int, Path]], losses: list[str], se
     comparison["kind"] = "online"
     comparison["base_grade"] = bases.pop()
     comparison["n_eval_prompts"] = values[losses[0]][seeds[0]]["n"]
-    comparison["gain_over_base"] = {
-        loss: {**comparison["metrics"]["gain"]["intervals"][loss],
-               "distinguishable": distinguishable(comparison["metrics"]["gain"]["intervals"][loss]["low"],
-                                                  comparison["metrics"]["gain"]["intervals"][loss]["high"])}
-        for loss in losses}
+    gain = comparison["metrics"]["gain"]["intervals"]
+    comparison["gain_over_base"] = {loss: {**gain[loss], "distinguishable": distinguishable(gain[loss]["low"], gain[loss]["high"])}
+                                    for loss in losses}
     comparison["runs"] = {loss: {str(s): str(run_dirs[loss][s]) for s in seeds} for loss in losses}
     out.mkdir(parents=True, exist_ok=True)
     table = render_table(comparison, title or None)
     plot_comparison(comparison, out / "comparison.png", title)
     logs = {loss: [[{"epoch": r["round"], "eval_mean_grade": r["eval_mean_grade"], "eval_full_marks": r["eval_full_marks"]}
-                    for r in online_records(run_dirs[loss][s])] for s in seeds] for loss in losses}
+                    for r in records[loss][s]] for s in seeds] for loss in losses}
     comparison["plots"] = {"comparison": str(out / "comparison.png")}
     if plot_curves(logs, out / "curves.png", title, metrics=("mean_grade", "full_marks"), xlabel="round (0 = starting model)"):
         comparison["plots"]["curves"] = str(out / "curves.png")

@@ -458,14 +458,14 @@ def refuse_other_settings(config: OnlineConfig, out: Path) -> None:
     refused in one line: its rounds were made by another recipe and would be silently reused."""
     import yaml
 
-    from mmpo.training.run_dir import _plain, settings_differences
+    from mmpo.training.run_dir import config_as_saved, settings_differences
 
     saved_path = out / "config.yaml"
     if not saved_path.is_file():
         return
     saved = yaml.safe_load(saved_path.read_text()) or {}
-    current = {k: v for k, v in _plain(config).items() if k not in EXTENDABLE_KEYS}
-    diffs = settings_differences(saved, current, _plain(OnlineConfig()))
+    current = {k: v for k, v in config_as_saved(config).items() if k not in EXTENDABLE_KEYS}
+    diffs = settings_differences(saved, current, config_as_saved(OnlineConfig()))
     if diffs:
         raise UserError(f"{out} holds an online run with other settings ({'; '.join(diffs)}): choose another output_dir "
                         "or delete it")

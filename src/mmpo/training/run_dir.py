@@ -72,7 +72,7 @@ def _short(value: Any, width: int = 48) -> str:
     return text if len(text) <= width else "..." + text[3 - width:]
 
 
-def _plain(config: Any) -> dict[str, Any]:
+def config_as_saved(config: Any) -> dict[str, Any]:
     """The config as ``config.yaml`` stores it (a YAML round trip, so tuples compare equal to lists)."""
     return yaml.safe_load(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 
@@ -136,7 +136,7 @@ def plan_run(config: Any, main_process: bool = True) -> RunPlan:
     saved_path = os.path.join(out, CONFIG_FILE)
     if os.path.isfile(saved_path):
         saved = yaml.safe_load(open(saved_path).read()) or {}
-        diffs = settings_differences(saved, _plain(config), _plain(type(config)()))
+        diffs = settings_differences(saved, config_as_saved(config), config_as_saved(type(config)()))
         if diffs:
             raise UserError(
                 f"{out} holds a run with other settings ({'; '.join(diffs)}): choose another output_dir, "
