@@ -138,7 +138,9 @@ def derive(result: dict[str, Any], mean_tokens_per_pair: float) -> dict[str, Any
     pairs = result["timed_steps"] * result["batch_size"]
     pairs_per_s = pairs / result["timed_seconds"]
     return {"pairs_per_s": pairs_per_s, "seconds_per_step": result["timed_seconds"] / result["timed_steps"],
-            "tokens_per_s": pairs_per_s * mean_tokens_per_pair, "peak_mib": result["peak_rss_mib"]}
+            "tokens_per_s": pairs_per_s * mean_tokens_per_pair,
+            # On a GPU the memory that limits a run is the device's.
+            "peak_mib": result["peak_gpu_mib"] if result.get("peak_gpu_mib") is not None else result["peak_rss_mib"]}
 
 
 def wait_until_quiet(threshold: float, poll_s: float, max_wait_s: float) -> float:
@@ -219,6 +221,15 @@ def tiny_model(like: str) -> str:
 
 
 # --- provenance ----------------------------------------------------------------------------------------------
+def gpu_description() -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    p = torch.cuda.get_device_properties(0)
+    return f"{p.name}, {p.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}"
+
+
 def machine_description() -> str:
     cpu, flags = "unknown CPU", set()
     try:
@@ -282,6 +293,8 @@ def main(argv: list[str]) -> None:
                     help="mmpo config key for every mmpo run (e.g. prefix_sharing=false)")
     ap.add_argument("--model", default=None, help="a model directory instead of the embedded SmolLM2-135M-Instruct; "
                     "'tiny': a 2-layer random one with its tokenizer, for smoke runs")
+    ap.add_argument("--only", nargs="+", default=None, metavar="CASE",
+                    help="run only these cases (e.g. mmpo-dpo mmpo-rm); comparisons missing a side are left out")
     ap.add_argument("--no-profile", action="store_true", help="skip the profiled step in the last repeat")
     ap.add_argument("--real-data", default=None, help="alpaca_graded responses.jsonl.gz (default: see find_real_data)")
     ap.add_argument("--wait-quiet", type=float, default=None, metavar="LOAD",
@@ -298,15 +311,21 @@ def main(argv: list[str]) -> None:
         raise SystemExit("--warmup and --steps must be at least 1")
     mixes = parse_mixes(args.mix or DEFAULT_MIXES)
     cases = cases_for(args.settings)
+    if args.only:
+        unknown = sorted(set(args.only) - set(cases))
+        if unknown:
+            raise SystemExit(f"--only: unknown cases {unknown}; choose from {cases}")
+        cases = [c for c in cases if c in args.only]
     mmpo_overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.mmpo_override)}
     load_before = wait_until_quiet(args.wait_quiet, 30, 1800) if args.wait_quiet else os.getloadavg()[0]
     started = dt.datetime.now(dt.timezone.utc)
     t_start = time.perf_counter()
-    model_path = str(embedded_model_path())
-    if args.model == "tiny":
-        model_path = tiny_model(model_path)
-    elif args.model:
+    if args.model and args.model != "tiny":
         model_path = args.model
+    else:
+        model_path = str(embedded_model_path())
+        if args.model == "tiny":
+            model_path = tiny_model(model_path)
     profile = not args.no_profile
     real = find_real_data(args.real_data) if "real" in mixes else None
     data = build_data(mixes, args.warmup + args.steps + profile, model_path, real)
@@ -344,6 +363,7 @@ def main(argv: list[str]) -> None:
         "started_utc": started.isoformat(timespec="seconds"),
         "minutes": (time.perf_counter() - t_start) / 60,
         "machine": machine_description(),
+        "gpu": gpu_description(),
         "versions": versions(),
         "mmpo_checkout": checkout(),
         "loadavg_1min": {"before": load_before, "max_during": max(loads), "mean_during": statistics.mean(loads)},

@@ -4,6 +4,8 @@ The run builds its trainer exactly as a user would (mmpo: ``train_policy`` / ``t
 TRL: ``DPOTrainer`` / ``RewardTrainer`` from a model path and a JSONL dataset). Measurement is added from outside
 by wrapping ``transformers.Trainer.train`` (both trainers subclass it), so neither trainer's code is changed:
 
+* both trainers read the pairs in file order (``train_sampling_strategy="sequential"``), so each timed step
+  trains both on the same pairs;
 * a callback stamps the wall clock at the end of every optimizer step; the timed window runs from the end of
   warm-up step ``warmup_steps`` to the end of the last timed step (steady state: ``t(w + n) - t(w)``), so model
   loading, tokenization, any precomputation and the first steps' one-off allocations are outside it;
@@ -13,7 +15,8 @@ by wrapping ``transformers.Trainer.train`` (both trainers subclass it), so neith
   torch.profiler (outside the timed window) and its top ops join the result; then the process exits at once
   (no evaluation, no saving: those are not training throughput, and both trainers would do them differently).
 
-Peak resident memory is ``ru_maxrss`` of this process at the end of the timed window.
+Peak resident memory is ``ru_maxrss`` of this process at the end of the timed window; on CUDA also the peak of
+``torch.cuda.max_memory_allocated`` (what the memory comparison then uses).
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def peak_gpu_mib() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
 class Probe:
     """The step clock, what the trainer ran with, and the optional profiled step after the timed window."""
 
@@ -46,8 +55,13 @@ class Probe:
         self.ran_with: dict[str, Any] = {}
         self.result: dict[str, Any] | None = None
         self.profiler: Any = None
+        self.step_inputs: list[dict[str, list[int]]] = []
 
     def on_step_end(self, step: int) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # a GPU step has ended when its kernels have, not when they were queued
         self.step_ends.append(time.perf_counter())
         if step == self.total:
             self.result = self.measure()
@@ -83,6 +97,8 @@ class Probe:
             "warmup_seconds": t0 - self.t_train_call,
             "setup_seconds": self.t_train_call - T_PROCESS_START,
             "peak_rss_mib": peak_rss_mib(),
+            "peak_gpu_mib": peak_gpu_mib(),
+            "step_inputs": self.step_inputs[: self.total],
             "threads": __import__("torch").get_num_threads(),
         }
 
@@ -118,9 +134,20 @@ def install_probe(probe: Probe) -> None:
             "model_class": type(self.model).__name__,
         }
         self.add_callback(StepClock())
+        # Pairs in file order for both trainers, so their timed steps train on the same pairs (their own shuffles
+        # would put pairs of different lengths in the timed window).
+        self.args.train_sampling_strategy = "sequential"
         return original_train(self, *args, **kwargs)
 
     transformers.Trainer.train = train
+    original_step = transformers.Trainer.training_step
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        # What each step fed its model: the shapes of its token tensors (to check both trainers saw the same pairs).
+        probe.step_inputs.append({k: list(v.shape) for k, v in inputs.items() if "input_ids" in k and hasattr(v, "shape")})
+        return original_step(self, model, inputs, *args, **kwargs)
+
+    transformers.Trainer.training_step = training_step
     torch.manual_seed(0)
 
 

@@ -134,7 +134,8 @@ def write_report(json_path: Path, out_path: Path) -> None:
         f"- **Size:** {meta['repeats']} repeats per case, {meta['warmup']} warm-up + {meta['steps']} timed steps per run; "
         "mixes " + ", ".join(f"{m}: max length {d['max_length']}, {d['batch']} pairs/step" for m, d in meta["mixes"].items())
         + " (set with BENCH_REPEATS, BENCH_WARMUP, BENCH_STEPS, BENCH_MIXES; see `benchmarks/run_all.sh`)",
-        "- **GPU:** none; every number is CPU.",
+        (f"- **GPU:** {meta['gpu']}; times are GPU steps (synchronised at each step's end), peak memory is "
+         "`torch.cuda.max_memory_allocated`." if meta.get("gpu") else "- **GPU:** none; every number is CPU."),
         "",
         "## Setup",
         "",

@@ -59,8 +59,17 @@ def test_position_ids_skip_left_padding():
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
-@pytest.mark.parametrize("full_logits", [False, True])
-def test_response_logps_match_brute_force_values_and_gradients(side, full_logits):
+@pytest.mark.parametrize("full_logits, keep_logits", [(False, True), (False, False), (True, True)],
+                         ids=["kept-logits", "recomputed-logits", "full-logits"])
+def test_response_logps_match_brute_force_values_and_gradients(monkeypatch, side, full_logits, keep_logits):
+    import mmpo.models.logps as logps_module
+
+    # The trained head either keeps its logits for backward or recomputes them chunk by chunk (4 rows a chunk).
+    monkeypatch.setattr(logps_module, "LOGIT_CHUNK_ROWS", 4)
+    monkeypatch.setattr(logps_module, "KEEP_LOGITS_ELEMENTS", 10**9 if keep_logits else 0)
+    recomputed = []
+    original_checkpoint = logps_module.checkpoint
+    monkeypatch.setattr(logps_module, "checkpoint", lambda *a, **k: recomputed.append(1) or original_checkpoint(*a, **k))
     model = tiny_causal_lm()
     sequences = make_sequences()
     weights = torch.tensor([0.3, -1.2, 0.7, 2.0])  # a generic linear functional, so every row's gradient counts
@@ -76,6 +85,7 @@ def test_response_logps_match_brute_force_values_and_gradients(side, full_logits
     (logps * weights).sum().backward()
 
     assert n_tokens.tolist() == [r for _, r in SHAPES]
+    assert len(recomputed) == (0 if keep_logits else -(-sum(r for _, r in SHAPES) // 4))
     torch.testing.assert_close(logps, expected.detach(), rtol=1e-5, atol=1e-5)
     assert expected_grads, "the brute-force pass produced no gradients"
     for name, grad in expected_grads.items():

@@ -13,7 +13,7 @@ import torch
 from mmpo.data.collate import CHOSEN, PADDING, PROMPT, REJECTED, PairCollator, SharedPromptCollator
 from mmpo.models.logps import response_logps, shared_response_logps
 from mmpo.models.reward import sequence_rewards, shared_sequence_rewards
-from mmpo.models.shared_prefix import pair_collator, prefix_sharing_unsupported, shared_prefix_mask
+from mmpo.models.shared_prefix import pair_collator, prefix_sharing_unsupported, shared_prefix_mask, shared_prefix_mask_mod
 from mmpo.training.dpo import policy_loss, policy_rewards
 from mmpo.training.rm import reward_pair_loss
 
@@ -24,8 +24,9 @@ ARCHS = ["llama", "qwen2", "mistral", "gemma2"]
 def tiny_config(arch: str, attn: str = "sdpa"):
     from transformers import AutoConfig
 
+    # hidden 64 over 4 heads: head_dim 16, the smallest FlexAttention's CUDA kernels compile for.
     common = dict(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
     )
     extra = {
@@ -33,7 +34,7 @@ def tiny_config(arch: str, attn: str = "sdpa"):
         "qwen2": {},
         # A window shorter than the rows, so the mask's window term is exercised.
         "mistral": {"sliding_window": 6},
-        "gemma2": {"head_dim": 8, "sliding_window": 128, "query_pre_attn_scalar": 8},
+        "gemma2": {"head_dim": 16, "sliding_window": 128, "query_pre_attn_scalar": 16},
     }[arch]
     config = AutoConfig.for_model(arch, **common, **extra)
     config._attn_implementation = attn
@@ -126,22 +127,24 @@ COLLATORS = {
 }
 
 
-def run_all(arch: str, kind: str, lora: bool, attn: str = "sdpa"):
-    """(values, loss, gradients) under each layout; values are the rewards, or policy and reference log-probs."""
+def run_all(arch: str, kind: str, lora: bool, attn: str = "sdpa", device: str = "cpu", two_row_attn: str | None = None):
+    """(values, loss, gradients) under each layout; values are the rewards, or policy and reference log-probs.
+
+    The two-row layout runs under ``two_row_attn`` (default: ``attn``), the shared and packed ones under ``attn``."""
     features = make_features()
     assert len(COLLATORS["packed"](features)["input_ids"]) < len(features)  # packing does pack
     results = []
-    for collator in COLLATORS.values():
-        model = build(arch, kind, lora, attn)
+    for name, collator in COLLATORS.items():
+        model = build(arch, kind, lora, (two_row_attn or attn) if name == "two_rows" else attn).to(device)
         model.train()
-        batch = collator(features)
+        batch = {k: v.to(device) for k, v in collator(features).items()}
         if kind == "rm":
             values, loss = rm_loss(model, batch)
         else:
             reference = copy.deepcopy(model).eval()
             values, loss = dpo_loss(model, reference, batch)
         loss.backward()
-        results.append((values.detach(), loss.detach(), grads(model)))
+        results.append((values.detach().cpu(), loss.detach().cpu(), {k: g.cpu() for k, g in grads(model).items()}))
     return results
 
 
@@ -160,6 +163,110 @@ def test_shared_and_packed_layouts_match_two_rows(arch, kind, lora):
 @pytest.mark.parametrize("arch, kind, attn", [("llama", "rm", "eager"), ("mistral", "dpo", "eager"), ("qwen2", "rm", "eager")])
 def test_other_attention_implementations_match_too(arch, kind, attn):
     (v1, l1, g1), *others = run_all(arch, kind, lora=False, attn=attn)
+    for v2, l2, g2 in others:
+        assert_rel_close(v1, v2)
+        assert_rel_close(l1, l2)
+        assert_same_grads(g1, g2)
+
+
+@pytest.mark.parametrize("kind", ["rm", "dpo"])
+@pytest.mark.parametrize("collator", ["shared", "packed"])
+def test_span_attention_is_taken_on_cpu_and_equals_the_dense_mask(monkeypatch, kind, collator):
+    """On CPU under SDPA a shared batch is attended as two causal rows per pair (gathered, then gathered back);
+    values and gradients equal the dense-mask computation, which is what runs without the layout."""
+    import mmpo.models.shared_prefix as sp
+
+    batch = COLLATORS[collator](make_features())
+    dense_calls, results, state = [], [], {}
+    sp._install_span_attention()
+    original = sp._SDPA
+    monkeypatch.setattr(sp, "_SDPA", lambda *a, **k: dense_calls.append(state["with_layout"]) or original(*a, **k))
+    for with_layout in (True, False):
+        state["with_layout"] = with_layout
+        model = build("llama", kind, lora=False).train()
+        b = dict(batch) if with_layout else {k: v for k, v in batch.items() if k != "spans"}
+        assert (sp.SPANS_KWARG in sp.shared_forward_inputs(model, b)) == with_layout
+        values = shared_sequence_rewards(model, b) if kind == "rm" else shared_response_logps(model, b)[0]
+        (values * torch.linspace(-1, 2, values.shape[0])).sum().backward()
+        results.append((values.detach(), grads(model)))
+    assert dense_calls == [False] * 2  # two layers, only in the run without the layout
+    assert_rel_close(results[1][0], results[0][0])
+    assert_same_grads(results[1][1], results[0][1])
+
+
+def test_two_row_gather_maps_each_response_to_its_own_causal_row():
+    from mmpo.models.shared_prefix import two_row_gather
+
+    # Row 0: pair 0 = [P P | C C C | R]; row 1: pair 1 = [P | C | R R], then a padding position.
+    layout = two_row_gather([(0, 0, 2, 3, 1), (1, 0, 1, 1, 2)], rows=2, width=6, device="cpu")
+    assert layout["shape"] == (4, 5)
+    to_rows = layout["to_rows"].view(4, 5).tolist()
+    assert to_rows[0] == [0, 1, 2, 3, 4]  # prompt + chosen of pair 0
+    assert to_rows[1][:3] == [0, 1, 5]  # prompt + rejected of pair 0 (then padding)
+    assert to_rows[2][:2] == [6, 7] and to_rows[3][:3] == [6, 8, 9]
+    from_rows = layout["from_rows"].tolist()
+    assert from_rows[:6] == [0, 1, 2, 3, 4, 5 + 2]  # the rejected token's output: row 1, slot 2
+    assert from_rows[6:10] == [10, 11, 15 + 1, 15 + 2]
+
+
+def test_flex_attention_block_mask_scores_as_sdpa_does():
+    # FlexAttention has no backward on CPU, so here its forward is checked (rewards and log-probs under no_grad);
+    # gradients under flex_attention are checked on CUDA below.
+    features = make_features()
+    for kind in ("rm", "dpo"):
+        values = {}
+        for attn in ("sdpa", "flex_attention"):
+            model = build("llama", kind, lora=False, attn=attn).eval()
+            batch = COLLATORS["packed"](features)
+            with torch.no_grad():
+                values[attn] = shared_sequence_rewards(model, batch) if kind == "rm" else shared_response_logps(model, batch)[0]
+        assert_rel_close(values["sdpa"], values["flex_attention"])
+
+
+def test_the_block_mask_holds_the_dense_mask():
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from mmpo.models.shared_prefix import shared_prefix_block_mask
+
+    batch = SharedPromptCollator(pad_token_id=PAD, pack=True)(make_features(12, seed=3))
+    args = (batch["segment_ids"], batch["position_ids"], 4, batch["pair_ids"])
+    block_mask = shared_prefix_block_mask(*args)
+    assert isinstance(block_mask, BlockMask)
+    dense = shared_prefix_mask(*args)
+    assert dense.any(-1).all()  # no empty softmax row
+    n = dense.shape[-1]
+    # to_dense() gives which blocks are visited; every allowed (q, k) must fall in a visited block.
+    visited = block_mask.to_dense().bool()
+    size = block_mask.BLOCK_SIZE
+    for r in range(dense.shape[0]):
+        q, k = dense[r, 0].nonzero(as_tuple=True)
+        assert visited[r, 0, q // size[0], k // size[1]].all()
+    assert shared_prefix_mask_mod(*args)(torch.tensor(0), None, torch.tensor(n - 1), torch.tensor(0)) == dense[0, 0, n - 1, 0]
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def exact_float32_on_cuda():
+    """Full float32 matmuls (no TF32), so exactness is the claim; restored afterwards."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@cuda
+@pytest.mark.parametrize("attn", ["sdpa", "flex_attention"])
+@pytest.mark.parametrize("arch, kind, lora", [
+    ("llama", "rm", False), ("llama", "dpo", False), ("llama", "rm", True), ("llama", "dpo", True),
+    ("qwen2", "dpo", False), ("mistral", "rm", False), ("gemma2", "dpo", False), ("gemma2", "rm", True),
+])
+def test_shared_and_packed_layouts_match_two_rows_on_cuda(arch, kind, lora, attn, exact_float32_on_cuda):
+    # Two rows under SDPA (eager for Gemma-2, which has no SDPA) are the reference for both kernels.
+    two_row_attn = "eager" if arch == "gemma2" else "sdpa"
+    attn = "eager" if arch == "gemma2" and attn == "sdpa" else attn
+    (v1, l1, g1), *others = run_all(arch, kind, lora, attn=attn, device="cuda", two_row_attn=two_row_attn)
     for v2, l2, g2 in others:
         assert_rel_close(v1, v2)
         assert_rel_close(l1, l2)

@@ -77,7 +77,7 @@ class SharedPromptCollator:
     last prompt token) and ``logp_out`` (the response it counts for: pair ``i``'s chosen is ``i``, its rejected
     ``B + i``). ``score_at`` ``[2B, 2]``: the (row, position) where a reward model reads each response's
     reward, chosen first (the rightmost non-pad token of ``prompt + response``, as transformers reads it).
-    Per pair: ``p``, ``margin``, ``row`` and reference log-probs as :class:`PairCollator`. The attention mask
+    ``spans`` ``[B, 5]``: each pair's row, start and prompt / chosen / rejected lengths. Per pair: ``p``, ``margin``, ``row`` and reference log-probs as :class:`PairCollator`. The attention mask
     is built on the device (:func:`mmpo.models.shared_prefix.shared_prefix_mask`).
     """
 
@@ -119,6 +119,7 @@ class SharedPromptCollator:
         logp_source = torch.full((n_rows, width), -1, dtype=torch.long)
         logp_out = torch.full((n_rows, width), -1, dtype=torch.long)
         score_at = torch.zeros((2 * n_pairs, 2), dtype=torch.long)
+        spans = torch.zeros((n_pairs, 5), dtype=torch.long)
         for r, row in enumerate(rows):
             o = 0  # where the pair starts in the row
             for i in row:
@@ -130,6 +131,7 @@ class SharedPromptCollator:
                 segment_ids[r, c0:r0] = CHOSEN
                 segment_ids[r, r0:end] = REJECTED
                 pair_ids[r, o:end] = i
+                spans[i] = torch.tensor([r, o, n_p, n_c, n_r])
                 position_ids[r, o:r0] = torch.arange(n_p + n_c)
                 position_ids[r, r0:end] = torch.arange(n_p, n_p + n_r)
                 # Token t of a response is predicted from t - 1; the first token of a pair (empty prompt) from nothing.
@@ -156,6 +158,7 @@ class SharedPromptCollator:
             "logp_source": logp_source,
             "logp_out": logp_out,
             "score_at": score_at,
+            "spans": spans,
         }
         batch.update(pair_fields(features))
         return batch

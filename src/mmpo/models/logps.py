@@ -18,6 +18,9 @@ from torch.utils.checkpoint import checkpoint
 
 # Rows of the [rows, vocab] logits projected at once; 1024 x 49152 x 4 bytes = 200 MB.
 LOGIT_CHUNK_ROWS = 1024
+# Logits kept for backward rather than recomputed, when a training step has no more than this many (2**25: about
+# 200 MB as bfloat16 + float32; 682 rows of SmolLM2's 49152-token vocabulary).
+KEEP_LOGITS_ELEMENTS = 2**25
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -176,10 +179,12 @@ def scored_logps(
             logps = torch.zeros(n_out, dtype=torch.float32, device=input_ids.device)
             return logps.index_add(0, out_index, token_logps)
         pieces = []
+        # Many rows: recompute each chunk's logits in backward instead of keeping them all alive. Few rows (at most
+        # KEEP_LOGITS_ELEMENTS logits): keep them, which saves the recompute, a quarter of the head's work.
+        recompute = torch.is_grad_enabled() and hidden.shape[0] * head.weight.shape[0] > KEEP_LOGITS_ELEMENTS
         for start in range(0, hidden.shape[0], LOGIT_CHUNK_ROWS):
             h, t = hidden[start : start + LOGIT_CHUNK_ROWS], targets[start : start + LOGIT_CHUNK_ROWS]
-            if torch.is_grad_enabled():
-                # Recompute the chunk's logits in backward instead of keeping them alive.
+            if recompute:
                 pieces.append(checkpoint(_token_logps, head, h, t, softcap, use_reentrant=False))
             else:
                 pieces.append(_token_logps(head, h, t, softcap))

@@ -12,44 +12,70 @@ equal the two-row layout's up to floating-point summation order, for one prompt'
 Packing puts several such spans in one row; the mask then also requires query and key to belong to the same
 pair, and positions restart at 0 for each pair.
 
-The mask goes to the model as a ready 4D mask, which transformers' ``masking_utils.create_causal_mask`` passes
-through unchanged for every architecture built on it (Llama, Qwen2, Mistral, Gemma-2, ...): a boolean
-``[B, 1, T, T]`` for SDPA, an additive float mask for eager attention. Kernels that cannot take an arbitrary
-mask (flash-attention, FlexAttention without a block mask) and encoders are scored the two-row way.
+The mask goes to the model ready-made, which transformers' ``masking_utils.create_causal_mask`` passes through
+unchanged for every architecture built on it (Llama, Qwen2, Mistral, Gemma-2, ...): a boolean ``[B, 1, T, T]``
+for SDPA, an additive float mask for eager attention, and for FlexAttention a ``BlockMask`` built from the same
+rule (:func:`shared_prefix_mask_mod`), whose block sparsity skips the key blocks a query block cannot see
+(other pairs, the chosen part for the rejected one, the future). FlexAttention trains on CUDA only (torch has no
+CPU backward for it). flash-attention's kernels take no arbitrary mask, and encoders none at all: those are
+scored the two-row way.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from mmpo.data.collate import PADDING, PROMPT
 
-# Attention implementations that take an explicit [B, 1, T, T] mask.
-MASKED_ATTENTION = ("sdpa", "eager")
+# Attention implementations that take the shared mask: a [B, 1, T, T] tensor, or a BlockMask for flex_attention.
+MASKED_ATTENTION = ("sdpa", "eager", "flex_attention")
+
+
+def shared_prefix_mask_mod(
+    segment_ids: torch.Tensor, position_ids: torch.Tensor, sliding_window: int | None = None, pair_ids: torch.Tensor | None = None
+) -> Callable[[Any, Any, Any, Any], torch.Tensor]:
+    """The rule of the module doc as FlexAttention's ``mask_mod(b, h, q, k) -> bool``: query ``q`` of row ``b``
+    may attend to key ``k`` (within one pair, given ``pair_ids``, when rows hold several packed pairs).
+
+    Padding queries attend to themselves only, so no softmax row is empty (their outputs are never read). The
+    indices may be scalars (FlexAttention) or broadcastable index tensors (:func:`shared_prefix_mask`).
+    """
+
+    def allowed(b: Any, h: Any, q: Any, k: Any) -> torch.Tensor:
+        seg_q, seg_k = segment_ids[b, q], segment_ids[b, k]
+        ok = (k <= q) & (seg_k != PADDING) & (seg_q != PADDING) & ((seg_k == PROMPT) | (seg_k == seg_q))
+        if pair_ids is not None:
+            ok = ok & (pair_ids[b, q] == pair_ids[b, k])
+        if sliding_window is not None:
+            ok = ok & (position_ids[b, q] - position_ids[b, k] < sliding_window)
+        return ok | ((q == k) & (seg_q == PADDING))
+
+    return allowed
 
 
 def shared_prefix_mask(
     segment_ids: torch.Tensor, position_ids: torch.Tensor, sliding_window: int | None = None, pair_ids: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Boolean ``[R, 1, T, T]`` mask, True where query ``q`` may attend to key ``k`` (formula in the module doc),
-    within one pair (``pair_ids``, when rows hold several packed pairs).
-
-    Padding queries attend to themselves only, so no softmax row is empty (their outputs are never read).
-    """
-    seg_q, seg_k = segment_ids.unsqueeze(2), segment_ids.unsqueeze(1)
-    n = segment_ids.shape[1]
+    """Boolean ``[R, 1, T, T]`` mask: :func:`shared_prefix_mask_mod` at every (row, query, key)."""
+    rows, n = segment_ids.shape
     idx = torch.arange(n, device=segment_ids.device)
-    causal = idx.view(1, 1, n) <= idx.view(1, n, 1)
-    allowed = causal & (seg_k != PADDING) & (seg_q != PADDING) & ((seg_k == PROMPT) | (seg_k == seg_q))
-    if pair_ids is not None:
-        allowed &= pair_ids.unsqueeze(2) == pair_ids.unsqueeze(1)
-    if sliding_window is not None:
-        allowed &= (position_ids.unsqueeze(2) - position_ids.unsqueeze(1)) < sliding_window
-    allowed |= torch.eye(n, dtype=torch.bool, device=segment_ids.device).unsqueeze(0) & (seg_q == PADDING)
-    return allowed.unsqueeze(1)
+    b = torch.arange(rows, device=segment_ids.device).view(rows, 1, 1, 1)
+    allowed = shared_prefix_mask_mod(segment_ids, position_ids, sliding_window, pair_ids)
+    return allowed(b, None, idx.view(1, 1, n, 1), idx.view(1, 1, 1, n))
+
+
+def shared_prefix_block_mask(
+    segment_ids: torch.Tensor, position_ids: torch.Tensor, sliding_window: int | None = None, pair_ids: torch.Tensor | None = None
+) -> Any:
+    """FlexAttention's ``BlockMask`` for :func:`shared_prefix_mask_mod` (all heads share it)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    rows, n = segment_ids.shape
+    allowed = shared_prefix_mask_mod(segment_ids, position_ids, sliding_window, pair_ids)
+    return create_block_mask(allowed, B=rows, H=None, Q_LEN=n, KV_LEN=n, device=segment_ids.device)
 
 
 def _base(model: Any) -> Any:
@@ -85,7 +111,7 @@ def prefix_sharing_unsupported(model: Any, max_length: int | None = None) -> str
         return "not a decoder-only model"
     impl = getattr(config, "_attn_implementation", None)
     if impl not in MASKED_ATTENTION:
-        return f"attention implementation {impl!r} takes no custom 4D mask (needs sdpa or eager)"
+        return f"attention implementation {impl!r} takes no custom mask (needs sdpa, eager or flex_attention)"
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else getattr(base, "model", None)
     module = sys.modules.get(type(decoder).__module__) if decoder is not None else None
     if module is None or not hasattr(module, "create_causal_mask"):
@@ -99,18 +125,107 @@ def prefix_sharing_unsupported(model: Any, max_length: int | None = None) -> str
     return None
 
 
-def shared_forward_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``input_ids``, ``position_ids`` and the 4D ``attention_mask`` for a shared-prompt batch."""
+# The keyword under which a shared batch's attention layout reaches the attention function (:func:`span_attention`).
+SPANS_KWARG = "shared_prefix_spans"
+
+
+def two_row_gather(spans: list[tuple[int, int, int, int, int]], rows: int, width: int, device: Any) -> dict[str, Any]:
+    """Index maps between the shared layout ``[rows, width]`` and two causal rows per pair ``[2B, L]``.
+
+    Pair ``i`` (``spans[i] = (row, start, P, C, R)``) becomes row ``2i = [prompt | chosen]`` and row
+    ``2i + 1 = [prompt | rejected]``, right-padded to ``L = max(P + max(C, R))``. ``to_rows[j * L + t]`` is the
+    flat shared position ``row * width + s`` that fills slot ``t`` of two-row row ``j``; ``from_rows[row * width + s]``
+    is the flat two-row slot whose output is shared position ``s``'s (a prompt token's from the chosen row).
+    Padding on either side points at slot 0: a two-row padding slot sits after its row's real tokens, so no real
+    query attends to it under the causal mask, and a shared padding position's output is never read.
+    """
+    n = len(spans)
+    length = max((p + max(c, r) for _, _, p, c, r in spans), default=1)
+    to_rows = torch.zeros((2 * n, length), dtype=torch.long)
+    from_rows = torch.zeros((rows * width,), dtype=torch.long)
+    for i, (row, start, p, c, r) in enumerate(spans):
+        base = row * width + start
+        chosen = torch.arange(base, base + p + c)
+        rejected = torch.cat([torch.arange(base, base + p), torch.arange(base + p + c, base + p + c + r)])
+        to_rows[2 * i, : p + c] = chosen
+        to_rows[2 * i + 1, : p + r] = rejected
+        from_rows[chosen] = torch.arange(2 * i * length, 2 * i * length + p + c)
+        from_rows[base + p + c : base + p + c + r] = torch.arange((2 * i + 1) * length + p, (2 * i + 1) * length + p + r)
+    return {"to_rows": to_rows.view(-1).to(device), "from_rows": from_rows.to(device), "shape": (2 * n, length)}
+
+
+def span_attention(
+    module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, **kwargs: Any
+) -> tuple[torch.Tensor, None]:
+    """SDPA for a shared batch computed as the two-row layout computes it: the same numbers as under the dense
+    mask, at the cost of causal attention over ``[prompt | chosen]`` and ``[prompt | rejected]``.
+
+    Every chosen and rejected query attends to exactly the keys the shared mask allows it, which are the keys of
+    its own response's causal row; so queries, keys and values are gathered into those rows
+    (:func:`two_row_gather`), attended causally in one batched call (the kernels skip the blocks above the
+    diagonal, where the dense ``[T, T]`` mask makes them visit every block, the chosen-for-rejected ones and other
+    pairs' included) and gathered back. The model's linear layers still see each prompt once. Padding outputs are
+    arbitrary (never read).
+    Without the layout (any other batch), or with a sliding window or attention sinks, this is transformers' SDPA.
+    """
+    layout = kwargs.pop(SPANS_KWARG, None)
+    if layout is None or kwargs.get("sliding_window") or kwargs.get("s_aux") is not None or query.shape[2] != key.shape[2]:
+        return _SDPA(module, query, key, value, attention_mask, **kwargs)
+    import torch.nn.functional as F
+
+    rows2, length = layout["shape"]
+
+    def to_two_rows(x: torch.Tensor) -> torch.Tensor:  # [rows, heads, T, dim] -> [2B, heads, L, dim]
+        flat = x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3])
+        return flat.index_select(0, layout["to_rows"]).view(rows2, length, x.shape[1], x.shape[3]).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(
+        to_two_rows(query), to_two_rows(key), to_two_rows(value), is_causal=True, scale=kwargs.get("scaling"),
+        dropout_p=kwargs.get("dropout", 0.0) or 0.0, enable_gqa=query.shape[1] != key.shape[1],
+    )
+    flat = out.transpose(1, 2).reshape(-1, query.shape[1], query.shape[3])
+    # [rows, T, heads, dim], the layout transformers' attention functions return.
+    return flat.index_select(0, layout["from_rows"]).view(query.shape[0], query.shape[2], query.shape[1], query.shape[3]), None
+
+
+_SDPA: Callable[..., Any] = None  # type: ignore[assignment]  # transformers' own, set by _install_span_attention
+
+
+def _install_span_attention() -> None:
+    """Route transformers' ``sdpa`` through :func:`span_attention`, which hands every call without spans to the
+    original unchanged (idempotent)."""
+    global _SDPA
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if _SDPA is None:
+        _SDPA = sdpa_attention_forward
+        AttentionInterface.register("sdpa", span_attention)
+
+
+def shared_forward_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """``input_ids``, ``position_ids`` and the 4D ``attention_mask`` for a shared-prompt batch, plus on CPU under
+    SDPA without a sliding window the spans for :func:`span_attention` (there measured faster than the dense mask)."""
     config = _base(model).config
     window, _ = _sliding_window(config)
-    allowed = shared_prefix_mask(batch["segment_ids"], batch["position_ids"], window, batch.get("pair_ids"))
-    if getattr(config, "_attn_implementation", None) == "eager":
-        # Eager attention adds the mask to the scores.
-        mask = torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device)
-        mask = mask.masked_fill(~allowed, torch.finfo(torch.float32).min)
+    impl = getattr(config, "_attn_implementation", None)
+    mask_inputs = (batch["segment_ids"], batch["position_ids"], window, batch.get("pair_ids"))
+    if impl == "flex_attention":
+        mask = shared_prefix_block_mask(*mask_inputs)
     else:
-        mask = allowed
-    return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "attention_mask": mask}
+        allowed = shared_prefix_mask(*mask_inputs)
+        if impl == "eager":
+            # Eager attention adds the mask to the scores.
+            mask = torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device)
+            mask = mask.masked_fill(~allowed, torch.finfo(torch.float32).min)
+        else:
+            mask = allowed
+    inputs: dict[str, Any] = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "attention_mask": mask}
+    if impl == "sdpa" and window is None and "spans" in batch and batch["input_ids"].device.type == "cpu":
+        _install_span_attention()
+        rows, width = batch["input_ids"].shape
+        inputs[SPANS_KWARG] = two_row_gather([tuple(x) for x in batch["spans"].tolist()], rows, width, batch["input_ids"].device)
+    return inputs
 
 
 def pair_collator(
