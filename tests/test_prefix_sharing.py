@@ -387,3 +387,16 @@ def test_reward_trainer_step_agrees_across_layouts(tmp_path, tiny_model_dir, pai
         losses.append(trainer.compute_loss(trainer.model, batch).detach())
     for loss in losses[1:]:
         assert_rel_close(losses[0], loss)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_flex_attention_training_on_a_cpu_is_a_one_line_error(tmp_path):
+    from mmpo.config import RMConfig, load_config
+    from mmpo.errors import UserError
+    from mmpo.training.args import training_arguments
+
+    config = load_config(RMConfig, overrides=dict(model="m", data="d.jsonl", output_dir=str(tmp_path), attn_implementation="flex_attention"))
+    with pytest.raises(UserError, match="CUDA only"):
+        training_arguments(config)
+    config = load_config(RMConfig, overrides=dict(model="m", data="d.jsonl", output_dir=str(tmp_path)))
+    assert training_arguments(config).output_dir == str(tmp_path)

@@ -35,7 +35,7 @@ class TrainConfig:
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer to use (none = the model's)"})
     revision: str | None = field(default=None, metadata={"help": "hub revision (branch, tag or commit) of model and tokenizer (none = the default branch)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub repository (only for models you trust)"})
-    attn_implementation: str | None = field(default=None, metadata={"help": "attention kernel: eager | sdpa | flash_attention_2 | ... (none = transformers' choice)"})
+    attn_implementation: str | None = field(default=None, metadata={"help": "attention kernel: eager | sdpa | flex_attention (CUDA training; block-sparse shared/packed masks) | flash_attention_2 (no prefix sharing) | ... (none = transformers' choice)"})
     dtype: str | None = field(default=None, metadata={"help": "weight dtype: float32 | bfloat16 | float16 | auto (checkpoint's); none = float32, or bfloat16 for a frozen LoRA base under bf16"})
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base in 4 bit through bitsandbytes (CUDA only; needs lora_r > 0)"})
     load_in_8bit: bool = field(default=False, metadata={"help": "load the base in 8 bit through bitsandbytes (CUDA only; needs lora_r > 0)"})

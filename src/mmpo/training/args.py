@@ -84,6 +84,10 @@ def training_arguments(config: Any, **extra: Any) -> TrainingArguments:
     from a recipe or the command line), then ``extra`` (what the caller must force, e.g. no evaluation
     without held-out pairs).
     """
+    if getattr(config, "attn_implementation", None) == "flex_attention" and not torch.cuda.is_available():
+        # Else torch raises from deep inside the first backward pass.
+        raise UserError("attn_implementation: flex_attention trains on CUDA only (torch has no CPU backward for "
+                        "FlexAttention); leave attn_implementation unset (sdpa) on this machine")
     eval_strategy = "steps" if config.eval_steps else "epoch"
     save_strategy = "steps" if config.save_steps else "epoch"
     kwargs = dict(
