@@ -77,8 +77,9 @@ class SharedPromptCollator:
     last prompt token) and ``logp_out`` (the response it counts for: pair ``i``'s chosen is ``i``, its rejected
     ``B + i``). ``score_at`` ``[2B, 2]``: the (row, position) where a reward model reads each response's
     reward, chosen first (the rightmost non-pad token of ``prompt + response``, as transformers reads it).
-    ``spans`` ``[B, 5]``: each pair's row, start and prompt / chosen / rejected lengths. Per pair: ``p``, ``margin``, ``row`` and reference log-probs as :class:`PairCollator`. The attention mask
-    is built on the device (:func:`mmpo.models.shared_prefix.shared_prefix_mask`).
+    ``spans`` ``[B, 5]``: each pair's row, start and prompt / chosen / rejected lengths. Per pair: ``p``,
+    ``margin``, ``row`` and reference log-probs as :class:`PairCollator`. The attention mask is built on the
+    device (:func:`mmpo.models.shared_prefix.shared_forward_inputs`).
     """
 
     pad_token_id: int
