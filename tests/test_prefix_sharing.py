@@ -243,6 +243,23 @@ def test_the_block_mask_holds_the_dense_mask():
         assert visited[r, 0, q // size[0], k // size[1]].all()
     assert shared_prefix_mask_mod(*args)(torch.tensor(0), None, torch.tensor(n - 1), torch.tensor(0)) == dense[0, 0, n - 1, 0]
 
+    # Sparsity: one pair [prompt 4 | chosen 300 | rejected 200] spans blocks of 128 tokens. Key block 1 (tokens
+    # 128-255) is all chosen, query block 3 (384-503) all rejected: below the diagonal, yet never visited.
+    long = {"prompt_ids": [5] * 4, "chosen_ids": [6] * 300, "rejected_ids": [7] * 200, "p": 1.0, "row": 0}
+    batch = SharedPromptCollator(pad_token_id=PAD)([long])
+    args = (batch["segment_ids"], batch["position_ids"], None, batch["pair_ids"])
+    block_mask, dense = shared_prefix_block_mask(*args), shared_prefix_mask(*args)
+    assert block_mask.BLOCK_SIZE == (128, 128)
+    visited = block_mask.to_dense().bool()[0, 0]
+    assert visited.tolist() == [
+        [True, False, False, False],
+        [True, True, False, False],
+        [True, True, True, False],
+        [True, False, True, True],
+    ]
+    q, k = dense[0, 0].nonzero(as_tuple=True)
+    assert visited[q // 128, k // 128].all()
+
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
