@@ -65,6 +65,12 @@ class TrainConfig:
         metadata={"help": "with prefix_sharing, put several pairs in one row (each row as long as the batch's longest "
                           "pair) so padding mostly disappears; exact"},
     )
+    keep_host_memory: bool = field(
+        default=True,
+        metadata={"help": "CPU runs on glibc: keep the memory a step frees for the next step instead of returning it "
+                          "to the OS (no page faults re-touching it every step; resident memory stays at its peak "
+                          "until the process exits; see mmpo.host_memory)"},
+    )
     # data (a path, a hub name / source name, or a mapping; see mmpo.data.sources.load_pairs)
     data: Any = field(default=None, metadata={"help": "training pairs: a file, a hub data set or source name, or a mapping (see docs)"})
     eval_data: Any = field(default=None, metadata={"help": "held-out pairs, in the same forms as data (none = split eval_split off data)"})

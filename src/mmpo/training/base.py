@@ -98,6 +98,22 @@ class FinalEvalByCaller(TrainerCallback):
 _RUNTIME_KEYS = ("runtime", "samples_per_second", "steps_per_second")
 
 
+def clip_gradients(parameters: Any, max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` with the same result, for gradients on the host: returns the total
+    2-norm ``n`` of the gradients, and scales them by ``max_norm / (n + 1e-6)`` only when that is below 1.
+
+    clip_grad_norm_ always multiplies by ``min(1, max_norm / (n + 1e-6))``, which spares a GPU a device sync but
+    costs a pass over every gradient (a read and a write of each: ~20 ms a step for 135M parameters on two CPU
+    cores) in a step that clips nothing, where the factor is exactly 1.
+    """
+    parameters = [p for p in parameters if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in parameters], 2.0)
+    total = float(norm)
+    if not math.isfinite(total) or max_norm / (total + 1e-6) < 1.0:  # a non-finite norm: as torch does
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm)
+    return norm
+
+
 def final_results(metrics: dict[str, float], step: int) -> dict[str, float]:
     """``eval_results.json``: the held-out metrics without the ``eval_`` prefix or runtime counters, plus the step."""
     plain = {k[len("eval_"):] if k.startswith("eval_") else k: v for k, v in metrics.items()}
@@ -213,6 +229,14 @@ class PairTrainer(Trainer):
             self.control.should_training_stop = True
             return
         super()._run_epoch(*args, **kwargs)
+
+    def _clip_grad_norm(self, model):
+        # On a plain CPU run (one process or a gloo group, no loss scaler) the norm is on the host already: clip
+        # only when it exceeds max_grad_norm (see clip_gradients); elsewhere Trainer's own, sync-free way.
+        plain = not (self.is_deepspeed_enabled or self.is_fsdp_enabled or self.accelerator.scaler is not None)
+        if self.args.device.type == "cpu" and plain and not self._has_mixed_mesh_grads(model):
+            return clip_gradients(model.parameters(), self.args.max_grad_norm)
+        return super()._clip_grad_norm(model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         chosen, rejected, extras = self.pair_rewards(model, inputs)

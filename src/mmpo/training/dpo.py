@@ -50,6 +50,7 @@ from mmpo.config import DPOConfig
 from mmpo.data.pipeline import PreparedData, prepare_data
 from mmpo.errors import UserError
 from mmpo.evaluation.metrics import pair_metrics
+from mmpo.host_memory import prepare_host
 from mmpo.losses import bt_loss, dpo_logits, ipo_loss, label_smoothing_loss, mmpo_loss, simpo_logits
 from mmpo.models.embedded import resolve_model_path
 from mmpo.models.loading import (
@@ -340,6 +341,7 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
     from transformers import set_seed
 
     config.validate()
+    prepare_host(config)
     set_seed(config.seed)
     mode = resolve_reference_mode(config.loss, config.reference, config.lora_r)
     if config.ref_model is not None and mode == "adapter":

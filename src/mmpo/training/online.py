@@ -37,6 +37,7 @@ from mmpo.config import DPOConfig
 from mmpo.data.records import Message
 from mmpo.errors import UserError
 from mmpo.graders import ScoreItem
+from mmpo.host_memory import prepare_host
 
 LOG_FILE = "log.jsonl"
 PAIRINGS = ("all", "best_worst")
@@ -477,6 +478,7 @@ def train_online(config: OnlineConfig, grader: GradeFn | None = None) -> list[di
     Round 0 is the starting model's held-out evaluation. ``grader`` overrides ``config.grader`` (for the API).
     """
     config.validate()
+    prepare_host(config)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_rows = load_prompt_rows(config.prompts, "prompts")

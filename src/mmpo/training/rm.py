@@ -28,6 +28,7 @@ from transformers import set_seed
 from mmpo.config import RMConfig
 from mmpo.data.pipeline import prepare_data
 from mmpo.errors import UserError
+from mmpo.host_memory import prepare_host
 from mmpo.losses import bt_loss, label_smoothing_loss, margin_loss, mmpo_loss
 from mmpo.models.loading import load_tokenizer, model_load_kwargs, trainable_summary
 from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards, shared_sequence_rewards
@@ -125,6 +126,7 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
     :func:`mmpo.training.run_dir.plan_run` says.
     """
     config.validate()
+    prepare_host(config)
     # Under accelerate/torchrun every rank runs this; only the first writes files and prints the report.
     main_process = int(os.environ.get("RANK", "0")) == 0
     plan = plan_run(config, main_process)
