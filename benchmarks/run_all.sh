@@ -14,6 +14,8 @@
 #   BENCH_PROFILE=0 no profiled step         BENCH_WAIT_QUIET  wait for a 1-min load below this first (1.0; 0: don't)
 #   BENCH_OUT       where RESULTS.md, results.json and profiles/ go (default benchmarks/)
 #   BENCH_MODEL     a model directory, or "tiny" (2 random layers, SmolLM2's tokenizer: smoke runs only)
+#   MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_  glibc's, for every run (e.g. TRL with the allocator settings mmpo
+#                   applies to itself on CPUs, keep_host_memory; see mmpo.host_memory)
 # Extra arguments go to benchmarks/bench.py (see its --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +26,9 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 invocation="bash benchmarks/run_all.sh"
 args=(--wait-quiet "${BENCH_WAIT_QUIET:-1.0}" --steps "${BENCH_STEPS:-2}" --warmup "${BENCH_WARMUP:-1}"
       --repeats "${BENCH_REPEATS:-3}")
+# glibc's allocator settings reach every run (TRL's included) through the environment; recorded when set.
 for v in BENCH_MIXES BENCH_STEPS BENCH_WARMUP BENCH_REPEATS BENCH_SETTINGS BENCH_MMPO BENCH_PROFILE BENCH_WAIT_QUIET \
-         BENCH_MODEL BENCH_OUT; do
+         BENCH_MODEL BENCH_OUT MALLOC_MMAP_THRESHOLD_ MALLOC_TRIM_THRESHOLD_; do
   if [ -n "${!v:-}" ]; then invocation="$v=\"${!v}\" $invocation"; fi
 done
 for mix in ${BENCH_MIXES:-}; do args+=(--mix "$mix"); done
