@@ -11,8 +11,8 @@ import torch
 
 import mmpo.host_memory as host_memory
 
-# Eight steps of a training loop whose weights are 64 MiB (gradients and Adam's state allocated, used, freed as in
-# training); prints each step's minor page faults.
+# Eight steps of a training loop with two 32 MiB weights (gradients and Adam's state allocated, used and freed as in
+# training); prints the minor page faults of steps 3-8.
 PROBE = textwrap.dedent("""
     import resource, sys, torch
     if sys.argv[1] == "keep":
