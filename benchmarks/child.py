@@ -51,7 +51,9 @@ class Probe:
         self.warmup = int(spec["warmup_steps"])
         self.total = int(spec["warmup_steps"]) + int(spec["timed_steps"])
         self.step_ends: list[float] = []
+        self.step_faults: list[int] = []  # minor page faults of the process at each step's end
         self.t_train_call: float | None = None
+        self.faults_at_train_call = 0
         self.ran_with: dict[str, Any] = {}
         self.result: dict[str, Any] | None = None
         self.profiler: Any = None
@@ -63,6 +65,7 @@ class Probe:
         if torch.cuda.is_available():
             torch.cuda.synchronize()  # a GPU step has ended when its kernels have, not when they were queued
         self.step_ends.append(time.perf_counter())
+        self.step_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
         if step == self.total:
             self.result = self.measure()
             if not self.spec.get("profile_path"):
@@ -99,6 +102,7 @@ class Probe:
             "peak_rss_mib": peak_rss_mib(),
             "peak_gpu_mib": peak_gpu_mib(),
             "step_inputs": self.step_inputs[: self.total],
+            "step_faults": [b - a for a, b in zip([self.faults_at_train_call] + self.step_faults, self.step_faults[: self.total])],
             "threads": __import__("torch").get_num_threads(),
         }
 
@@ -122,6 +126,7 @@ def install_probe(probe: Probe) -> None:
 
     def train(self, *args, **kwargs):
         probe.t_train_call = time.perf_counter()
+        probe.faults_at_train_call = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         models = {id(self.model): self.model}
         for value in vars(self).values():  # a reference model, under whatever attribute name the trainer uses
             if isinstance(value, transformers.PreTrainedModel):

@@ -4,9 +4,9 @@ glibc's malloc hands every allocation above its mmap threshold (128 KiB, adaptin
 kernel with ``mmap`` and returns it with ``munmap`` when freed, and gives the free top of its heap back once it
 exceeds the trim threshold. A CPU training step allocates and frees the same large tensors every time (weight
 gradients, bfloat16 copies of the weights under autocast, activations; a 49152 x 576 embedding gradient alone is
-113 MB), so each step page-faults them in again: about 100k minor faults (~400 MB) a step for a SmolLM2-135M reward
-model, 150k for a policy. With both thresholds raised, freed blocks go back to malloc's free lists and the next step
-reuses them without faults: steps 1.05-1.25x faster on two CPU cores (benchmarks/host_memory.py).
+113 MB), so each step page-faults them in again: 80k-100k minor faults a step for a SmolLM2-135M reward model,
+140k-160k for a policy. With both thresholds raised, freed blocks go back to malloc's free lists and the next step
+reuses them without faults: steps 1.09-1.22x faster on two CPU cores (benchmarks/host_memory.py).
 
 What it costs: the process's resident memory does not shrink after a peak until it exits (its peak is unchanged).
 Setting ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` in the environment, or preloading jemalloc or
