@@ -109,6 +109,19 @@ def run_order(cases: list[str], repeat: int) -> list[str]:
 
 
 # --- runs ----------------------------------------------------------------------------------------------------
+def case_spec(case: str, mix: str, data: dict[str, Any], repeat: int, steps: int, warmup: int, model_path: str,
+              threads: int | None = None, mmpo_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What ``child.py`` runs for ``case`` on ``mix`` (``data``: that mix's entry from :func:`build_data`); extra mmpo
+    config keys go to mmpo cases only."""
+    c = CASES[case]
+    return {"case": case, "mix": mix, "repeat": repeat, "trainer": c["trainer"], "task": c["task"],
+            "variant": c["variant"], "max_length": data["max_length"], "batch_size": data["batch"],
+            "timed_steps": steps, "warmup_steps": warmup, "model_path": model_path,
+            "data_mmpo": data["files"][c["task"]]["mmpo"], "data_trl": data["files"][c["task"]]["trl"],
+            "threads": threads, "trl_overrides": c.get("trl_overrides", {}),
+            "mmpo_overrides": {**c.get("mmpo_overrides", {}), **(mmpo_overrides or {})} if c["trainer"] == "mmpo" else {}}
+
+
 def run_child(spec: dict[str, Any], log_dir: Path) -> dict[str, Any]:
     """Run one case in a fresh process and return its result (``child.py`` writes it)."""
     with tempfile.TemporaryDirectory(prefix="mmpo-bench-") as tmp:
@@ -340,13 +353,7 @@ def main(argv: list[str]) -> None:
             print(f"first repeat done at {so_far:.1f} min: the whole run will take about {so_far * args.repeats:.0f} min", flush=True)
         for mix, d in data.items():
             for case in run_order(cases, repeat):
-                c = CASES[case]
-                spec = {"case": case, "mix": mix, "repeat": repeat, "trainer": c["trainer"], "task": c["task"],
-                        "variant": c["variant"], "max_length": d["max_length"], "batch_size": d["batch"],
-                        "timed_steps": args.steps, "warmup_steps": args.warmup, "model_path": model_path,
-                        "data_mmpo": d["files"][c["task"]]["mmpo"], "data_trl": d["files"][c["task"]]["trl"],
-                        "threads": args.threads, "trl_overrides": c.get("trl_overrides", {}),
-                        "mmpo_overrides": {**c.get("mmpo_overrides", {}), **mmpo_overrides} if c["trainer"] == "mmpo" else {}}
+                spec = case_spec(case, mix, d, repeat, args.steps, args.warmup, model_path, args.threads, mmpo_overrides)
                 if profile and repeat == args.repeats - 1:
                     spec["profile_path"] = str(log_dir / "profiles" / f"{mix}-{case}.txt")
                 loads.append(os.getloadavg()[0])

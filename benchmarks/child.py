@@ -156,6 +156,68 @@ def install_probe(probe: Probe) -> None:
     torch.manual_seed(0)
 
 
+class MemoryTimeline:
+    """With ``memory_timeline_path`` in the spec: the process's resident set, its file-backed part (the model's
+    safetensors file, which ``from_pretrained`` maps, and shared libraries) and glibc's bytes in use (``mallinfo2``:
+    heap chunks in use plus mmapped blocks) sampled every 10 ms (``mallinfo2`` walks the heap: more often slows the
+    run), and the wall clock at each backward's start and end
+    and each optimizer step's start and end. The record is rewritten after every optimizer step, as the run ends in
+    ``os._exit``. Resident set above bytes in use is memory the allocator holds but no tensor does (freed chunks it
+    keeps, holes between live ones)."""
+
+    def __init__(self, path: Path):
+        import ctypes
+        import threading
+
+        import torch
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        self.path = path
+        self.samples: list[tuple[float, float, float | None, float]] = []
+        self.marks: list[tuple[str, float]] = []
+        self.mallinfo = None
+        try:
+            fields = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+
+            class MallInfo2(ctypes.Structure):
+                _fields_ = [(n, ctypes.c_size_t) for n in fields]
+
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallinfo2.restype = MallInfo2
+            self.mallinfo = libc.mallinfo2
+        except (OSError, AttributeError):  # not glibc, or glibc < 2.33
+            pass
+        original_backward = torch.autograd.backward
+
+        def backward(*args: Any, **kwargs: Any) -> Any:
+            self.marks.append(("backward", time.perf_counter()))
+            out = original_backward(*args, **kwargs)
+            self.marks.append(("backward_end", time.perf_counter()))
+            return out
+
+        torch.autograd.backward = backward  # Tensor.backward calls it
+        register_optimizer_step_pre_hook(lambda *a: self.marks.append(("optimizer", time.perf_counter())))
+        register_optimizer_step_post_hook(lambda *a: self.on_optimizer_end())
+        threading.Thread(target=self.sample, daemon=True).start()
+
+    def sample(self) -> None:
+        with open("/proc/self/statm") as statm:
+            page = os.sysconf("SC_PAGE_SIZE")
+            while True:
+                statm.seek(0)
+                _, resident, shared = statm.read().split()[:3]
+                live = None
+                if self.mallinfo is not None:
+                    info = self.mallinfo()
+                    live = (info.uordblks + info.hblkhd) / 2**20
+                self.samples.append((time.perf_counter(), int(resident) * page / 2**20, live, int(shared) * page / 2**20))
+                time.sleep(0.01)
+
+    def on_optimizer_end(self) -> None:
+        self.marks.append(("optimizer_end", time.perf_counter()))
+        self.path.write_text(json.dumps({"samples": self.samples[:], "marks": self.marks[:]}))
+
+
 def total_steps(spec: dict[str, Any]) -> int:
     """Warm-up + timed steps, plus the profiled step when there is one."""
     return spec["warmup_steps"] + spec["timed_steps"] + (1 if spec.get("profile_path") else 0)
@@ -228,6 +290,8 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(int(spec["threads"]))
+    if spec.get("memory_timeline_path"):
+        MemoryTimeline(Path(spec["memory_timeline_path"]))
     probe = Probe(spec, result_path)
     install_probe(probe)
     (run_mmpo if spec["trainer"] == "mmpo" else run_trl)(spec)

@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/host-memory")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
-    from bench import build_data, run_child
+    from bench import build_data, case_spec, run_child
 
     from mmpo.models.embedded import embedded_model_path
 
@@ -43,10 +43,9 @@ def main() -> None:
     for r in range(args.rounds):
         for task in ("rm", "dpo"):
             for keep in ((False, True) if r % 2 == 0 else (True, False)):
-                spec = {"case": f"mmpo-{task}-keep-{str(keep).lower()}", "mix": "synthetic", "repeat": r,
-                        "trainer": "mmpo", "task": task, "model_path": model, "max_length": 128, "batch_size": 1,
-                        "data_mmpo": data["files"][task]["mmpo"], "warmup_steps": 1, "timed_steps": args.steps - 1,
-                        "mmpo_overrides": {"keep_host_memory": keep}}
+                spec = case_spec(f"mmpo-{task}", "synthetic", data, r, args.steps - 1, 1, model,
+                                 mmpo_overrides={"keep_host_memory": keep})
+                spec["case"] = f"mmpo-{task}-keep-{str(keep).lower()}"
                 result = run_child(spec, out / "logs")
                 seconds, faults = result["step_seconds"][SKIP:], result["step_faults"][SKIP:]
                 rec = {"round": r, "task": task, "keep_host_memory": keep,

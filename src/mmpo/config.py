@@ -71,6 +71,14 @@ class TrainConfig:
                           "to the OS (no page faults re-touching it every step; resident memory stays at its peak "
                           "until the process exits; see mmpo.host_memory)"},
     )
+    kernel_cache_capacity: int = field(
+        default=64,
+        metadata={"help": "CPU runs: entries kept in oneDNN's cache of compiled kernels and in ideep's (each; keyed "
+                          "by tensor shapes). At their default of 1024, sequence lengths that change every step grow "
+                          "memory by ~10 MiB a step until the caches fill; a step uses ~20 shapes. 0: the "
+                          "libraries' defaults. ONEDNN_PRIMITIVE_CACHE_CAPACITY / LRU_CACHE_CAPACITY in the "
+                          "environment win"},
+    )
     # data (a path, a hub name / source name, or a mapping; see mmpo.data.sources.load_pairs)
     data: Any = field(default=None, metadata={"help": "training pairs: a file, a hub data set or source name, or a mapping (see docs)"})
     eval_data: Any = field(default=None, metadata={"help": "held-out pairs, in the same forms as data (none = split eval_split off data)"})
@@ -130,6 +138,8 @@ class TrainConfig:
             raise UserError(f"order_conflict must be swap, drop or error (got {self.order_conflict!r})")
         if not (isinstance(self.trunk_cache, bool) or str(self.trunk_cache).lower() in ("auto", "true", "false")):
             raise UserError(f"trunk_cache must be auto, true or false (got {self.trunk_cache!r})")
+        if not isinstance(self.kernel_cache_capacity, int) or self.kernel_cache_capacity < 0:
+            raise UserError(f"kernel_cache_capacity must be an integer >= 0 (got {self.kernel_cache_capacity!r}); 0 keeps the libraries' defaults")
         if self.data is None:
             raise UserError("no training data: set `data` in the recipe or pass --data PATH")
         if self.eval_gamma != "same" and self.eval_gamma is not None and (
