@@ -192,7 +192,10 @@ def write_report(json_path: Path, out_path: Path) -> None:
     if misses:
         lines += ["", "## Profiles of the misses", "",
                   "Each run of the last repeat profiled one more step after its timed window (torch.profiler, CPU ops by"
-                  " self time); full tables in `profiles/MIX-CASE.txt` beside this file."]
+                  " self time); full tables in `profiles/MIX-CASE.txt` beside this file. A CPU profile does not"
+                  " explain memory: for a memory miss, `benchmarks/memory-profile/RESULTS.md`"
+                  " (`python benchmarks/memory_profile.py`) shows where each trainer's peak is reached, phase by"
+                  " phase over a longer run, and how much of it glibc holds beyond its bytes in use."]
         last = {(r["mix"], r["case"]): r for r in results if r["repeat"] == meta["repeats"] - 1}
         for v in misses:
             what = [] if v["met"] else [f"{v['ratio']:.2f}x against {v['target']:.1f}x"]

@@ -68,3 +68,31 @@ def test_real_pairs_order_by_judge_cut_when_asked_and_count_cuts(tmp_path):
     assert stats["mean_tokens_per_pair"] == sum(L + p["rejected_tokens"] for p in raw) / 3
     with pytest.raises(RuntimeError, match="only 4 usable pairs"):
         pairs.real_pairs(tokenizer, path, 5, L)
+
+
+def test_case_spec_gives_mmpo_keys_to_mmpo_cases_only():
+    data = {"max_length": 128, "batch": 1, "files": {t: {"mmpo": f"{t}.jsonl", "trl": f"{t}-trl.jsonl"} for t in ("rm", "dpo")}}
+    ours = bench.case_spec("mmpo-rm-fp32", "synthetic", data, 2, 5, 1, "model", 2, {"keep_host_memory": False})
+    assert ours["mmpo_overrides"] == {"bf16": False, "keep_host_memory": False} and ours["data_mmpo"] == "rm.jsonl"
+    assert (ours["repeat"], ours["timed_steps"], ours["warmup_steps"], ours["threads"]) == (2, 5, 1, 2)
+    theirs = bench.case_spec("trl-dpo-pre-bf16", "synthetic", data, 0, 5, 1, "model", 2, {"keep_host_memory": False})
+    assert theirs["mmpo_overrides"] == {} and theirs["variant"] == "precompute" and theirs["data_trl"] == "dpo-trl.jsonl"
+
+
+def test_memory_timeline_is_split_into_each_steps_phases():
+    import memory_profile
+
+    assert all(case in bench.CASES for _, case, _ in memory_profile.CASES)
+    # (time, resident MiB, in use MiB, file-backed MiB); step 1: forward to t=2, backward to 4, optimizer to 5.
+    samples = [(0.0, 100, 50, 10), (1.5, 130, 60, 10), (3.0, 180, 90, 11), (4.5, 170, 95, 12), (6.0, 175, 70, 12),
+               (7.0, 200, 99, 12), (8.5, 190, 80, 12)]
+    marks = [("backward", 2.0), ("backward_end", 4.0), ("optimizer", 4.2), ("optimizer_end", 5.0),
+             ("backward", 6.5), ("backward_end", 7.5), ("optimizer", 8.0), ("optimizer_end", 9.0)]
+    steps = memory_profile.phases({"samples": samples, "marks": marks})
+    assert [s["forward"]["rss_mib"] for s in steps] == [130, 175]
+    assert [s["backward"]["rss_mib"] for s in steps] == [180, 200]
+    assert [s["optimizer"]["rss_mib"] for s in steps] == [170, 190]
+    assert steps[0]["backward"]["in_use_mib"] == 90 and steps[1]["backward"]["file_mib"] == 12
+    row = memory_profile.summarize("x", {"case": "mmpo-rm", "peak_rss_mib": 201, "step_seconds": [3, 1, 1, 2]},
+                                   {"samples": samples, "marks": marks})
+    assert (row["peak_step"], row["peak_phase"], row["peak_in_use_mib"], row["median_step_s"]) == (2, "backward", 99, 1.5)
