@@ -77,8 +77,12 @@ def test_kernel_cache_capacity_is_validated(tmp_path):
     from mmpo.config import RMConfig, load_config
     from mmpo.errors import UserError
 
-    with pytest.raises(UserError, match="kernel_cache_capacity must be an integer >= 0"):
-        load_config(RMConfig, overrides={"data": str(tmp_path / "pairs.jsonl"), "kernel_cache_capacity": -1}).validate()
+    for bad, message in ((-1, "kernel_cache_capacity must be an integer >= 0"),
+                         (True, "'kernel_cache_capacity' expects an integer")):
+        with pytest.raises(UserError, match=message):
+            load_config(RMConfig, overrides={"data": str(tmp_path / "pairs.jsonl"), "kernel_cache_capacity": bad}).validate()
+    config = load_config(RMConfig, overrides={"data": str(tmp_path / "pairs.jsonl"), "kernel_cache_capacity": "0"})
+    assert config.kernel_cache_capacity == 0  # from the command line: 0 keeps the libraries' defaults
 
 
 # bfloat16 autocast training steps of a small MLP over 200 different sequence lengths, after warm-up; prints the

@@ -138,7 +138,7 @@ class TrainConfig:
             raise UserError(f"order_conflict must be swap, drop or error (got {self.order_conflict!r})")
         if not (isinstance(self.trunk_cache, bool) or str(self.trunk_cache).lower() in ("auto", "true", "false")):
             raise UserError(f"trunk_cache must be auto, true or false (got {self.trunk_cache!r})")
-        if not isinstance(self.kernel_cache_capacity, int) or self.kernel_cache_capacity < 0:
+        if isinstance(self.kernel_cache_capacity, bool) or not isinstance(self.kernel_cache_capacity, int) or self.kernel_cache_capacity < 0:
             raise UserError(f"kernel_cache_capacity must be an integer >= 0 (got {self.kernel_cache_capacity!r}); 0 keeps the libraries' defaults")
         if self.data is None:
             raise UserError("no training data: set `data` in the recipe or pass --data PATH")
