@@ -157,36 +157,24 @@ def install_probe(probe: Probe) -> None:
 
 
 class MemoryTimeline:
-    """With ``memory_timeline_path`` in the spec: the process's resident set, its file-backed part (the model's
-    safetensors file, which ``from_pretrained`` maps, and shared libraries) and glibc's bytes in use (``mallinfo2``:
-    heap chunks in use plus mmapped blocks) sampled every 10 ms (``mallinfo2`` walks the heap: more often slows the
-    run), and the wall clock at each backward's start and end
-    and each optimizer step's start and end. The record is rewritten after every optimizer step, as the run ends in
-    ``os._exit``. Resident set above bytes in use is memory the allocator holds but no tensor does (freed chunks it
-    keeps, holes between live ones)."""
+    """With ``memory_timeline_path`` in the spec: every 10 ms, the process's resident set, its file-backed part
+    (shared libraries, and the model's safetensors file, which ``from_pretrained`` maps) and glibc's bytes in use
+    (:func:`mmpo.host_memory.glibc_bytes_in_use`); and the wall clock at each backward's start and end and each
+    optimizer step's start and end. The record is rewritten after every optimizer step, as the run ends in
+    ``os._exit``. ``memory_profile.py`` reads it."""
 
     def __init__(self, path: Path):
-        import ctypes
         import threading
 
         import torch
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
+        from mmpo.host_memory import glibc_bytes_in_use
+
         self.path = path
         self.samples: list[tuple[float, float, float | None, float]] = []
         self.marks: list[tuple[str, float]] = []
-        self.mallinfo = None
-        try:
-            fields = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
-
-            class MallInfo2(ctypes.Structure):
-                _fields_ = [(n, ctypes.c_size_t) for n in fields]
-
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallinfo2.restype = MallInfo2
-            self.mallinfo = libc.mallinfo2
-        except (OSError, AttributeError):  # not glibc, or glibc < 2.33
-            pass
+        self.bytes_in_use = glibc_bytes_in_use
         original_backward = torch.autograd.backward
 
         def backward(*args: Any, **kwargs: Any) -> Any:
@@ -206,10 +194,8 @@ class MemoryTimeline:
             while True:
                 statm.seek(0)
                 _, resident, shared = statm.read().split()[:3]
-                live = None
-                if self.mallinfo is not None:
-                    info = self.mallinfo()
-                    live = (info.uordblks + info.hblkhd) / 2**20
+                in_use = self.bytes_in_use()
+                live = None if in_use is None else in_use / 2**20
                 self.samples.append((time.perf_counter(), int(resident) * page / 2**20, live, int(shared) * page / 2**20))
                 time.sleep(0.01)
 

@@ -86,21 +86,16 @@ def test_kernel_cache_capacity_is_validated(tmp_path):
 
 
 # bfloat16 autocast training steps of a small MLP over 200 different sequence lengths, after warm-up; prints the
-# growth of glibc's bytes in use (mallinfo2), or "none" where bf16 matmuls do not run through oneDNN.
+# growth of glibc's bytes in use (exits with "no mallinfo2" where glibc cannot tell).
 KERNEL_PROBE = textwrap.dedent("""
-    import ctypes, sys
+    import sys
+    from mmpo.host_memory import bound_kernel_caches, glibc_bytes_in_use as in_use
     capacity = int(sys.argv[1])
     if capacity:
-        from mmpo.host_memory import bound_kernel_caches
         bound_kernel_caches(capacity)
+    if in_use() is None:
+        sys.exit("no mallinfo2")
     import torch
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-    libc = ctypes.CDLL(None)
-    libc.mallinfo2.restype = MallInfo2
-    def in_use():
-        info = libc.mallinfo2()
-        return info.uordblks + info.hblkhd
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 256))
@@ -125,7 +120,7 @@ def test_bounded_kernel_caches_stop_memory_growing_with_new_shapes(monkeypatch):
 
     def growth(capacity: int) -> int:
         run = subprocess.run([sys.executable, "-c", KERNEL_PROBE, str(capacity)], capture_output=True, text=True)
-        if run.returncode != 0 and "mallinfo2" in run.stderr:
+        if run.returncode != 0 and "no mallinfo2" in run.stderr:
             pytest.skip("glibc < 2.33: no mallinfo2")
         assert run.returncode == 0, run.stderr
         return int(run.stdout.split()[-1])
@@ -136,3 +131,14 @@ def test_bounded_kernel_caches_stop_memory_growing_with_new_shapes(monkeypatch):
     if unbounded < 64 << 20:
         pytest.skip(f"bf16 matmuls over 200 shapes grew memory by {unbounded >> 20} MiB only: not oneDNN's caches")
     assert growth(64) < unbounded / 8
+
+
+@pytest.mark.skipif(host_memory.glibc_bytes_in_use() is None, reason="glibc < 2.33 or not glibc: no mallinfo2")
+def test_glibc_bytes_in_use_counts_a_live_tensor_and_its_release():
+    before = host_memory.glibc_bytes_in_use()
+    block = torch.ones(16 << 20, dtype=torch.uint8)  # 16 MiB, touched
+    held = host_memory.glibc_bytes_in_use()
+    del block
+    after = host_memory.glibc_bytes_in_use()
+    assert held - before >= 16 << 20
+    assert held - after >= 16 << 20

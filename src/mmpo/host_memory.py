@@ -27,6 +27,7 @@ import ctypes
 import functools
 import os
 import platform
+from typing import Any
 
 # mallopt parameter numbers from glibc's <malloc.h>.
 M_TRIM_THRESHOLD = -1
@@ -60,6 +61,32 @@ def keep_freed_host_memory() -> int:
             mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
             return threshold
     return 0
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+
+@functools.lru_cache(maxsize=1)
+def _mallinfo2() -> Any:
+    try:
+        function = ctypes.CDLL(None).mallinfo2  # glibc >= 2.33
+    except (OSError, AttributeError):
+        return None
+    function.restype = _MallInfo2
+    return function
+
+
+def glibc_bytes_in_use() -> int | None:
+    """Bytes this process's malloc has handed out and not had back: heap chunks in use plus mmapped blocks
+    (glibc's ``mallinfo2``: ``uordblks + hblkhd``); None without glibc 2.33 or later. It walks malloc's free
+    lists, so it costs more the more the heap holds: a sampler should call it tens of times a second, not more."""
+    function = _mallinfo2()
+    if function is None:
+        return None
+    info = function()
+    return info.uordblks + info.hblkhd
 
 
 # oneDNN's primitive cache and ideep's computation cache; each library reads its variable once, at its first kernel.
