@@ -417,3 +417,73 @@ def test_flex_attention_training_on_a_cpu_is_a_one_line_error(tmp_path):
         training_arguments(config)
     config = load_config(RMConfig, overrides=dict(model="m", data="d.jsonl", output_dir=str(tmp_path)))
     assert training_arguments(config).output_dir == str(tmp_path)
+
+
+def _causal_attention_float64(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + causal) v in float64, grouped-query heads repeated."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    future = torch.ones(q.shape[2], q.shape[2], dtype=torch.bool).triu(1)
+    return scores.masked_fill(future, float("-inf")).softmax(-1) @ v
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_float32_attention_is_closer_to_exact_than_the_bfloat16_kernel(seed):
+    """Under bf16 autocast q and k reach attention in float32 (after the rotary embedding), v in bfloat16.
+    Float32CausalAttention returns what SDPA under autocast returns, in the same dtypes, and its gradients are
+    closer to float64 attention on the same inputs than SDPA's bfloat16 kernel's."""
+    import torch.nn.functional as F
+
+    from mmpo.models.shared_prefix import Float32CausalAttention
+
+    torch.manual_seed(seed)
+    q, k = torch.randn(2, 6, 96, 16), torch.randn(2, 2, 96, 16)
+    v, grad_out = torch.randn(2, 2, 96, 16).bfloat16(), torch.randn(2, 6, 96, 16).bfloat16()
+
+    def run(attention, dtype):
+        inputs = [t.to(dtype, copy=True).requires_grad_() for t in (q, k)]
+        inputs.append(v.to(torch.float64 if dtype == torch.float64 else v.dtype, copy=True).requires_grad_())
+        out = attention(*inputs)
+        out.backward(grad_out.to(out.dtype))
+        return [out] + [t.grad for t in inputs]
+
+    def sdpa_autocast(*x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return F.scaled_dot_product_attention(*x, is_causal=True, enable_gqa=True)
+
+    exact = run(_causal_attention_float64, torch.float64)
+    ours = run(lambda *x: Float32CausalAttention.apply(*x, None), torch.float32)  # v stays bfloat16
+    theirs = run(sdpa_autocast, torch.float32)
+    assert [t.dtype for t in ours] == [t.dtype for t in theirs] == [torch.bfloat16, torch.float32, torch.float32, torch.bfloat16]
+    error = lambda got: [((a.double() - b).abs().max() / b.abs().max()).item() for a, b in zip(got, exact)]  # noqa: E731
+    ours_err, theirs_err = error(ours), error(theirs)
+    assert max(ours_err) < 5e-3  # bfloat16 outputs: one rounding (2^-8 relative) and float32 arithmetic
+    assert all(o < t for o, t in zip(ours_err[1:], theirs_err[1:])), (ours_err, theirs_err)
+
+
+@pytest.mark.parametrize("kind", ["rm", "dpo"])
+def test_span_attention_under_bf16_autocast_runs_in_float32(monkeypatch, kind):
+    """On CPU under bf16 autocast the shared batch's attention goes through Float32CausalAttention (one call a
+    layer) and gives the values and gradients of the dense-mask SDPA under the same autocast, to bfloat16
+    precision."""
+    import mmpo.models.shared_prefix as sp
+
+    calls = []
+    forward = sp.Float32CausalAttention.forward
+    monkeypatch.setattr(sp.Float32CausalAttention, "forward", staticmethod(lambda ctx, *a: calls.append(1) or forward(ctx, *a)))
+    batch = COLLATORS["packed"](make_features())
+    results = []
+    for with_layout in (True, False):
+        model = build("llama", kind, lora=False).train()
+        b = dict(batch) if with_layout else {k: v for k, v in batch.items() if k != "spans"}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            values = shared_sequence_rewards(model, b) if kind == "rm" else shared_response_logps(model, b)[0]
+        (values * torch.linspace(-1, 2, values.shape[0])).sum().backward()
+        results.append((values.detach(), grads(model)))
+    assert len(calls) == 2  # two layers, only in the run with the layout
+    (v1, g1), (v2, g2) = results
+    assert torch.allclose(v1, v2, rtol=2e-2, atol=2e-2 * v2.abs().max().item())
+    for name in g2:
+        scale = g2[name].abs().max().item()
+        assert torch.allclose(g1[name], g2[name], rtol=5e-2, atol=5e-2 * scale), name

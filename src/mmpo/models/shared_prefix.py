@@ -154,6 +154,53 @@ def two_row_gather(spans: list[tuple[int, int, int, int, int]], rows: int, width
     return {"to_rows": to_rows.view(-1).to(device), "from_rows": from_rows.to(device), "shape": (2 * n, length)}
 
 
+def _bfloat16_on_cpu(value: torch.Tensor) -> bool:
+    """Attention on the CPU that SDPA would run in bfloat16 (bf16 autocast or bf16 weights), where torch has the
+    CPU flash-attention ops :class:`Float32CausalAttention` calls."""
+    if value.device.type != "cpu" or not hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
+        return False
+    autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return autocast_bf16 or value.dtype == torch.bfloat16
+
+
+class Float32CausalAttention(torch.autograd.Function):
+    """Causal attention ``softmax(q k^T * scale + causal) v`` (grouped-query heads allowed) on bfloat16-rounded
+    inputs, computed by torch's CPU flash-attention kernels in float32; returned and stored in bfloat16.
+
+    Under bf16 autocast SDPA rounds q, k and v to bfloat16 and runs the kernels' bfloat16 instantiation, whose
+    backward accumulates the key and value gradients in bfloat16, block by block, and on this 2-core AVX512-BF16
+    CPU runs slower than the float32 one (forward + backward at 2 rows x 128 tokens: 6.2 against 4.0 ms; training
+    steps on the embedded model 1.05-1.10x faster at rows of 120-150 tokens, 1.01-1.03x at 250:
+    ``benchmarks/attention-kernel/RESULTS.md``). Here the kernels get the
+    same rounded inputs as float32 and accumulate in float32 (gradients measurably closer to exact attention,
+    tests/test_prefix_sharing.py). What is saved for the backward is what SDPA under autocast saves (q, k, v and
+    the output in bfloat16, the log-sum-exp in float32), so memory is unchanged. Gradients come back in each
+    input's dtype. No dropout.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None) -> torch.Tensor:
+        q, k, v = (x.to(torch.bfloat16) for x in (query, key, value))
+        with torch.autocast("cpu", enabled=False):
+            out, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q.float(), k.float(), v.float(), 0.0, True, scale=scale
+            )
+        out = out.to(torch.bfloat16)
+        ctx.save_for_backward(q, k, v, out, logsumexp)
+        ctx.scale, ctx.dtypes = scale, (query.dtype, key.dtype, value.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+        q, k, v, out, logsumexp = ctx.saved_tensors
+        with torch.autocast("cpu", enabled=False):
+            grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                grad_out.float(), q.float(), k.float(), v.float(), out.float(), logsumexp, 0.0, True, scale=ctx.scale
+            )
+        dq, dk, dv = (g.to(dtype) for g, dtype in zip(grads, ctx.dtypes))
+        return dq, dk, dv, None
+
+
 def span_attention(
     module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, **kwargs: Any
 ) -> tuple[torch.Tensor, None]:
@@ -165,7 +212,8 @@ def span_attention(
     (:func:`two_row_gather`), attended causally in one batched call (the kernels skip the blocks above the
     diagonal, where the dense ``[T, T]`` mask makes them visit every block, the chosen-for-rejected ones and other
     pairs' included) and gathered back. The model's linear layers still see each prompt once. Padding outputs are
-    arbitrary (never read).
+    arbitrary (never read). Under bfloat16 (autocast or bf16 weights) the rows go through
+    :class:`Float32CausalAttention` rather than SDPA's bfloat16 kernel.
     Without the layout (any other batch), or with a sliding window or attention sinks, this is transformers' SDPA.
     """
     layout = kwargs.pop(SPANS_KWARG, None)
@@ -179,10 +227,14 @@ def span_attention(
         flat = x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3])
         return flat.index_select(0, layout["to_rows"]).view(rows2, length, x.shape[1], x.shape[3]).transpose(1, 2)
 
-    out = F.scaled_dot_product_attention(
-        to_two_rows(query), to_two_rows(key), to_two_rows(value), is_causal=True, scale=kwargs.get("scaling"),
-        dropout_p=kwargs.get("dropout", 0.0) or 0.0, enable_gqa=query.shape[1] != key.shape[1],
-    )
+    dropout = kwargs.get("dropout", 0.0) or 0.0
+    if dropout == 0.0 and _bfloat16_on_cpu(value):
+        out = Float32CausalAttention.apply(to_two_rows(query), to_two_rows(key), to_two_rows(value), kwargs.get("scaling"))
+    else:
+        out = F.scaled_dot_product_attention(
+            to_two_rows(query), to_two_rows(key), to_two_rows(value), is_causal=True, scale=kwargs.get("scaling"),
+            dropout_p=dropout, enable_gqa=query.shape[1] != key.shape[1],
+        )
     flat = out.transpose(1, 2).reshape(-1, query.shape[1], query.shape[3])
     # [rows, T, heads, dim], the layout transformers' attention functions return.
     return flat.index_select(0, layout["from_rows"]).view(query.shape[0], query.shape[2], query.shape[1], query.shape[3]), None
