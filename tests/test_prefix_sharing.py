@@ -13,7 +13,13 @@ import torch
 from mmpo.data.collate import CHOSEN, PADDING, PROMPT, REJECTED, PairCollator, SharedPromptCollator
 from mmpo.models.logps import response_logps, shared_response_logps
 from mmpo.models.reward import sequence_rewards, shared_sequence_rewards
-from mmpo.models.shared_prefix import pair_collator, prefix_sharing_unsupported, shared_prefix_mask, shared_prefix_mask_mod
+from mmpo.models.shared_prefix import (
+    pair_collator,
+    prefix_sharing_unsupported,
+    shared_prefix_mask,
+    shared_prefix_mask_mod,
+    shared_prompt_collator,
+)
 from mmpo.training.dpo import policy_loss, policy_rewards
 from mmpo.training.rm import reward_pair_loss
 
@@ -137,6 +143,8 @@ def run_all(arch: str, kind: str, lora: bool, attn: str = "sdpa", device: str = 
     for name, collator in COLLATORS.items():
         model = build(arch, kind, lora, (two_row_attn or attn) if name == "two_rows" else attn).to(device)
         model.train()
+        if name != "two_rows":  # the trainers' collator for the kernel (under flex: block-sized, packed in one row)
+            collator = shared_prompt_collator(model, PAD, packing=name == "packed")
         batch = {k: v.to(device) for k, v in collator(features).items()}
         if kind == "rm":
             values, loss = rm_loss(model, batch)
@@ -212,15 +220,20 @@ def test_two_row_gather_maps_each_response_to_its_own_causal_row():
 def test_flex_attention_block_mask_scores_as_sdpa_does():
     # FlexAttention has no backward on CPU, so here its forward is checked (rewards and log-probs under no_grad);
     # gradients under flex_attention are checked on CUDA below.
+    # Each kernel gets the layout the trainers give it: under flex, all pairs in one row of whole 128-token blocks.
     features = make_features()
     for kind in ("rm", "dpo"):
         values = {}
         for attn in ("sdpa", "flex_attention"):
             model = build("llama", kind, lora=False, attn=attn).eval()
-            batch = COLLATORS["packed"](features)
+            batch = shared_prompt_collator(model, PAD, packing=True)(features)
+            rows, width = batch["input_ids"].shape
+            assert (rows == 1 and width % 128 == 0) if attn == "flex_attention" else (1 < rows < len(features))
             with torch.no_grad():
                 values[attn] = shared_sequence_rewards(model, batch) if kind == "rm" else shared_response_logps(model, batch)[0]
         assert_rel_close(values["sdpa"], values["flex_attention"])
+    unpacked = shared_prompt_collator(model, PAD, packing=False)(features)["input_ids"]
+    assert unpacked.shape[0] == len(features) and unpacked.shape[1] % 128 == 0
 
 
 def test_the_block_mask_holds_the_dense_mask():

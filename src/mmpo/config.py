@@ -63,7 +63,8 @@ class TrainConfig:
     packing: bool = field(
         default=False,
         metadata={"help": "with prefix_sharing, put several pairs in one row (each row as long as the batch's longest "
-                          "pair) so padding mostly disappears; exact"},
+                          "pair; under flex_attention all of a batch's pairs, in whole 128-token blocks) so padding mostly "
+                          "disappears; exact"},
     )
     keep_host_memory: bool = field(
         default=True,

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mmpo.data.collate import PairCollator, SharedPromptCollator
+from mmpo.data.collate import PairCollator
 from mmpo.errors import UserError
 from mmpo.models.logps import response_logps, shared_response_logps
 from mmpo.paths import atomic_directory, cache_dir
@@ -133,7 +133,7 @@ def compute_reference_logps(
     scores each pair in one row with its prompt encoded once where the model can take that mask
     (:mod:`mmpo.models.shared_prefix`; the numbers are the same), several pairs per row with ``packing``.
     """
-    from mmpo.models.shared_prefix import prefix_sharing_unsupported
+    from mmpo.models.shared_prefix import prefix_sharing_unsupported, shared_prompt_collator
 
     n = len(features)
     chosen = torch.zeros(n, dtype=torch.float32)
@@ -143,7 +143,7 @@ def compute_reference_logps(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     longest = max(len(f["prompt_ids"]) + max(len(f["chosen_ids"]), len(f["rejected_ids"])) for f in features)
     shared = prefix_sharing and prefix_sharing_unsupported(model, longest) is None
-    collate = SharedPromptCollator(pad_token_id, pack=packing) if shared else PairCollator(pad_token_id=pad_token_id)
+    collate = shared_prompt_collator(model, pad_token_id, packing) if shared else PairCollator(pad_token_id=pad_token_id)
     was_training = model.training
     model.eval()
     try:

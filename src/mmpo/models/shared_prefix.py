@@ -257,7 +257,8 @@ def _install_span_attention() -> None:
 
 def shared_forward_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     """``input_ids``, ``position_ids`` and the 4D ``attention_mask`` for a shared-prompt batch, plus on CPU under
-    SDPA without a sliding window the spans for :func:`span_attention` (there measured faster than the dense mask)."""
+    SDPA without a sliding window the spans for :func:`span_attention` (there measured faster than the dense mask;
+    on CUDA one H100 run each showed no difference beyond the step-to-step spread, benchmarks/gpu/README.md)."""
     config = _base(model).config
     window, _ = _sliding_window(config)
     impl = getattr(config, "_attn_implementation", None)
@@ -289,7 +290,7 @@ def pair_collator(
     ``prefix_sharing`` is on and every model can take the shared mask; else the two-row
     :class:`~mmpo.data.collate.PairCollator`, with a one-line notice why.
     """
-    from mmpo.data.collate import PairCollator, SharedPromptCollator
+    from mmpo.data.collate import PairCollator
 
     if not prefix_sharing:
         return PairCollator(pad_token_id=pad_token_id)
@@ -300,4 +301,26 @@ def pair_collator(
         if reason is not None:
             print(f"note: prefix sharing off ({type(_base(m)).__name__}: {reason}); scoring chosen and rejected in separate rows")
             return PairCollator(pad_token_id=pad_token_id)
+    return shared_prompt_collator(model, pad_token_id, packing)
+
+
+# FlexAttention's kernels work in blocks of this many tokens (torch's default BLOCK_SIZE for a BlockMask).
+FLEX_BLOCK = 128
+
+
+def shared_prompt_collator(model: Any, pad_token_id: int, packing: bool) -> Any:
+    """The :class:`~mmpo.data.collate.SharedPromptCollator` for ``model``'s attention kernel.
+
+    Under ``flex_attention`` rows are padded to a multiple of :data:`FLEX_BLOCK` tokens and packing puts all of
+    a batch's pairs in one row. torch.compile specializes FlexAttention on the shapes it sees: a row count that
+    changes from batch to batch (packing) compiles it again (seconds each time), and so does every new length
+    until it marks the length dynamic. One row and lengths in whole blocks leave a single shape to vary; the
+    block mask skips the other pairs' blocks, so the single row costs no attention work, and padding attends to
+    itself only.
+    """
+    from mmpo.data.collate import SharedPromptCollator
+
+    if getattr(_base(model).config, "_attn_implementation", None) == "flex_attention":
+        one_row = sys.maxsize if packing else None  # a budget no batch reaches
+        return SharedPromptCollator(pad_token_id, pad_to_multiple_of=FLEX_BLOCK, pack=packing, pack_budget=one_row)
     return SharedPromptCollator(pad_token_id=pad_token_id, pack=packing)
