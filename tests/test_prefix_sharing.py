@@ -303,6 +303,28 @@ def test_shared_and_packed_layouts_match_two_rows_on_cuda(arch, kind, lora, attn
         assert_same_grads(g1, g2)
 
 
+@pytest.mark.parametrize("pack", [False, True])
+def test_rewards_are_read_at_the_last_real_token(pack):
+    """score_at against the rule spelled out on the batch itself: the rightmost non-pad position of the response's
+    span, else of the prompt's, else the pair's first position (pads inside, at the end, all-pad, empty prompt)."""
+    rng = random.Random(7)
+    features = []
+    for i in range(40):
+        def tokens(n):
+            return [PAD if rng.random() < 0.3 else rng.randrange(3, VOCAB) for _ in range(n)]
+        features.append({"prompt_ids": tokens(rng.randint(0, 4)), "chosen_ids": tokens(rng.randint(1, 4)),
+                         "rejected_ids": tokens(rng.randint(1, 4)), "p": 1.0, "row": i})
+    batch = SharedPromptCollator(pad_token_id=PAD, pack=pack)(features)
+    n = len(features)
+    for k, (row, at) in enumerate(batch["score_at"].tolist()):
+        i, segment = k % n, CHOSEN if k < n else REJECTED
+        ids, seg, pair = batch["input_ids"][row], batch["segment_ids"][row], batch["pair_ids"][row]
+        mine = (pair == i).nonzero().flatten().tolist()
+        real = [t for t in mine if seg[t] == segment and ids[t] != PAD]
+        real = real or [t for t in mine if seg[t] == PROMPT and ids[t] != PAD]
+        assert at == (real[-1] if real else mine[0]), (k, features[i])
+
+
 def test_shared_layout():
     f = {"prompt_ids": [5, 6, 7], "chosen_ids": [8, 9], "rejected_ids": [10, 11, PAD], "p": 1.0, "row": 0}
     g = {"prompt_ids": [5], "chosen_ids": [8], "rejected_ids": [9], "p": 1.0, "row": 1}

@@ -57,6 +57,14 @@ def pair_fields(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return batch
 
 
+def _last_real(tokens: list[int], pad_token_id: int) -> int | None:
+    """Index of the last token in ``tokens`` that is not ``pad_token_id`` (None: there is none)."""
+    for t in range(len(tokens) - 1, -1, -1):
+        if tokens[t] != pad_token_id:
+            return t
+    return None
+
+
 # Segment ids of the shared layout.
 PROMPT, CHOSEN, REJECTED, PADDING = 0, 1, 2, -1
 
@@ -146,10 +154,13 @@ class SharedPromptCollator:
                 logp_out[r, c0:r0] = i
                 logp_out[r, r0:end] = n_pairs + i
                 # The reward is read at the rightmost non-pad token of prompt + response (transformers' rule).
-                for j, (lo, hi) in enumerate(((c0, r0), (r0, end))):
-                    real = [t for t in range(lo, hi) if input_ids[r, t] != self.pad_token_id]
-                    real = real or [t for t in range(o, c0) if input_ids[r, t] != self.pad_token_id]
-                    score_at[j * n_pairs + i] = torch.tensor([r, real[-1] if real else o])
+                for j, response in enumerate((chosen, rejected)):
+                    at = _last_real(response, self.pad_token_id)
+                    if at is not None:
+                        at += r0 if j else c0
+                    else:
+                        at = o + (_last_real(prompt, self.pad_token_id) or 0)
+                    score_at[j * n_pairs + i, 0], score_at[j * n_pairs + i, 1] = r, at
                 o = end
         batch = {
             "input_ids": input_ids,
