@@ -171,3 +171,28 @@ def test_eval_pairs_reproduces_the_trainers_own_evaluation(tiny_model_dir, tiny_
     for s in theirs:
         assert mine[s["row"]] == pytest.approx(s["h"], abs=1e-4)
 
+
+
+@pytest.mark.parametrize("kind", ["reward", "policy"])
+def test_one_row_per_pair_scores_as_two_rows(kind, reward_dir, tiny_model_dir, pair_file, monkeypatch):
+    """Scoring takes the shared-prompt layout where the model allows it; the scores equal the two-row layout's."""
+    import mmpo.evaluation.scoring as scoring
+
+    model_dir = str(reward_dir if kind == "reward" else tiny_model_dir)
+    model, tokenizer, found = scoring.load_scoring_model(model_dir)
+    assert found == kind
+    ref = scoring.load_scoring_model(str(tiny_model_dir))[0] if kind == "policy" else None
+    if ref is not None:
+        with torch.no_grad():
+            for p in ref.parameters():
+                p.mul_(0.9)  # a reference that differs from the policy
+    pairs, _ = load_pairs(str(pair_file(n=9, seed=12)))
+    layouts = []
+    batch_rewards = scoring._batch_rewards
+    monkeypatch.setattr(scoring, "_batch_rewards", lambda m, k, b, *a: layouts.append("segment_ids" in b) or batch_rewards(m, k, b, *a))
+    args = dict(kind=kind, ref_model=ref, beta=0.5, batch_size=4, max_length=96, progress=False)
+    shared = scoring.score_with_models(model, tokenizer, pairs, **args)
+    two_rows = scoring.score_with_models(model, tokenizer, pairs, prefix_sharing=False, **args)
+    assert layouts == [True] * 3 + [False] * 3
+    assert np.allclose(np.array(shared), np.array(two_rows), rtol=1e-4, atol=1e-5)
+    assert len({round(c - r, 6) for c, r in shared}) > 1  # the scores vary across pairs

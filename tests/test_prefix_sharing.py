@@ -228,7 +228,7 @@ def test_flex_attention_block_mask_scores_as_sdpa_does():
             model = build("llama", kind, lora=False, attn=attn).eval()
             batch = shared_prompt_collator(model, PAD, packing=True)(features)
             rows, width = batch["input_ids"].shape
-            assert (rows == 1 and width % 128 == 0) if attn == "flex_attention" else (1 < rows < len(features))
+            assert rows == 1 and (width % 128 == 0 or attn != "flex_attention")  # small pairs: one row either way
             with torch.no_grad():
                 values[attn] = shared_sequence_rewards(model, batch) if kind == "rm" else shared_response_logps(model, batch)[0]
         assert_rel_close(values["sdpa"], values["flex_attention"])
@@ -364,6 +364,50 @@ def test_unsupported_models_fall_back_with_a_notice(capsys):
     assert "flash_attention_2" in prefix_sharing_unsupported(llama)
 
 
+def test_packing_to_a_token_budget_balances_the_rows():
+    rng = random.Random(5)
+    features = [{"prompt_ids": [5] * rng.randint(1, 40), "chosen_ids": [6] * rng.randint(1, 90),
+                 "rejected_ids": [7] * rng.randint(1, 90), "p": 1.0, "row": i} for i in range(23)]
+    lengths = [len(f["prompt_ids"]) + len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features]
+    batch = SharedPromptCollator(pad_token_id=PAD, pack=True, pack_budget=500)(features)
+    rows, width = batch["input_ids"].shape
+    assert rows == -(-sum(lengths) // 500)
+    per_row = [(batch["pair_ids"][r] >= 0).sum().item() for r in range(rows)]
+    assert sum(per_row) == sum(lengths) and width == max(per_row)
+    assert max(per_row) - min(per_row) <= max(lengths)  # longest first to the emptiest row
+    assert sorted(set(batch["pair_ids"][batch["pair_ids"] >= 0].tolist())) == list(range(len(features)))
+    # Without a budget no row outgrows the longest pair (first fit).
+    first_fit = SharedPromptCollator(pad_token_id=PAD, pack=True)(features)["input_ids"]
+    assert first_fit.shape[1] == max(lengths) and first_fit.shape[0] > rows
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the budget applies where training runs on the CPU")
+def test_the_cpu_span_path_packs_to_its_token_budget():
+    from mmpo.models.shared_prefix import SPAN_PACK_TOKENS
+
+    model = build("llama", "dpo", lora=False)
+    for packing in (True, "auto"):
+        collator = shared_prompt_collator(model, PAD, packing=packing)
+        assert collator.pack and collator.pack_budget == SPAN_PACK_TOKENS
+    assert shared_prompt_collator(model, PAD, packing=False).pack is False
+    model.config._attn_implementation = "eager"  # a dense mask: rows stay as long as the longest pair, and auto is off
+    assert shared_prompt_collator(model, PAD, packing=True).pack_budget is None
+    assert shared_prompt_collator(model, PAD, packing="auto").pack is False
+
+
+def test_packing_setting_is_auto_true_or_false():
+    from mmpo.config import RMConfig
+    from mmpo.errors import UserError
+
+    assert RMConfig(data="d.jsonl").packing == "auto"
+    for given, kept in (("true", True), ("FALSE", False), (True, True), ("Auto", "auto")):
+        config = RMConfig(data="d.jsonl", packing=given)
+        config.validate()
+        assert config.packing == kept
+    with pytest.raises(UserError, match="packing must be auto, true or false"):
+        RMConfig(data="d.jsonl", packing="sometimes").validate()
+
+
 def test_packing_layout():
     features = [
         {"prompt_ids": [5, 6], "chosen_ids": [7, 8, 9], "rejected_ids": [10, 11], "p": 1.0},  # 7 tokens
@@ -382,7 +426,7 @@ def test_packing_layout():
     assert mask[6].tolist() == [False] * 4 + [True, False, True]
 
 
-LAYOUTS = [dict(prefix_sharing=False), dict(prefix_sharing=True), dict(prefix_sharing=True, packing=True)]
+LAYOUTS = [dict(prefix_sharing=False), dict(prefix_sharing=True, packing=False), dict(prefix_sharing=True)]  # auto packs on a CPU
 
 
 def test_policy_trainer_step_and_precomputed_reference_agree_across_layouts(tmp_path, tiny_model_dir, pair_file, monkeypatch):

@@ -60,11 +60,12 @@ class TrainConfig:
         metadata={"help": "score each pair in one row [prompt | chosen | rejected] so the prompt is encoded once "
                           "(exact; off, or unsupported attention, = two rows per pair)"},
     )
-    packing: bool = field(
-        default=False,
-        metadata={"help": "with prefix_sharing, put several pairs in one row (each row as long as the batch's longest "
-                          "pair; under flex_attention all of a batch's pairs, in whole 128-token blocks) so padding mostly "
-                          "disappears; exact"},
+    packing: Any = field(
+        default="auto",
+        metadata={"help": "auto | true | false: with prefix_sharing, put several pairs in one row so padding mostly "
+                          "disappears; exact (rows of up to 2048 tokens where attention runs per pair: CPU, SDPA; as long "
+                          "as the batch's longest pair under a dense mask; under flex_attention all of a batch's pairs, "
+                          "in whole 128-token blocks). auto = on where attention runs per pair (measured faster there)"},
     )
     keep_host_memory: bool = field(
         default=True,
@@ -139,6 +140,10 @@ class TrainConfig:
             raise UserError(f"order_conflict must be swap, drop or error (got {self.order_conflict!r})")
         if not (isinstance(self.trunk_cache, bool) or str(self.trunk_cache).lower() in ("auto", "true", "false")):
             raise UserError(f"trunk_cache must be auto, true or false (got {self.trunk_cache!r})")
+        if not (isinstance(self.packing, bool) or str(self.packing).lower() in ("auto", "true", "false")):
+            raise UserError(f"packing must be auto, true or false (got {self.packing!r})")
+        if not isinstance(self.packing, bool):
+            self.packing = {"auto": "auto", "true": True, "false": False}[str(self.packing).lower()]
         if isinstance(self.kernel_cache_capacity, bool) or not isinstance(self.kernel_cache_capacity, int) or self.kernel_cache_capacity < 0:
             raise UserError(f"kernel_cache_capacity must be an integer >= 0 (got {self.kernel_cache_capacity!r}); 0 keeps the libraries' defaults")
         if self.data is None:

@@ -73,9 +73,11 @@ PROMPT, CHOSEN, REJECTED, PADDING = 0, 1, 2, -1
 class SharedPromptCollator:
     """Each pair as one span ``[prompt | chosen | rejected]``: each prompt is encoded once.
 
-    Without ``pack`` every pair has its own right-padded row; with ``pack`` several pairs share a row, placed
-    first-fit longest-first into rows of ``max(pack_budget, the longest pair)`` tokens, so no row is longer
-    than the longest pair would be alone (``pack_budget=None``: exactly that) and padding mostly disappears.
+    Without ``pack`` every pair has its own right-padded row; with ``pack`` several pairs share a row, so
+    padding mostly disappears. With ``pack_budget=None`` pairs go first-fit longest-first into rows as long as
+    the longest pair, so no row is longer than that pair's would be alone. With a ``pack_budget`` of ``n``
+    tokens the batch takes ``ceil(total / n)`` rows and each pair, longest first, goes to the row holding the
+    fewest tokens so far: rows of near-equal length (the batch's width is its longest row).
 
     Returns, each ``[rows, T]``: ``input_ids``; ``segment_ids`` (0 prompt, 1 chosen, 2 rejected, -1 padding);
     ``pair_ids`` (which pair of the batch a token belongs to, -1 padding); ``position_ids`` (each pair starts at
@@ -96,13 +98,23 @@ class SharedPromptCollator:
     pack_budget: int | None = None
 
     def _rows(self, lengths: list[int]) -> list[list[int]]:
-        """Pair indices per row: one each, or packed first-fit longest-first within the budget."""
+        """Pair indices per row: one each, or packed (see the class doc)."""
         if not self.pack:
             return [[i] for i in range(len(lengths))]
-        budget = max(max(lengths), self.pack_budget or 0)
+        longest_first = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         rows: list[list[int]] = []
+        if self.pack_budget is not None:
+            n_rows = max(1, min(len(lengths), -(-sum(lengths) // self.pack_budget)))
+            rows = [[] for _ in range(n_rows)]
+            filled = [0] * n_rows
+            for i in longest_first:
+                r = min(range(n_rows), key=filled.__getitem__)
+                rows[r].append(i)
+                filled[r] += lengths[i]
+            return rows
+        budget = max(lengths)
         room: list[int] = []
-        for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for i in longest_first:
             for r, free in enumerate(room):
                 if lengths[i] <= free:
                     rows[r].append(i)

@@ -10,8 +10,9 @@ Two kinds of scorer, chosen from the saved config's ``architectures``:
   ``reward(x, y) = beta * log pi(y|x)``; that ranks pairs by plain likelihood, so it favours short answers.
 
 Pairs are tokenized exactly as in training (:func:`mmpo.data.tokenize.tokenize_pair`), sorted by length so
-each batch pads little, scored in batches of ``batch_size`` pairs (2 x batch_size rows, chosen first) and
-returned in input order.
+each batch pads little, scored in batches of ``batch_size`` pairs and returned in input order. As in training,
+each pair is scored in one row with its prompt encoded once where the models can take that mask
+(:mod:`mmpo.models.shared_prefix`; the same numbers up to summation order), else in two rows, chosen first.
 
 ``score_pairs`` loads a model directory and scores; ``score_with_models`` does the same on already-loaded
 models (for callers that score several data sets with one model, e.g. RewardBench).
@@ -26,11 +27,11 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from mmpo.data.collate import PairCollator
 from mmpo.data.records import PreferencePair
 from mmpo.data.tokenize import OVER_LENGTH, TokenizedPair, tokenize_pair
 from mmpo.errors import DataError, UserError
 from mmpo.models.embedded import resolve_model_path
+from mmpo.models.shared_prefix import pair_collator
 
 ModelKind = Literal["reward", "policy"]
 DEFAULT_BETA = 0.1  # DPOConfig's default, used when neither --beta nor the policy's config.yaml gives one
@@ -149,16 +150,22 @@ def tokenize_for_scoring(
 def _batch_rewards(
     model: Any, kind: ModelKind, batch: dict[str, torch.Tensor], ref_model: Any | None, beta: float
 ) -> torch.Tensor:
+    """``[2B]`` rewards, chosen first, for a two-row or a prefix-shared batch."""
+    from mmpo.models.logps import response_logps, shared_response_logps
+    from mmpo.models.reward import sequence_rewards, shared_sequence_rewards
+
+    shared = "segment_ids" in batch
     if kind == "reward":
-        from mmpo.models.reward import sequence_rewards
+        return shared_sequence_rewards(model, batch) if shared else sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
 
-        return sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
-    from mmpo.models.logps import response_logps
+    def logps_of(m: Any) -> torch.Tensor:
+        if shared:
+            return shared_response_logps(m, batch)[0]
+        return response_logps(m, batch["input_ids"], batch["attention_mask"], batch["response_mask"])[0]
 
-    logps, _ = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    logps = logps_of(model)
     if ref_model is not None:
-        ref_logps, _ = response_logps(ref_model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
-        logps = logps - ref_logps
+        logps = logps - logps_of(ref_model)
     return beta * logps
 
 
@@ -174,12 +181,14 @@ def score_with_models(
     max_prompt_length: int | None = None,
     progress: bool = True,
     over_length: str = "truncate",
+    prefix_sharing: bool = True,
 ) -> list[tuple[float, float]]:
     """``(chosen_reward, rejected_reward)`` per pair, in input order, with loaded models.
 
     ``pairs`` may be already tokenized. For ``kind="policy"``: ``beta`` (default 0.1) scales the summed
     log-probabilities; ``ref_model`` (optional) is subtracted. The models stay where they are; batches go to
-    ``model``'s device. ``over_length``: see :func:`tokenize_for_scoring_pair`.
+    ``model``'s device. ``over_length``: see :func:`tokenize_for_scoring_pair`. ``prefix_sharing``: one row per
+    pair where the models allow it (as training's key of that name).
     """
     if kind == "reward" and ref_model is not None:
         raise UserError("a reference model only applies to a policy (implicit reward), not to a reward model")
@@ -195,7 +204,7 @@ def score_with_models(
     if not tokenized:
         return []
     device = next(model.parameters()).device
-    collate = PairCollator(pad_token_id=tokenizer.pad_token_id)
+    collate = pair_collator(model, tokenizer.pad_token_id, prefix_sharing, max_length, ref_model, packing="auto")
     # Longest first: the first batch shows at once whether memory suffices; neighbours pad little.
     order = sorted(
         range(len(tokenized)),

@@ -124,7 +124,7 @@ def compute_reference_logps(
     full_logits: bool = False,
     desc: str = "reference log-probs",
     prefix_sharing: bool = False,
-    packing: bool = False,
+    packing: bool | str = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log pi_ref(chosen|x), log pi_ref(rejected|x))`` per pair, float32 ``[n]`` each, in the order of ``features``.
 
@@ -209,7 +209,7 @@ def cached_reference_logps(
     desc: str = "reference log-probs",
     root: Path | None = None,
     prefix_sharing: bool = False,
-    packing: bool = False,
+    packing: bool | str = False,
 ) -> CachedReference:
     """Reference log-probs for ``features`` from the cache, or computed with ``get_model()`` and stored.
 

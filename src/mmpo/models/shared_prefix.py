@@ -282,7 +282,7 @@ def shared_forward_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[st
 
 
 def pair_collator(
-    model: Any, pad_token_id: int, prefix_sharing: bool, max_length: int | None, *also: Any, packing: bool = False
+    model: Any, pad_token_id: int, prefix_sharing: bool, max_length: int | None, *also: Any, packing: bool | str = False
 ) -> Any:
     """The batch layout for training ``model`` (and any ``also`` models scored on the same batches).
 
@@ -306,10 +306,22 @@ def pair_collator(
 
 # FlexAttention's kernels work in blocks of this many tokens (torch's default BLOCK_SIZE for a BlockMask).
 FLEX_BLOCK = 128
+# Packed rows under span attention hold up to this many tokens (or one pair, if longer): a longer row costs no
+# attention work there; the cap bounds the dense [T, T] mask that is still built beside the spans.
+SPAN_PACK_TOKENS = 2048
 
 
-def shared_prompt_collator(model: Any, pad_token_id: int, packing: bool) -> Any:
-    """The :class:`~mmpo.data.collate.SharedPromptCollator` for ``model``'s attention kernel.
+def attends_per_pair(model: Any) -> bool:
+    """Whether ``model``'s shared batches will be attended pair by pair (:func:`span_attention`): SDPA without
+    a sliding window, training on the CPU (no CUDA device in reach)."""
+    config = _base(model).config
+    on_cpu = next(model.parameters()).device.type == "cpu" and not torch.cuda.is_available()
+    return getattr(config, "_attn_implementation", None) == "sdpa" and _sliding_window(config)[0] is None and on_cpu
+
+
+def shared_prompt_collator(model: Any, pad_token_id: int, packing: bool | str) -> Any:
+    """The :class:`~mmpo.data.collate.SharedPromptCollator` for ``model``'s attention kernel; ``packing`` is
+    True, False or ``"auto"`` (on where :func:`attends_per_pair`).
 
     Under ``flex_attention`` rows are padded to a multiple of :data:`FLEX_BLOCK` tokens and packing puts all of
     a batch's pairs in one row. torch.compile specializes FlexAttention on the shapes it sees: a row count that
@@ -317,10 +329,18 @@ def shared_prompt_collator(model: Any, pad_token_id: int, packing: bool) -> Any:
     until it marks the length dynamic. One row and lengths in whole blocks leave a single shape to vary; the
     block mask skips the other pairs' blocks, so the single row costs no attention work, and padding attends to
     itself only.
+
+    On the CPU under SDPA (:func:`span_attention`: attention runs per pair, whatever the row holds) packed rows
+    take up to :data:`SPAN_PACK_TOKENS` tokens, so a batch's pairs fill few rows and padding mostly disappears
+    even when pairs differ in length.
     """
     from mmpo.data.collate import SharedPromptCollator
 
+    per_pair = attends_per_pair(model)
+    pack = per_pair if packing == "auto" else bool(packing)
     if getattr(_base(model).config, "_attn_implementation", None) == "flex_attention":
-        one_row = sys.maxsize if packing else None  # a budget no batch reaches
-        return SharedPromptCollator(pad_token_id, pad_to_multiple_of=FLEX_BLOCK, pack=packing, pack_budget=one_row)
-    return SharedPromptCollator(pad_token_id=pad_token_id, pack=packing)
+        one_row = sys.maxsize if pack else None  # a budget no batch reaches
+        return SharedPromptCollator(pad_token_id, pad_to_multiple_of=FLEX_BLOCK, pack=pack, pack_budget=one_row)
+    if pack and per_pair:
+        return SharedPromptCollator(pad_token_id, pack=True, pack_budget=SPAN_PACK_TOKENS)
+    return SharedPromptCollator(pad_token_id=pad_token_id, pack=pack)

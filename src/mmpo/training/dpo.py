@@ -391,7 +391,7 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
         eval_dataset=eval_features or None,
         data_collator=pair_collator(
             model, tokenizer.pad_token_id, config.prefix_sharing and trunk is None, config.max_length, reference_model,
-            packing=config.packing and trunk is None,
+            packing=config.packing if trunk is None else False,
         ),
         processing_class=tokenizer,
         loss=config.loss,

@@ -153,7 +153,7 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
         args=training_arguments(config, **extra),
         data_collator=pair_collator(
             model, tokenizer.pad_token_id, config.prefix_sharing and trunk is None, config.max_length,
-            packing=config.packing and trunk is None,
+            packing=config.packing if trunk is None else False,
         ),
         train_dataset=data.train,
         eval_dataset=data.eval or None,
