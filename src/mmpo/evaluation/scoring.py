@@ -11,8 +11,9 @@ Two kinds of scorer, chosen from the saved config's ``architectures``:
 
 Pairs are tokenized exactly as in training (:func:`mmpo.data.tokenize.tokenize_pair`), sorted by length so
 each batch pads little, scored in batches of ``batch_size`` pairs and returned in input order. As in training,
-each pair is scored in one row with its prompt encoded once where the models can take that mask
-(:mod:`mmpo.models.shared_prefix`; the same numbers up to summation order), else in two rows, chosen first.
+each pair is scored as one span ``[prompt | chosen | rejected]``, its prompt encoded once, where the models can
+take that mask (:mod:`mmpo.models.shared_prefix`; several spans to a row where attention runs per pair, as under
+``packing: auto``; the same numbers up to summation order), else in two rows, chosen first.
 
 ``score_pairs`` loads a model directory and scores; ``score_with_models`` does the same on already-loaded
 models (for callers that score several data sets with one model, e.g. RewardBench).
@@ -187,8 +188,8 @@ def score_with_models(
 
     ``pairs`` may be already tokenized. For ``kind="policy"``: ``beta`` (default 0.1) scales the summed
     log-probabilities; ``ref_model`` (optional) is subtracted. The models stay where they are; batches go to
-    ``model``'s device. ``over_length``: see :func:`tokenize_for_scoring_pair`. ``prefix_sharing``: one row per
-    pair where the models allow it (as training's key of that name).
+    ``model``'s device. ``over_length``: see :func:`tokenize_for_scoring_pair`. ``prefix_sharing``: each prompt
+    encoded once where the models allow it (as training's key of that name, with ``packing: auto``).
     """
     if kind == "reward" and ref_model is not None:
         raise UserError("a reference model only applies to a policy (implicit reward), not to a reward model")

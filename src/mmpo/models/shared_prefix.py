@@ -313,7 +313,7 @@ SPAN_PACK_TOKENS = 2048
 
 def attends_per_pair(model: Any) -> bool:
     """Whether ``model``'s shared batches will be attended pair by pair (:func:`span_attention`): SDPA without
-    a sliding window, training on the CPU (no CUDA device in reach)."""
+    a sliding window, running on the CPU (no CUDA device in reach)."""
     config = _base(model).config
     on_cpu = next(model.parameters()).device.type == "cpu" and not torch.cuda.is_available()
     return getattr(config, "_attn_implementation", None) == "sdpa" and _sliding_window(config)[0] is None and on_cpu
