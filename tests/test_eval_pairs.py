@@ -174,8 +174,8 @@ def test_eval_pairs_reproduces_the_trainers_own_evaluation(tiny_model_dir, tiny_
 
 
 @pytest.mark.parametrize("kind", ["reward", "policy"])
-def test_one_row_per_pair_scores_as_two_rows(kind, reward_dir, tiny_model_dir, pair_file, monkeypatch):
-    """Scoring takes the shared-prompt layout where the model allows it; the scores equal the two-row layout's."""
+def test_shared_prompt_scoring_scores_as_two_rows(kind, reward_dir, tiny_model_dir, pair_file, monkeypatch):
+    """Scoring takes the shared-prompt layout (packed on a CPU) where the model allows it; the scores equal the two-row layout's."""
     import mmpo.evaluation.scoring as scoring
 
     model_dir = str(reward_dir if kind == "reward" else tiny_model_dir)
