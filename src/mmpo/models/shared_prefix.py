@@ -255,6 +255,11 @@ def _install_span_attention() -> None:
         AttentionInterface.register("sdpa", span_attention)
 
 
+def _span_path(config: Any, device_type: str) -> bool:
+    """Whether :func:`span_attention` attends a shared batch: SDPA, no sliding window, on the CPU."""
+    return getattr(config, "_attn_implementation", None) == "sdpa" and _sliding_window(config)[0] is None and device_type == "cpu"
+
+
 def shared_forward_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     """``input_ids``, ``position_ids`` and the 4D ``attention_mask`` for a shared-prompt batch, plus on CPU under
     SDPA without a sliding window the spans for :func:`span_attention` (there measured faster than the dense mask;
@@ -274,7 +279,7 @@ def shared_forward_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[st
         else:
             mask = allowed
     inputs: dict[str, Any] = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "attention_mask": mask}
-    if impl == "sdpa" and window is None and "spans" in batch and batch["input_ids"].device.type == "cpu":
+    if "spans" in batch and _span_path(config, batch["input_ids"].device.type):
         _install_span_attention()
         rows, width = batch["input_ids"].shape
         inputs[SPANS_KWARG] = two_row_gather([tuple(x) for x in batch["spans"].tolist()], rows, width, batch["input_ids"].device)
@@ -314,9 +319,8 @@ SPAN_PACK_TOKENS = 2048
 def attends_per_pair(model: Any) -> bool:
     """Whether ``model``'s shared batches will be attended pair by pair (:func:`span_attention`): SDPA without
     a sliding window, running on the CPU (no CUDA device in reach)."""
-    config = _base(model).config
     on_cpu = next(model.parameters()).device.type == "cpu" and not torch.cuda.is_available()
-    return getattr(config, "_attn_implementation", None) == "sdpa" and _sliding_window(config)[0] is None and on_cpu
+    return on_cpu and _span_path(_base(model).config, "cpu")
 
 
 def shared_prompt_collator(model: Any, pad_token_id: int, packing: bool | str) -> Any:
