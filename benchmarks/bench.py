@@ -12,10 +12,11 @@ Model: the embedded SmolLM2-135M-Instruct, full fine-tuning. Mixes (``--mix NAME
 * ``prompt-heavy``: synthetic, sequences 50-70% of max length, prompts 40-50% of the tokens.
 
 Cases, on every mix: ``mmpo dpo`` / ``mmpo rm`` at mmpo's defaults (whatever this checkout's config gives; extra
-keys with ``--mmpo-override``) and with ``bf16: false``; TRL 1.16's DPOTrainer (live reference), DPOTrainer with
+keys with ``--mmpo-override``), with ``bf16: false`` and with ``gradient_checkpointing: true``; TRL 1.16's DPOTrainer (live reference), DPOTrainer with
 ``precompute_ref_log_probs=True`` and RewardTrainer, each under every ``--settings`` entry (SETTINGS below: TRL's
-own defaults, and like-for-like float32 / bf16 without gradient checkpointing). Targets are checked per mix and
-setting (COMPARISONS).
+own defaults; like for like in float32 and in bf16 without gradient checkpointing; and like for like at TRL's defaults,
+mmpo with ``gradient_checkpointing: true`` against TRL's default cases). Targets are checked per mix and setting
+(COMPARISONS).
 
 Every run is its own process (``child.py``). Per repeat, mixes run in turn; within a mix the TRL and mmpo runs
 alternate, and the order flips on every other repeat. Timing is steady state, ``t(warmup + steps) - t(warmup)``.
@@ -50,6 +51,8 @@ SETTINGS = {
     "bf16": ("like for like, bf16 autocast, no gradient checkpointing (mmpo at its defaults)", "", "-bf16"),
     "fp32": ("like for like, float32, no gradient checkpointing", "-fp32", "-fp32"),
     "defaults-fp32": ("TRL's defaults in float32 (gradient checkpointing on), mmpo in float32", "-fp32", "-ckpt-fp32"),
+    "ckpt": ("like for like at TRL's defaults: bf16 autocast, gradient checkpointing on (mmpo with "
+             "gradient_checkpointing: true)", "-ckpt", ""),
 }
 # TRL arguments per case suffix; {} leaves TRL's own defaults (bf16=True, gradient_checkpointing=True in 1.16).
 TRL_ARGS = {
@@ -58,7 +61,7 @@ TRL_ARGS = {
     "-fp32": {"bf16": False, "gradient_checkpointing": False},
     "-ckpt-fp32": {"bf16": False},
 }
-MMPO_ARGS = {"": {}, "-fp32": {"bf16": False}}
+MMPO_ARGS = {"": {}, "-fp32": {"bf16": False}, "-ckpt": {"gradient_checkpointing": True}}
 
 
 def _cases() -> dict[str, dict[str, Any]]:
@@ -80,7 +83,7 @@ COMPARISONS = [
     ("policy vs DPOTrainer, precomputed reference", "mmpo-dpo", "trl-dpo-pre", 1.5),
     ("reward model vs RewardTrainer", "mmpo-rm", "trl-rm", 1.3),
 ]
-DEFAULT_MIXES = ["synthetic:128:1", "real:256:1", "prompt-heavy:256:1"]
+DEFAULT_MIXES = ["synthetic:128:4", "real:256:4", "prompt-heavy:256:4"]
 
 
 def comparisons(settings: list[str]) -> list[tuple[str, str, str, str, float]]:
@@ -297,7 +300,7 @@ def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mix", action="append", default=None, metavar="NAME:MAX_LENGTH:PAIRS_PER_STEP",
                     help=f"a data mix (repeatable; default {' '.join(DEFAULT_MIXES)})")
-    ap.add_argument("--settings", nargs="+", default=["defaults", "bf16", "fp32"], choices=list(SETTINGS))
+    ap.add_argument("--settings", nargs="+", default=["defaults", "bf16", "fp32", "ckpt"], choices=list(SETTINGS))
     ap.add_argument("--steps", type=int, default=2, help="timed steps per run")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed window")
     ap.add_argument("--repeats", type=int, default=3)

@@ -24,6 +24,10 @@ def test_every_comparison_names_cases_that_exist_and_trl_defaults_are_left_alone
     assert all(bench.CASES[c]["trl_overrides"] == {} for c in ("trl-dpo", "trl-dpo-pre", "trl-rm"))
     assert bench.CASES["trl-dpo-fp32"]["trl_overrides"] == {"bf16": False, "gradient_checkpointing": False}
     assert bench.CASES["mmpo-rm-fp32"]["mmpo_overrides"] == {"bf16": False}
+    # "ckpt": mmpo checkpointing against TRL's default cases (already checkpointed), so no extra TRL runs.
+    assert {c for _, _, _, c, _ in bench.comparisons(["ckpt"])} == {"trl-dpo", "trl-dpo-pre", "trl-rm"}
+    assert bench.CASES["mmpo-dpo-ckpt"]["mmpo_overrides"] == {"gradient_checkpointing": True}
+    assert len(bench.cases_for(["defaults", "bf16", "fp32", "ckpt"])) == 15
 
 
 def test_run_order_runs_each_case_once_alternating_libraries_and_flips():
