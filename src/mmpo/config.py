@@ -67,6 +67,12 @@ class TrainConfig:
                           "as the batch's longest pair under a dense mask; under flex_attention all of a batch's pairs, "
                           "in whole 128-token blocks). auto = on where attention runs per pair (measured faster there)"},
     )
+    group_by_length: bool = field(
+        default=False,
+        metadata={"help": "order training pairs so each step's pairs have similar token counts (random blocks of up "
+                          "to 50 steps, each sorted by length; resumable): less padding where a step's pairs are not "
+                          "packed into shared rows (GPUs, packing: false); changes which pairs share a step"},
+    )
     keep_host_memory: bool = field(
         default=True,
         metadata={"help": "CPU runs on glibc: keep the memory a step frees for the next step instead of returning it "
@@ -386,6 +392,10 @@ def check_trainer_args(trainer_args: Any) -> None:
     for key in trainer_args:
         if key in MANAGED_TRAINER_ARGS:
             raise UserError(f"trainer_args: '{key}' is set by mmpo itself")
+        if key == "train_sampling_strategy" and trainer_args[key] == "batch_rebalance":
+            # transformers reads its lengths from an `input_ids` field; a pair has three id lists.
+            raise UserError("trainer_args: train_sampling_strategy batch_rebalance is not supported for pairs; "
+                            "use group_by_length: true")
         if key not in names:
             close = difflib.get_close_matches(str(key), sorted(names), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""

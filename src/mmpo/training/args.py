@@ -125,7 +125,13 @@ def training_arguments(config: Any, **extra: Any) -> TrainingArguments:
         torch_compile=config.torch_compile,
         disable_tqdm=False,
     )
-    kwargs.update(passthrough_arguments(config))
+    given = passthrough_arguments(config)
+    if getattr(config, "group_by_length", False):
+        if given.get("train_sampling_strategy", "group_by_length") != "group_by_length":
+            raise UserError(f"group_by_length: true and trainer_args train_sampling_strategy: "
+                            f"{given['train_sampling_strategy']} contradict each other; keep one")
+        kwargs["train_sampling_strategy"] = "group_by_length"
+    kwargs.update(given)
     kwargs.update(extra)
     try:
         return TrainingArguments(**kwargs)

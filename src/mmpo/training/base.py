@@ -22,6 +22,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import rotate_checkpoints
 
+from mmpo.data.sampler import LengthGroupedPairSampler, pair_tokens
 from mmpo.evaluation.metrics import pair_metrics
 from mmpo.models.trunk_cache import Forward, TrunkCache
 # Checkpoints are written under STAGING_DIR, then renamed into place.
@@ -229,6 +230,21 @@ class PairTrainer(Trainer):
             self.control.should_training_stop = True
             return
         super()._run_epoch(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        # transformers' length grouping reads lengths from a datasets column or `input_ids`; pairs have neither.
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or dataset is None or not hasattr(dataset, "__len__"):
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return LengthGroupedPairSampler([pair_tokens(f) for f in dataset],
+                                        self.args.train_batch_size * self.args.gradient_accumulation_steps, seed)
+
+    def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+        # Held-out pairs keep their order whatever the training order (eval_scores.jsonl is written row by row).
+        if eval_dataset is None or not hasattr(eval_dataset, "__len__"):
+            return None
+        return torch.utils.data.SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
     def _clip_grad_norm(self, model):
         # On a plain CPU run (one process or a gloo group, no loss scaler) the norm is on the host already: clip
