@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -155,7 +156,7 @@ def main(argv: list[str]) -> None:
     meta = {"command": "python benchmarks/length_grouping.py " + " ".join(argv), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "minutes": (time.perf_counter() - t0) / 60, "machine": bench.machine_description(), "versions": bench.versions(),
             "mmpo_checkout": bench.checkout(), "pairs": len(features), "batch": B, "max_length": L, "seeds": list(SEEDS),
-            "load_1min_end": __import__("os").getloadavg()[0], "python": platform.python_version()}
+            "load_1min_end": os.getloadavg()[0], "python": platform.python_version()}
     args.out.mkdir(parents=True, exist_ok=True)
     blob = {"meta": meta, "counted": counted, "sampled": sampled, "runs": runs}
     (args.out / "results.json").write_text(json.dumps(blob, indent=1))
