@@ -12,11 +12,10 @@ Model: the embedded SmolLM2-135M-Instruct, full fine-tuning. Mixes (``--mix NAME
 * ``prompt-heavy``: synthetic, sequences 50-70% of max length, prompts 40-50% of the tokens.
 
 Cases, on every mix: ``mmpo dpo`` / ``mmpo rm`` at mmpo's defaults (whatever this checkout's config gives; extra
-keys with ``--mmpo-override``), with ``bf16: false`` and with ``gradient_checkpointing: true``; TRL 1.16's DPOTrainer (live reference), DPOTrainer with
-``precompute_ref_log_probs=True`` and RewardTrainer, each under every ``--settings`` entry (SETTINGS below: TRL's
-own defaults; like for like in float32 and in bf16 without gradient checkpointing; and like for like at TRL's defaults,
-mmpo with ``gradient_checkpointing: true`` against TRL's default cases). Targets are checked per mix and setting
-(COMPARISONS).
+keys with ``--mmpo-override``) and with the keys each setting needs (MMPO_ARGS); TRL 1.16's DPOTrainer (live
+reference), DPOTrainer with ``precompute_ref_log_probs=True`` and RewardTrainer, each under every ``--settings`` entry
+(SETTINGS below: each library's own defaults, which both checkpoint; like for like in bf16 and in float32 without
+gradient checkpointing). Targets are checked per mix and setting (COMPARISONS).
 
 Every run is its own process (``child.py``). Per repeat, mixes run in turn; within a mix the TRL and mmpo runs
 alternate, and the order flips on every other repeat. Timing is steady state, ``t(warmup + steps) - t(warmup)``.
@@ -47,12 +46,11 @@ sys.path.insert(0, str(HERE))
 
 # Settings: (label, suffix of the mmpo cases, suffix of the TRL cases).
 SETTINGS = {
-    "defaults": ("each at its defaults (TRL: bf16 autocast, gradient checkpointing on)", "", ""),
-    "bf16": ("like for like, bf16 autocast, no gradient checkpointing (mmpo at its defaults)", "", "-bf16"),
+    "defaults": ("each at its defaults (both: bf16 autocast, gradient checkpointing on)", "", ""),
+    "bf16": ("like for like, bf16 autocast, no gradient checkpointing (mmpo with gradient_checkpointing: false)",
+             "-bf16", "-bf16"),
     "fp32": ("like for like, float32, no gradient checkpointing", "-fp32", "-fp32"),
-    "defaults-fp32": ("TRL's defaults in float32 (gradient checkpointing on), mmpo in float32", "-fp32", "-ckpt-fp32"),
-    "ckpt": ("like for like at TRL's defaults: bf16 autocast, gradient checkpointing on (mmpo with "
-             "gradient_checkpointing: true)", "-ckpt", ""),
+    "defaults-fp32": ("each at its defaults but in float32 (gradient checkpointing on)", "-ckpt-fp32", "-ckpt-fp32"),
 }
 # TRL arguments per case suffix; {} leaves TRL's own defaults (bf16=True, gradient_checkpointing=True in 1.16).
 TRL_ARGS = {
@@ -61,7 +59,13 @@ TRL_ARGS = {
     "-fp32": {"bf16": False, "gradient_checkpointing": False},
     "-ckpt-fp32": {"bf16": False},
 }
-MMPO_ARGS = {"": {}, "-fp32": {"bf16": False}, "-ckpt": {"gradient_checkpointing": True}}
+# mmpo config keys per case suffix; {} leaves mmpo's defaults (bf16: auto, gradient_checkpointing: true).
+MMPO_ARGS = {
+    "": {},
+    "-bf16": {"gradient_checkpointing": False},
+    "-fp32": {"bf16": False, "gradient_checkpointing": False},
+    "-ckpt-fp32": {"bf16": False},
+}
 
 
 def _cases() -> dict[str, dict[str, Any]]:
@@ -300,7 +304,7 @@ def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mix", action="append", default=None, metavar="NAME:MAX_LENGTH:PAIRS_PER_STEP",
                     help=f"a data mix (repeatable; default {' '.join(DEFAULT_MIXES)})")
-    ap.add_argument("--settings", nargs="+", default=["defaults", "bf16", "fp32", "ckpt"], choices=list(SETTINGS))
+    ap.add_argument("--settings", nargs="+", default=["defaults", "bf16", "fp32"], choices=list(SETTINGS))
     ap.add_argument("--steps", type=int, default=2, help="timed steps per run")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed window")
     ap.add_argument("--repeats", type=int, default=3)

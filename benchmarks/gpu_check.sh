@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # The CUDA checks, for a machine with an NVIDIA GPU (results under OUT_DIR). Stages, in the order given by STAGES
-# (default: exactness layouts trl flex like ckpt):
+# (default: exactness layouts trl flex like):
 #   exactness  the layout exactness tests on CUDA (shared / packed vs two rows, SDPA and FlexAttention, float32);
 #   layouts    benchmarks/layouts.py: one training step per layout and attention kernel, bf16, SmolLM2-135M and -1.7B;
-#   trl        benchmarks/bench.py against TRL, each at its defaults, on a random SmolLM2-135M-shaped model;
+#   trl        benchmarks/bench.py against TRL, each at its defaults (both checkpoint), on a random SmolLM2-135M-shaped model;
 #   flex       mmpo's trainers with packing and FlexAttention, torch.compile's recompiles logged (TORCH_LOGS);
 #   like       bench.py against TRL like for like (bf16, no gradient checkpointing for either);
-#   ckpt       mmpo's trainers with gradient_checkpointing: true (memory against TRL's checkpointed defaults);
 #   baseline   the flex stage again on the mmpo source in BASELINE_SRC (an older checkout's src/), for a before/after;
 #   like-baseline  mmpo's runs of the like stage on BASELINE_SRC;
 #   exactness-sdpa the CUDA layout tests under SDPA only (Llama, Qwen2: no FlexAttention compiles, seconds).
@@ -17,7 +16,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?OUT_DIR}; FILES=${2:?MODEL_FILES_DIR}; mkdir -p "$OUT"
-STAGES=${STAGES:-exactness layouts trl flex like ckpt}
+STAGES=${STAGES:-exactness layouts trl flex like}
 LOG="$OUT/log.txt"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 MMPO_CACHE=/tmp/mmpo-cache
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -68,7 +67,6 @@ for stage in $STAGES; do
     trl) bench trl 180 --settings defaults ;;
     flex) TORCH_LOGS=recompiles bench flex 130 "${flex[@]}" ;;
     like) bench like 170 --settings bf16 ;;
-    ckpt) bench ckpt 80 --only mmpo-dpo mmpo-rm --settings defaults --mmpo-override gradient_checkpointing=true ;;
     like-baseline)  # mmpo's runs of the like stage on BASELINE_SRC
       PYTHONPATH="${BASELINE_SRC:?BASELINE_SRC}${DEPS:+:$DEPS}" bench like-baseline 70 --only mmpo-dpo mmpo-rm --settings bf16 ;;
     baseline)

@@ -4,8 +4,8 @@
 
 Each case runs once, in its own process, through the harness's own run (``bench.case_spec`` / ``child.py``, the
 benchmark's pairs and settings) with the child's memory timeline on (``MemoryTimeline``: resident set, its file-backed
-part and glibc's bytes in use every 10 ms, marks at each backward and optimizer step). Cases: mmpo rm and dpo at their defaults and
-with ``gradient_checkpointing: true``; TRL's RewardTrainer and DPOTrainer with precomputed reference log-probs at
+part and glibc's bytes in use every 10 ms, marks at each backward and optimizer step). Cases: mmpo rm and dpo at their defaults (checkpointing
+on) and with ``gradient_checkpointing: false``; TRL's RewardTrainer and DPOTrainer with precomputed reference log-probs at
 TRL's defaults (bf16 autocast, checkpointing on) and like for like (bf16, checkpointing off). Per case: the peak
 resident set and in which step and phase (forward, backward, optimizer) it was reached, the peak of bytes in use,
 and the steady step time (median of the steps after the first two; the sampler slows it: compare within this report only).
@@ -29,12 +29,12 @@ HERE = Path(__file__).resolve().parent
 
 # (label, harness case, extra mmpo config keys)
 CASES = [
-    ("mmpo rm: defaults", "mmpo-rm", {}),
-    ("mmpo rm: gradient_checkpointing", "mmpo-rm", {"gradient_checkpointing": True}),
+    ("mmpo rm: defaults (ckpt on)", "mmpo-rm", {}),
+    ("mmpo rm: gradient_checkpointing false", "mmpo-rm", {"gradient_checkpointing": False}),
     ("TRL RewardTrainer: defaults (ckpt on)", "trl-rm", {}),
     ("TRL RewardTrainer: bf16, ckpt off", "trl-rm-bf16", {}),
-    ("mmpo dpo: defaults", "mmpo-dpo", {}),
-    ("mmpo dpo: gradient_checkpointing", "mmpo-dpo", {"gradient_checkpointing": True}),
+    ("mmpo dpo: defaults (ckpt on)", "mmpo-dpo", {}),
+    ("mmpo dpo: gradient_checkpointing false", "mmpo-dpo", {"gradient_checkpointing": False}),
     ("TRL DPO, precomputed reference: defaults (ckpt on)", "trl-dpo-pre", {}),
     ("TRL DPO, precomputed reference: bf16, ckpt off", "trl-dpo-pre-bf16", {}),
 ]
@@ -113,7 +113,7 @@ def main() -> None:
         if args.only and not any(label.startswith(p) for p in args.only):
             continue
         spec = case_spec(case, name, data, 0, args.steps - 1, 1, model, os.cpu_count(), {**extra, **overrides})
-        timeline_path = out / "logs" / f"{name}-{case}{'-ckpt' if overrides else ''}.timeline.json"
+        timeline_path = out / "logs" / f"{name}-{case}{'-nockpt' if overrides else ''}.timeline.json"
         spec["memory_timeline_path"] = str(timeline_path)
         result = run_child(spec, out / "logs")
         row = summarize(label, result, json.loads(timeline_path.read_text()))

@@ -9,7 +9,7 @@
 # Size (defaults take ~80 min on 2 quiet cores; see RESULTS.md for what a run used):
 #   BENCH_MIXES     "NAME:MAX_LENGTH:PAIRS_PER_STEP ..."  (default: synthetic:128:4 real:256:4 prompt-heavy:256:4)
 #   BENCH_STEPS     timed steps per run (2)     BENCH_WARMUP  untimed steps before them (1)
-#   BENCH_REPEATS   runs per case (3)           BENCH_SETTINGS  "defaults bf16 fp32 ckpt" (also: defaults-fp32)
+#   BENCH_REPEATS   runs per case (3)           BENCH_SETTINGS  "defaults bf16 fp32" (also: defaults-fp32)
 #   BENCH_MMPO      "KEY=VALUE ..." mmpo config keys for every mmpo run (e.g. "prefix_sharing=false")
 #   BENCH_PROFILE=0 no profiled step         BENCH_WAIT_QUIET  wait for a 1-min load below this first (1.0; 0: don't)
 #   BENCH_OUT       where RESULTS.md, results.json and profiles/ go (default benchmarks/)

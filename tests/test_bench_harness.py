@@ -23,16 +23,16 @@ def test_every_comparison_names_cases_that_exist_and_trl_defaults_are_left_alone
     # "defaults": TRL gets no precision or checkpointing argument, so its own defaults apply.
     assert all(bench.CASES[c]["trl_overrides"] == {} for c in ("trl-dpo", "trl-dpo-pre", "trl-rm"))
     assert bench.CASES["trl-dpo-fp32"]["trl_overrides"] == {"bf16": False, "gradient_checkpointing": False}
-    assert bench.CASES["mmpo-rm-fp32"]["mmpo_overrides"] == {"bf16": False}
-    # "ckpt": mmpo checkpointing against TRL's default cases (already checkpointed), so no extra TRL runs.
-    assert {c for _, _, _, c, _ in bench.comparisons(["ckpt"])} == {"trl-dpo", "trl-dpo-pre", "trl-rm"}
-    assert bench.CASES["mmpo-dpo-ckpt"]["mmpo_overrides"] == {"gradient_checkpointing": True}
-    assert len(bench.cases_for(["defaults", "bf16", "fp32", "ckpt"])) == 15
-
+    # mmpo's defaults checkpoint (as TRL's do); the like-for-like settings turn it off for both.
+    assert bench.CASES["mmpo-rm"]["mmpo_overrides"] == {}
+    assert bench.CASES["mmpo-rm-fp32"]["mmpo_overrides"] == {"bf16": False, "gradient_checkpointing": False}
+    assert bench.CASES["mmpo-dpo-bf16"]["mmpo_overrides"] == {"gradient_checkpointing": False}
+    assert {c for _, _, c, _, _ in bench.comparisons(["bf16"])} == {"mmpo-dpo-bf16", "mmpo-rm-bf16"}
+    assert len(bench.cases_for(["defaults", "bf16", "fp32"])) == 15
 
 def test_run_order_runs_each_case_once_alternating_libraries_and_flips():
     cases = bench.cases_for(["defaults", "bf16", "fp32"])
-    assert len(cases) == 13
+    assert len(cases) == 15
     order = bench.run_order(cases, 0)
     assert sorted(order) == sorted(cases)
     trainers = [bench.CASES[c]["trainer"] for c in order]
@@ -77,7 +77,7 @@ def test_real_pairs_order_by_judge_cut_when_asked_and_count_cuts(tmp_path):
 def test_case_spec_gives_mmpo_keys_to_mmpo_cases_only():
     data = {"max_length": 128, "batch": 1, "files": {t: {"mmpo": f"{t}.jsonl", "trl": f"{t}-trl.jsonl"} for t in ("rm", "dpo")}}
     ours = bench.case_spec("mmpo-rm-fp32", "synthetic", data, 2, 5, 1, "model", 2, {"keep_host_memory": False})
-    assert ours["mmpo_overrides"] == {"bf16": False, "keep_host_memory": False} and ours["data_mmpo"] == "rm.jsonl"
+    assert ours["mmpo_overrides"] == {"bf16": False, "gradient_checkpointing": False, "keep_host_memory": False} and ours["data_mmpo"] == "rm.jsonl"
     assert (ours["repeat"], ours["timed_steps"], ours["warmup_steps"], ours["threads"]) == (2, 5, 1, 2)
     theirs = bench.case_spec("trl-dpo-pre-bf16", "synthetic", data, 0, 5, 1, "model", 2, {"keep_host_memory": False})
     assert theirs["mmpo_overrides"] == {} and theirs["variant"] == "precompute" and theirs["data_trl"] == "dpo-trl.jsonl"

@@ -53,7 +53,12 @@ class TrainConfig:
             "off for the run; see mmpo.models.trunk_cache)"
         },
     )
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward to save memory"})
+    gradient_checkpointing: bool = field(
+        default=True,
+        metadata={"help": "recompute each block's activations in backward instead of keeping them: less memory, "
+                          "~1.15-1.3x longer steps (benchmarks/RESULTS.md); on by default, as in TRL, so a run "
+                          "that fits one machine is not one that runs out of memory; false where memory is to spare"},
+    )
     bf16: Any = field(default="auto", metadata={"help": "bfloat16 autocast over float32 weights: auto (where the hardware has it natively: CUDA, AVX512-BF16/AMX CPUs; else float32) | true | false"})
     prefix_sharing: bool = field(
         default=True,
