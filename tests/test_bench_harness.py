@@ -30,6 +30,7 @@ def test_every_comparison_names_cases_that_exist_and_trl_defaults_are_left_alone
     assert {c for _, _, c, _, _ in bench.comparisons(["bf16"])} == {"mmpo-dpo-bf16", "mmpo-rm-bf16"}
     assert len(bench.cases_for(["defaults", "bf16", "fp32"])) == 15
 
+
 def test_run_order_runs_each_case_once_alternating_libraries_and_flips():
     cases = bench.cases_for(["defaults", "bf16", "fp32"])
     assert len(cases) == 15
