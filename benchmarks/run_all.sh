@@ -6,9 +6,9 @@
 #   BENCH_MODEL=tiny BENCH_REPEATS=1 BENCH_WAIT_QUIET=0 BENCH_OUT=/tmp/smoke bash benchmarks/run_all.sh
 #                                                 # a smoke run: every case end to end, numbers meaningless
 #
-# Size (defaults take ~80 min on 2 quiet cores; see RESULTS.md for what a run used):
+# Size (defaults take ~95 min on 2 quiet cores; see RESULTS.md for what a run used):
 #   BENCH_MIXES     "NAME:MAX_LENGTH:PAIRS_PER_STEP ..."  (default: synthetic:128:4 real:256:4 prompt-heavy:256:4)
-#   BENCH_STEPS     timed steps per run (2)     BENCH_WARMUP  untimed steps before them (1)
+#   BENCH_STEPS     timed steps per run (2)     BENCH_WARMUP  untimed steps before them (2)
 #   BENCH_REPEATS   runs per case (3)           BENCH_SETTINGS  "defaults bf16 fp32" (also: defaults-fp32)
 #   BENCH_MMPO      "KEY=VALUE ..." mmpo config keys for every mmpo run (e.g. "prefix_sharing=false")
 #   BENCH_PROFILE=0 no profiled step         BENCH_WAIT_QUIET  wait for a 1-min load below this first (1.0; 0: don't)
@@ -24,7 +24,7 @@ VENV=$(bash benchmarks/setup.sh | tail -n 1)
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 
 invocation="bash benchmarks/run_all.sh"
-args=(--wait-quiet "${BENCH_WAIT_QUIET:-1.0}" --steps "${BENCH_STEPS:-2}" --warmup "${BENCH_WARMUP:-1}"
+args=(--wait-quiet "${BENCH_WAIT_QUIET:-1.0}" --steps "${BENCH_STEPS:-2}" --warmup "${BENCH_WARMUP:-2}"
       --repeats "${BENCH_REPEATS:-3}")
 # glibc's allocator settings reach every run (TRL's included) through the environment; recorded when set.
 for v in BENCH_MIXES BENCH_STEPS BENCH_WARMUP BENCH_REPEATS BENCH_SETTINGS BENCH_MMPO BENCH_PROFILE BENCH_WAIT_QUIET \
