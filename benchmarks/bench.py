@@ -306,7 +306,8 @@ def main(argv: list[str]) -> None:
                     help=f"a data mix (repeatable; default {' '.join(DEFAULT_MIXES)})")
     ap.add_argument("--settings", nargs="+", default=["defaults", "bf16", "fp32"], choices=list(SETTINGS))
     ap.add_argument("--steps", type=int, default=2, help="timed steps per run")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed window (the first two allocate: Adam's state, then the steps' memory around it)")
+    # Two: the first step allocates Adam's state, the second still page-faults in its memory around it (NOTES.md).
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed window")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--mmpo-override", action="append", default=[], metavar="KEY=VALUE",

@@ -55,8 +55,8 @@ class TrainConfig:
     )
     gradient_checkpointing: bool = field(
         default=True,
-        metadata={"help": "recompute each block's activations in backward instead of keeping them: 14-26% less peak "
-                          "memory, 1.16-1.39x longer steps (benchmarks/RESULTS.md). On by default, as in TRL (memory "
+        metadata={"help": "recompute each block's activations in backward instead of keeping them: 14-25% less peak "
+                          "memory, 1.21-1.33x longer steps (benchmarks/RESULTS.md). On by default, as in TRL (memory "
                           "before speed); false where memory is to spare"},
     )
     bf16: Any = field(default="auto", metadata={"help": "bfloat16 autocast over float32 weights: auto (where the hardware has it natively: CUDA, AVX512-BF16/AMX CPUs; else float32) | true | false"})
