@@ -88,6 +88,9 @@ COMPARISONS = [
     ("reward model vs RewardTrainer", "mmpo-rm", "trl-rm", 1.3),
 ]
 DEFAULT_MIXES = ["synthetic:128:4", "real:256:4", "prompt-heavy:256:4"]
+# Two warm-up steps: the first allocates Adam's state, the second still page-faults in its memory around it
+# (NOTES.md). Peak memory is read at the end of the timed window.
+DEFAULT_WARMUP, DEFAULT_STEPS = 2, 2
 
 
 def comparisons(settings: list[str]) -> list[tuple[str, str, str, str, float]]:
@@ -305,9 +308,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--mix", action="append", default=None, metavar="NAME:MAX_LENGTH:PAIRS_PER_STEP",
                     help=f"a data mix (repeatable; default {' '.join(DEFAULT_MIXES)})")
     ap.add_argument("--settings", nargs="+", default=["defaults", "bf16", "fp32"], choices=list(SETTINGS))
-    ap.add_argument("--steps", type=int, default=2, help="timed steps per run")
-    # Two: the first step allocates Adam's state, the second still page-faults in its memory around it (NOTES.md).
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed window")
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="timed steps per run")
+    ap.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="untimed steps before the timed window")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--mmpo-override", action="append", default=[], metavar="KEY=VALUE",

@@ -156,8 +156,10 @@ def report(meta: dict[str, Any], rows: list[dict[str, Any]], args: argparse.Name
                      f"{in_use if in_use is None else round(in_use)} | {held} | {r['median_step_s']:.2f} |")
     n = len(rows[0]["steps"])
     shown = sorted({i for i in (1, 2, 3, 5, 10, 20, 30, 40, n) if i <= n})
-    lines += ["", "The resident set's high-water mark by the end of each step (MiB); the harness (2 warm-up + 2 timed "
-              "steps) reads its peak at the end of step 4:", "", "| case | " + " | ".join(f"step {i}" for i in shown) + " |", "|---|" + "---:|" * len(shown)]
+    from bench import DEFAULT_STEPS, DEFAULT_WARMUP
+
+    lines += ["", f"The resident set's high-water mark by the end of each step (MiB); the harness ({DEFAULT_WARMUP} "
+              f"warm-up + {DEFAULT_STEPS} timed steps) reads its peak at the end of step {DEFAULT_WARMUP + DEFAULT_STEPS}:", "", "| case | " + " | ".join(f"step {i}" for i in shown) + " |", "|---|" + "---:|" * len(shown)]
     for r in rows:
         marks = []
         for i in shown:

@@ -24,8 +24,10 @@ VENV=$(bash benchmarks/setup.sh | tail -n 1)
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 
 invocation="bash benchmarks/run_all.sh"
-args=(--wait-quiet "${BENCH_WAIT_QUIET:-1.0}" --steps "${BENCH_STEPS:-2}" --warmup "${BENCH_WARMUP:-2}"
-      --repeats "${BENCH_REPEATS:-3}")
+args=(--wait-quiet "${BENCH_WAIT_QUIET:-1.0}" --repeats "${BENCH_REPEATS:-3}")
+# Steps and warm-up default to bench.py's own (DEFAULT_STEPS, DEFAULT_WARMUP).
+if [ -n "${BENCH_STEPS:-}" ]; then args+=(--steps "$BENCH_STEPS"); fi
+if [ -n "${BENCH_WARMUP:-}" ]; then args+=(--warmup "$BENCH_WARMUP"); fi
 # glibc's allocator settings reach every run (TRL's included) through the environment; recorded when set.
 for v in BENCH_MIXES BENCH_STEPS BENCH_WARMUP BENCH_REPEATS BENCH_SETTINGS BENCH_MMPO BENCH_PROFILE BENCH_WAIT_QUIET \
          BENCH_MODEL BENCH_OUT MALLOC_MMAP_THRESHOLD_ MALLOC_TRIM_THRESHOLD_; do
