@@ -33,4 +33,4 @@ clean:
 
 # Side-by-side throughput/memory against TRL (installed only into a separate benchmark venv in the cache).
 bench: venv
-	bash benchmarks/run_all.sh
+	bash benchmarks/run.sh

@@ -1,11 +1,11 @@
 """mmpo's trainers against TRL's, side by side on one machine: steady-state step time and peak memory.
 
-    bash benchmarks/run_all.sh             # builds the bench venv (TRL, outside the repo), runs this, profiles
-    ~/.cache/mmpo/bench-venv/bin/python benchmarks/bench.py --help
+    bash benchmarks/run.sh trl             # builds the bench venv (TRL, outside the repo), then runs this suite
+    python -m benchmarks trl --help        # in an environment with mmpo and TRL installed
 
 Model: the embedded SmolLM2-135M-Instruct, full fine-tuning. Mixes (``--mix NAME:MAX_LENGTH:PAIRS_PER_STEP``):
 
-* ``synthetic``: ``pairs.make_pairs`` as before (sequences 60-100% of max length, prompts ~30% of the tokens);
+* ``synthetic``: ``pairs.make_pairs`` (sequences 60-100% of max length, prompts ~30% of the tokens);
 * ``real``: alpaca_graded instructions with two real model outputs each (``pairs.real_pairs``), responses cut by
   the trainers at max length (TRL's RewardTrainer drops over-long pairs instead, so the reward-model runs get the
   same pairs cut beforehand to fit);
@@ -20,7 +20,7 @@ gradient checkpointing). Targets are checked per mix and setting (COMPARISONS).
 Every run is its own process (``child.py``). Per repeat, mixes run in turn; within a mix the TRL and mmpo runs
 alternate, and the order flips on every other repeat. Timing is steady state, ``t(warmup + steps) - t(warmup)``.
 In the last repeat each run profiles one more step after its timed window (``--no-profile`` skips it); the
-profiles of the cases behind a missed target are kept in ``benchmarks/profiles/``.
+profiles of the cases behind a missed target are kept in ``profiles/`` beside ``RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
 
 # Settings: (label, suffix of the mmpo cases, suffix of the TRL cases).
 SETTINGS = {
@@ -89,7 +88,7 @@ COMPARISONS = [
 ]
 DEFAULT_MIXES = ["synthetic:128:4", "real:256:4", "prompt-heavy:256:4"]
 # Two warm-up steps: the first allocates Adam's state, the second still page-faults in its memory around it
-# (NOTES.md). Peak memory is read at the end of the timed window.
+# (README.md, "Method"). Peak memory is read at the end of the timed window.
 DEFAULT_WARMUP, DEFAULT_STEPS = 2, 2
 
 
@@ -197,7 +196,7 @@ def build_data(mixes: dict[str, tuple[int, int]], n_steps: int, model_path: str,
     from transformers import AutoTokenizer
 
     from mmpo.paths import cache_dir
-    from pairs import make_pairs, real_pairs, token_stats, write_pairs
+    from .pairs import make_pairs, real_pairs, token_stats, write_pairs
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     out = {}
@@ -276,18 +275,39 @@ def versions() -> str:
 
 
 def checkout() -> str:
-    """The mmpo source measured (PYTHONPATH first, else the installed one) and its git commit."""
+    """The mmpo measured: its version and, for a git checkout, its commit (never a path of this machine)."""
     import mmpo
 
     src = Path(mmpo.__file__).resolve().parents[2]
+    version = f"mmpo {getattr(mmpo, '__version__', '')}".strip()
     try:
         commit = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "src"], capture_output=True,
                                text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return str(src)
-    return f"{src} at {commit}{' with uncommitted changes under src/' if dirty else ''}"
+        return version
+    return f"{version} at {commit}{' with uncommitted changes under src/' if dirty else ''}"
+
+
+def redact_paths(value: Any, replacements: dict[str, str]) -> Any:
+    """``value`` (nested dicts, lists, strings) with every prefix in ``replacements`` swapped for its stand-in, so
+    results carry no path of the machine they ran on (``{"/root/.cache/mmpo": "$MMPO_CACHE"}``)."""
+    if isinstance(value, dict):
+        return {k: redact_paths(v, replacements) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_paths(v, replacements) for v in value]
+    if isinstance(value, str):
+        for prefix in sorted(replacements, key=len, reverse=True):
+            value = value.replace(prefix, replacements[prefix])
+    return value
+
+
+def path_replacements() -> dict[str, str]:
+    """This machine's paths that end up in results, and what stands in for them."""
+    from mmpo.paths import cache_dir
+
+    return {str(cache_dir()): "$MMPO_CACHE", str(REPO): ".", tempfile.gettempdir(): "$TMPDIR", str(Path.home()): "~"}
 
 
 # --- main ----------------------------------------------------------------------------------------------------
@@ -352,7 +372,9 @@ def main(argv: list[str]) -> None:
     profile = not args.no_profile
     real = find_real_data(args.real_data) if "real" in mixes else None
     data = build_data(mixes, args.warmup + args.steps + profile, model_path, real)
-    log_dir = HERE / "logs"
+    from mmpo.paths import cache_dir
+
+    log_dir = cache_dir() / "bench" / "logs"
     (log_dir / "profiles").mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     loads: list[float] = [load_before]
@@ -375,8 +397,8 @@ def main(argv: list[str]) -> None:
                       f"peak {result['peak_mib']:6.0f} MiB ({result['mixed_precision']}, ckpt "
                       f"{'on' if result['gradient_checkpointing'] else 'off'}) load {loads[-1]:.2f}", flush=True)
     meta = {
-        "command": args.invocation or "python benchmarks/bench.py " + " ".join(shlex.quote(a) for a in argv),
-        "bench_command": "python benchmarks/bench.py " + " ".join(shlex.quote(a) for a in argv),
+        "command": args.invocation or "python -m benchmarks trl " + " ".join(shlex.quote(a) for a in argv),
+        "bench_command": "python -m benchmarks trl " + " ".join(shlex.quote(a) for a in argv),
         "started_utc": started.isoformat(timespec="seconds"),
         "minutes": (time.perf_counter() - t_start) / 60,
         "machine": machine_description(),
@@ -395,8 +417,9 @@ def main(argv: list[str]) -> None:
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     json_path, out_path = args.out_dir / "results.json", args.out_dir / "RESULTS.md"
-    json_path.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    from report import missed_cases, write_report
+    blob = redact_paths({"meta": meta, "results": results}, path_replacements())
+    json_path.write_text(json.dumps(blob, indent=1))
+    from .report import missed_cases, write_report
 
     # Keep the profiles behind the misses, from this run only.
     kept = args.out_dir / "profiles"
@@ -408,7 +431,3 @@ def main(argv: list[str]) -> None:
             shutil.copy(src, kept / src.name)
     write_report(json_path, out_path)
     print(f"wrote {out_path} and {json_path} ({meta['minutes']:.1f} min)")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

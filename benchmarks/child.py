@@ -161,7 +161,7 @@ class MemoryTimeline:
     (shared libraries, and the model's safetensors file, which ``from_pretrained`` maps) and glibc's bytes in use
     (:func:`mmpo.host_memory.glibc_bytes_in_use`); and the wall clock at each backward's start and end and each
     optimizer step's start and end. The record is rewritten after every optimizer step, as the run ends in
-    ``os._exit``. ``memory_profile.py`` reads it."""
+    ``os._exit``. The ``memory`` case (``memory_profile.py``) reads it."""
 
     def __init__(self, path: Path):
         import threading

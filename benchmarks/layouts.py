@@ -1,6 +1,6 @@
 """The pair layouts against each other in one process: a training step (forward, backward, AdamW) per layout.
 
-    python benchmarks/layouts.py --shape smollm2-135m --out results.jsonl      # on the device it finds (CUDA first)
+    python -m benchmarks layouts --shape smollm2-135m --out results.jsonl      # on the device it finds (CUDA first)
 
 What it isolates: the cost of the layout and attention kernel alone, on the same pairs, the same randomly
 initialised model shape and the same step (mmpo's own scoring functions and losses), with no trainer around them:
@@ -126,7 +126,7 @@ def run_case(shape: str, task: str, layout: str, attn: str, batches: list[list[d
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="smollm2-135m", choices=list(SHAPES))
     ap.add_argument("--mix", default="mixed", choices=list(MIXES))
@@ -137,7 +137,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (FlexAttention compiles in them)")
     ap.add_argument("--attn", nargs="+", default=None, help="default: sdpa, and flex_attention on CUDA")
     ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     attns = args.attn or (["sdpa", "flex_attention"] if device == "cuda" else ["sdpa"])
     vocab = SHAPES[args.shape]["vocab_size"]
@@ -162,6 +162,3 @@ def main() -> None:
                     with args.out.open("a") as f:
                         f.write(json.dumps(r) + "\n")
 
-
-if __name__ == "__main__":
-    main()

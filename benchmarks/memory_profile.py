@@ -1,6 +1,6 @@
 """Where each trainer's peak memory is reached: a memory timeline of mmpo and TRL runs, phase by phase.
 
-    python benchmarks/memory_profile.py [--mix synthetic:128:1] [--steps 5] [--out benchmarks/memory-profile]
+    python -m benchmarks memory [--mix synthetic:128:1] [--steps 5] [--out DIR]
 
 Each case runs once, in its own process, through the harness's own run (``bench.case_spec`` / ``child.py``, the
 benchmark's pairs and settings) with the child's memory timeline on (``MemoryTimeline``: resident set, its file-backed
@@ -9,7 +9,7 @@ on) and with ``gradient_checkpointing: false``; TRL's RewardTrainer and DPOTrain
 TRL's defaults (bf16 autocast, checkpointing on) and like for like (bf16, checkpointing off). Per case: the peak
 resident set and in which step and phase (forward, backward, optimizer) it was reached, the peak of bytes in use,
 and the steady step time (median of the steps after the first two; the sampler slows it: compare within this report only).
-Writes ``results.json`` and ``RESULTS.md`` to ``--out``.
+Writes ``results.json`` and ``RESULTS.md`` to ``--out`` (default: ``$MMPO_CACHE/bench/memory-profile``).
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-HERE = Path(__file__).resolve().parent
+from .bench import DEFAULT_STEPS, DEFAULT_WARMUP, build_data, case_spec, path_replacements, redact_paths, run_child
 
 # (label, harness case, extra mmpo config keys)
 CASES = [
@@ -78,24 +77,25 @@ def summarize(label: str, result: dict[str, Any], timeline: dict[str, Any]) -> d
             "steps": steps}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mix", default="synthetic:128:1", help="NAME:MAX_LENGTH:PAIRS_PER_STEP (see bench.py)")
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps per run (the first allocates Adam's state)")
-    parser.add_argument("--out", default="benchmarks/memory-profile")
+    parser.add_argument("--out", default=None, help="where results.json and RESULTS.md go")
     parser.add_argument("--only", nargs="+", default=None, help="labels' prefixes to run (e.g. 'mmpo dpo')")
     parser.add_argument("--mmpo-override", action="append", default=[], metavar="KEY=VALUE",
                         help="an mmpo config key for every mmpo case (YAML value)")
     parser.add_argument("--render", action="store_true", help="only rewrite RESULTS.md from --out's results.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.out is None:
+        from mmpo.paths import cache_dir
+
+        args.out = str(cache_dir() / "bench" / "memory-profile")
     if args.render:
         saved = json.loads((Path(args.out) / "results.json").read_text())
         args.mix, args.steps = saved["meta"]["mix"], saved["meta"]["steps"]
         (Path(args.out) / "RESULTS.md").write_text(report(saved["meta"], saved["runs"], args))
         return
-    sys.path.insert(0, str(HERE))
-    from bench import build_data, case_spec, run_child
-
     from mmpo.models.embedded import embedded_model_path
 
     name, max_length, batch = args.mix.split(":")
@@ -105,7 +105,7 @@ def main() -> None:
     started = time.time()
     data = build_data({name: (int(max_length), int(batch))}, args.steps, model, None)[name]
     rows = []
-    command = " ".join(["python benchmarks/memory_profile.py", f"--mix {args.mix} --steps {args.steps} --out {args.out}"]
+    command = " ".join(["python -m benchmarks memory", f"--mix {args.mix} --steps {args.steps} --out {args.out}"]
                        + ([f"--only {' '.join(repr(p) for p in args.only)}"] if args.only else [])
                        + [f"--mmpo-override {kv}" for kv in args.mmpo_override])
     extra = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.mmpo_override)}
@@ -129,7 +129,8 @@ def write(out: Path, command: str, started: float, rows: list[dict[str, Any]], a
     meta = {"command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "minutes": (time.time() - started) / 60, "load_1min_at_last_case": os.getloadavg()[0],
             "mix": args.mix, "steps": args.steps}
-    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
+    blob = redact_paths({"meta": meta, "runs": rows}, path_replacements())
+    (out / "results.json").write_text(json.dumps(blob, indent=1))
     (out / "RESULTS.md").write_text(report(meta, rows, args))
 
 
@@ -156,8 +157,6 @@ def report(meta: dict[str, Any], rows: list[dict[str, Any]], args: argparse.Name
                      f"{in_use if in_use is None else round(in_use)} | {held} | {r['median_step_s']:.2f} |")
     n = len(rows[0]["steps"])
     shown = sorted({i for i in (1, 2, 3, 5, 10, 20, 30, 40, n) if i <= n})
-    from bench import DEFAULT_STEPS, DEFAULT_WARMUP
-
     lines += ["", f"The resident set's high-water mark by the end of each step (MiB); the harness ({DEFAULT_WARMUP} "
               f"warm-up + {DEFAULT_STEPS} timed steps) reads its peak at the end of step {DEFAULT_WARMUP + DEFAULT_STEPS}:", "", "| case | " + " | ".join(f"step {i}" for i in shown) + " |", "|---|" + "---:|" * len(shown)]
     for r in rows:
@@ -167,6 +166,3 @@ def report(meta: dict[str, Any], rows: list[dict[str, Any]], args: argparse.Name
         lines.append(f"| {r['label']} | " + " | ".join(f"{m:.0f}" for m in marks) + " |")
     return "\n".join(lines) + "\n"
 
-
-if __name__ == "__main__":
-    main()

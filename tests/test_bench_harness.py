@@ -1,19 +1,20 @@
-"""The benchmark harness's pure parts (benchmarks/): the case matrix, the run order, and the real-text pairs."""
+"""The benchmark suite's pure parts (the ``benchmarks`` package): the case matrix, the run order, the real-text
+pairs, the memory timeline, the path redaction and the entry point."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import build_byte_tokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from benchmarks import bench, memory_profile, pairs
 
-import bench  # noqa: E402
-import pairs  # noqa: E402
-from conftest import build_byte_tokenizer  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_comparison_names_cases_that_exist_and_trl_defaults_are_left_alone():
@@ -85,8 +86,6 @@ def test_case_spec_gives_mmpo_keys_to_mmpo_cases_only():
 
 
 def test_memory_timeline_is_split_into_each_steps_phases():
-    import memory_profile
-
     assert all(case in bench.CASES for _, case, _ in memory_profile.CASES)
     # (time, resident MiB, in use MiB, file-backed MiB); step 1: forward to t=2, backward to 4, optimizer to 5.
     samples = [(0.0, 100, 50, 10), (1.5, 130, 60, 10), (3.0, 180, 90, 11), (4.5, 170, 95, 12), (6.0, 175, 70, 12),
@@ -101,3 +100,36 @@ def test_memory_timeline_is_split_into_each_steps_phases():
     row = memory_profile.summarize("x", {"case": "mmpo-rm", "peak_rss_mib": 201, "step_seconds": [3, 1, 1, 2]},
                                    {"samples": samples, "marks": marks})
     assert (row["peak_step"], row["peak_phase"], row["peak_in_use_mib"], row["median_step_s"]) == (2, "backward", 99, 1.5)
+
+
+def test_redact_paths_replaces_machine_prefixes_everywhere_in_nested_results():
+    blob = {"meta": {"model": "/home/me/.cache/mmpo/models/x", "out": ["/srv/repo/benchmarks", 3]},
+            "results": [{"data": "/home/me/.cache/mmpo/bench/a.jsonl", "n": 1.5}]}
+    out = bench.redact_paths(blob, {"/home/me": "~", "/home/me/.cache/mmpo": "$MMPO_CACHE", "/srv/repo": "."})
+    assert out == {"meta": {"model": "$MMPO_CACHE/models/x", "out": ["./benchmarks", 3]},
+                   "results": [{"data": "$MMPO_CACHE/bench/a.jsonl", "n": 1.5}]}
+
+
+def test_committed_results_hold_no_path_of_the_machine_they_ran_on():
+    for path in (REPO / "benchmarks").rglob("*"):
+        if path.is_file() and path.suffix in (".md", ".json", ".jsonl", ".txt") and path.name != "README.md":
+            text = path.read_text()
+            for prefix in ("/root/", "/work/", "/home/", "/tmp/"):
+                assert prefix not in text, f"{path.relative_to(REPO)} holds a machine path ({prefix})"
+
+
+def test_entry_point_lists_the_cases_and_rejects_an_unknown_one():
+    run = [sys.executable, "-m", "benchmarks"]
+    listed = subprocess.run(run + ["--help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert all(f"``{case}``" in listed for case in ("trl", "report", "memory", "layouts"))
+    bad = subprocess.run(run + ["nope"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown case 'nope'" in bad.stderr
+
+
+def test_report_renders_the_committed_results_unchanged(tmp_path):
+    """RESULTS.md is what ``python -m benchmarks report`` makes of results.json: the two never drift apart."""
+    out = tmp_path / "RESULTS.md"
+    from benchmarks import report
+
+    report.write_report(REPO / "benchmarks" / "results.json", out)
+    assert out.read_text() == (REPO / "benchmarks" / "RESULTS.md").read_text()

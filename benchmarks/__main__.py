@@ -1,0 +1,46 @@
+"""``python -m benchmarks CASE [ARGS ...]``: one entry point for the suite.
+
+Cases:
+
+* ``trl``: mmpo's trainers against TRL's, step time and peak memory (``bench.py``); writes ``RESULTS.md``,
+  ``results.json`` and ``profiles/`` (default: beside this module, the committed results).
+* ``report``: ``RESULTS.md`` again from a ``results.json`` (``report.py``), without running anything.
+* ``memory``: a memory timeline of mmpo's and TRL's runs, phase by phase (``memory_profile.py``).
+* ``layouts``: one training step per pair layout and attention kernel, no trainer around it (``layouts.py``;
+  CUDA first, else CPU).
+
+``python -m benchmarks CASE --help`` lists a case's options.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+def _load(case: str) -> Callable[[list[str]], None]:
+    if case == "trl":
+        from .bench import main
+    elif case == "report":
+        from .report import main
+    elif case == "memory":
+        from .memory_profile import main
+    elif case == "layouts":
+        from .layouts import main
+    else:
+        raise SystemExit(f"unknown case {case!r}; choose from {', '.join(CASES)}")
+    return main
+
+
+CASES = ("trl", "report", "memory", "layouts")
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    _load(argv[0])(argv[1:])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
