@@ -292,7 +292,7 @@ def checkout() -> str:
 
 def redact_paths(value: Any, replacements: dict[str, str]) -> Any:
     """``value`` (nested dicts, lists, strings) with every prefix in ``replacements`` swapped for its stand-in, so
-    results carry no path of the machine they ran on (``{"/root/.cache/mmpo": "$MMPO_CACHE"}``)."""
+    results carry no path of the machine they ran on (``{"/home/me/.cache/mmpo": "$MMPO_CACHE"}``)."""
     if isinstance(value, dict):
         return {k: redact_paths(v, replacements) for k, v in value.items()}
     if isinstance(value, list):
@@ -324,7 +324,7 @@ def parse_mixes(items: list[str]) -> dict[str, tuple[int, int]]:
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks trl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mix", action="append", default=None, metavar="NAME:MAX_LENGTH:PAIRS_PER_STEP",
                     help=f"a data mix (repeatable; default {' '.join(DEFAULT_MIXES)})")
     ap.add_argument("--settings", nargs="+", default=["defaults", "bf16", "fp32"], choices=list(SETTINGS))

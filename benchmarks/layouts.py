@@ -127,7 +127,7 @@ def run_case(shape: str, task: str, layout: str, attn: str, batches: list[list[d
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks layouts", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="smollm2-135m", choices=list(SHAPES))
     ap.add_argument("--mix", default="mixed", choices=list(MIXES))
     ap.add_argument("--tasks", nargs="+", default=["dpo", "rm"])

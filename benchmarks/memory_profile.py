@@ -78,7 +78,7 @@ def summarize(label: str, result: dict[str, Any], timeline: dict[str, Any]) -> d
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks memory", description=__doc__.splitlines()[0])
     parser.add_argument("--mix", default="synthetic:128:1", help="NAME:MAX_LENGTH:PAIRS_PER_STEP (see bench.py)")
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps per run (the first allocates Adam's state)")
     parser.add_argument("--out", default=None, help="where results.json and RESULTS.md go")

@@ -6,11 +6,10 @@ exceeds the trim threshold. A CPU training step allocates and frees the same lar
 gradients, bfloat16 copies of the weights under autocast, activations; a 49152 x 576 embedding gradient alone is
 113 MB), so each step page-faults them in again: 80k-100k minor faults a step for a SmolLM2-135M reward model,
 140k-160k for a policy. With both thresholds raised, freed blocks go back to malloc's free lists and the next step
-reuses them without faults: steps 1.09-1.22x faster on two CPU cores (benchmarks/host_memory.py).
+reuses them without faults, and steps run faster (docs/performance.md).
 
-What it costs: the process's resident memory does not shrink after a peak until it exits, and over 40 steps of
-pairs of changing lengths a policy's peak was 6% higher (benchmarks/memory_profile.py: 3298 against 3122 MiB; a
-reward model's 3003 against 3013).
+What it costs: the process's resident memory does not shrink after a peak until it exits, so a long run's peak
+can be a few percent higher.
 Setting ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` in the environment, or preloading jemalloc or
 tcmalloc, does the same for any program (a TRL run included).
 

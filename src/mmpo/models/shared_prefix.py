@@ -168,12 +168,9 @@ class Float32CausalAttention(torch.autograd.Function):
     inputs, computed by torch's CPU flash-attention kernels in float32; returned and stored in bfloat16.
 
     Under bf16 autocast SDPA rounds q, k and v to bfloat16 and runs the kernels' bfloat16 instantiation, whose
-    backward accumulates the key and value gradients in bfloat16, block by block, and on this 2-core AVX512-BF16
-    CPU runs slower than the float32 one (forward + backward at 2 rows x 128 tokens: 6.2 against 4.0 ms; training
-    steps on the embedded model 1.05-1.10x faster at rows of 120-150 tokens, 1.01-1.03x at 250:
-    ``benchmarks/attention-kernel/RESULTS.md``). Here the kernels get the
-    same rounded inputs as float32 and accumulate in float32 (gradients measurably closer to exact attention,
-    tests/test_prefix_sharing.py). What is saved for the backward is what SDPA under autocast saves (q, k, v and
+    backward accumulates the key and value gradients in bfloat16, block by block, and on AVX512-BF16 CPUs runs
+    slower than the float32 one (docs/performance.md). Here the kernels get the same rounded inputs as float32
+    and accumulate in float32 (gradients closer to exact attention, tests/test_prefix_sharing.py). What is saved for the backward is what SDPA under autocast saves (q, k, v and
     the output in bfloat16, the log-sum-exp in float32), so memory is unchanged. Gradients come back in each
     input's dtype. No dropout.
     """
@@ -262,8 +259,8 @@ def _span_path(config: Any, device_type: str) -> bool:
 
 def shared_forward_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     """``input_ids``, ``position_ids`` and the 4D ``attention_mask`` for a shared-prompt batch, plus on CPU under
-    SDPA without a sliding window the spans for :func:`span_attention` (there measured faster than the dense mask;
-    on CUDA one H100 run each showed no difference beyond the step-to-step spread, benchmarks/gpu/README.md)."""
+    SDPA without a sliding window the spans for :func:`span_attention` (faster than the dense mask there; on CUDA
+    no faster, benchmarks/gpu/RESULTS.md)."""
     config = _base(model).config
     window, _ = _sliding_window(config)
     impl = getattr(config, "_attn_implementation", None)
