@@ -57,3 +57,11 @@ def test_user_facing_text_tells_no_history_and_holds_no_machine_path():
         text = path.read_text()
         assert not history.search(text), f"{path.relative_to(REPO)} tells history: {history.search(text).group(0)}"
         assert not re.search(r"(?<![\w.$~])/(root|work|home)/", text), f"{path.relative_to(REPO)} holds a machine path"
+
+
+def test_readme_links_point_at_files_that_exist():
+    text = re.sub(r"<!--.*?-->", "", (REPO / "README.md").read_text(), flags=re.S)
+    links = [target for target in re.findall(r"\]\(([^)#\s]+)", text) if "://" not in target]
+    assert links
+    missing = [target for target in links if not (REPO / target).exists()]
+    assert not missing, f"README.md links to missing files: {missing}"
