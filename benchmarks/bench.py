@@ -292,7 +292,7 @@ def checkout() -> str:
 
 def redact_paths(value: Any, replacements: dict[str, str]) -> Any:
     """``value`` (nested dicts, lists, strings) with every prefix in ``replacements`` swapped for its stand-in, so
-    results carry no path of the machine they ran on (``{"/home/me/.cache/mmpo": "$MMPO_CACHE"}``)."""
+    results carry no path of the machine they ran on (``{"/srv/cache/mmpo": "$MMPO_CACHE"}``)."""
     if isinstance(value, dict):
         return {k: redact_paths(v, replacements) for k, v in value.items()}
     if isinstance(value, list):

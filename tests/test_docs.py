@@ -50,8 +50,9 @@ def test_readme_is_short():
 
 
 def test_user_facing_text_tells_no_history_and_holds_no_machine_path():
-    files = [REPO / "README.md", *(REPO / "docs").rglob("*.md"), *(REPO / "benchmarks").glob("*.md"),
-             *(REPO / "benchmarks").rglob("RESULTS.md")]
+    files = [REPO / "README.md", *(REPO / "docs").rglob("*.md"), *(REPO / "benchmarks").rglob("*.md"),
+             *(REPO / "benchmarks").glob("*.py"), *(REPO / "src" / "mmpo").rglob("*.py"),
+             *(REPO / "src" / "mmpo" / "recipes").rglob("*.yaml")]
     history = re.compile(r"earlier session|this session|previous session|in git at", re.I)
     for path in files:
         text = path.read_text()
