@@ -271,7 +271,13 @@ def machine_description() -> str:
 def versions() -> str:
     import importlib.metadata as md
 
-    return ", ".join(f"{p} {md.version(p)}" for p in ("torch", "transformers", "accelerate", "datasets", "trl"))
+    def version(name: str) -> str:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    return ", ".join(f"{p} {version(p)}" for p in ("torch", "transformers", "accelerate", "datasets", "trl"))
 
 
 def checkout() -> str:
