@@ -11,9 +11,9 @@ directory), and
 * ``curves.png``: held-out NLL, ECE and accuracy against training progress (every evaluation the runs logged
   to ``metrics.jsonl``), one line per loss (the mean over seeds) with a band from the lowest to the highest seed.
 
-Every run of a seed is trained on the same pairs in the same order (``seed`` sets the sample, the order and the
-head's initialisation) and is scored on the same held-out pairs against the same targets: the losses differ in
-training only. :func:`check_same_truth` verifies the last part on the written per-pair scores.
+Every run of a seed is trained on the same sample of pairs in the same order (``seed`` sets the sample, the
+order and the head's initialisation; a loss that ignores ``p`` trains on it less its ties, see docs/data.md) and
+is scored on the same held-out pairs against the same targets: the losses differ in training only. :func:`check_same_truth` verifies the last part on the written per-pair scores.
 """
 
 from __future__ import annotations
