@@ -118,7 +118,8 @@ def read_scores(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def check_same_truth(run_dirs: dict[str, Path], seed: int) -> None:
-    """All losses' runs of one seed were scored on the same held-out pairs against the same targets ``p``."""
+    """All runs of one seed (a comparison's losses, a sweep's gammas; ``run_dirs`` by name) were scored on the
+    same held-out pairs against the same targets ``p``; else one UserError line naming the two runs."""
     reference: tuple[str, np.ndarray, np.ndarray] | None = None
     for loss, path in run_dirs.items():
         rows, _, p = read_scores(path)
