@@ -213,3 +213,56 @@ def test_eval_pairs_scores_a_named_data_sets_test_split(monkeypatch, tmp_path, c
     monkeypatch.setattr(scoring, "model_kind", lambda model_dir: "reward")
     assert main(["eval", "pairs", "--model", str(tmp_path), "--data", "shp", "--out", str(tmp_path / "m.json")]) == 2
     assert calls == [("stanfordnlp/SHP", "test")]
+
+
+# --- ties follow the loss; the held-out split does not depend on the loss or gamma -----------------------------
+
+def tied_rows(n: int = 40) -> list[dict]:
+    """``n`` prompts, one pair each; every third pair a tie (equal scores)."""
+    return [
+        {"prompt": f"question {i}", "chosen": f"answer {i}", "rejected": f"other {i}",
+         "score_chosen": 5 if i % 3 == 0 else 8, "score_rejected": 5 if i % 3 == 0 else 2 + i % 4}
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("cls, loss, keeps_ties", [
+    (DPOConfig, "mmpo", True), (DPOConfig, "simpo_mmpo", True), (DPOConfig, "dpo", False), (DPOConfig, "ipo", False),
+    (DPOConfig, "simpo", False), (DPOConfig, "cdpo", False), (RMConfig, "mmpo", True), (RMConfig, "bt", False),
+    (RMConfig, "margin", False), (RMConfig, "label_smoothing", False),
+])
+def test_a_loss_that_ignores_p_trains_without_ties(tmp_path, write_jsonl, tiny_tokenizer, cls, loss, keeps_ties):
+    """With a numeric gamma and ``ties: keep``, only a loss that reads p trains on ties (at p = 0.5); the
+    others drop them, and the data report says how many and why."""
+    from mmpo.losses import uses_soft_targets
+
+    path = write_jsonl(tmp_path / "ties.jsonl", tied_rows(12))
+    config = load_config(cls, overrides={"data": str(path), "eval_split": 0.0, "gamma": 1.0, "ties": "keep", "loss": loss,
+                                         "output_dir": str(tmp_path / "out")})
+    data = prepare_data(config, tiny_tokenizer)
+    ps = [row["p"] for row in data.train]
+    assert uses_soft_targets(loss) is keeps_ties
+    if keeps_ties:
+        assert len(ps) == 12 and ps.count(0.5) == 4
+        assert not any("tie" in reason for reason in data.reports["train"].dropped)
+    else:
+        assert len(ps) == 8 and 0.5 not in ps
+        ties = {reason: n for reason, n in data.reports["train"].dropped.items() if "tie" in reason}
+        assert ties == {f"tie: loss {loss} ignores p, a tie would teach it the written order": 4}
+        assert f"dropped 4: tie: loss {loss}" in data.render()
+
+
+@pytest.mark.parametrize("loss, gamma", [("mmpo", None), ("dpo", 1.0), ("mmpo", 0.3)])
+def test_the_held_out_pairs_do_not_depend_on_the_training_loss_or_gamma(tmp_path, write_jsonl, tiny_tokenizer, loss, gamma):
+    """Split first, then set targets: with a fixed eval_gamma every run holds out the same rows with the same
+    truth (ties at p = 0.5 included), whatever its training loss and gamma."""
+    path = write_jsonl(tmp_path / "ties.jsonl", tied_rows(40))
+
+    def held_out(loss: str, gamma: float | None) -> list[tuple[int, float]]:
+        config = load_config(DPOConfig, overrides={"data": str(path), "eval_split": 0.5, "gamma": gamma, "eval_gamma": 1.0,
+                                                   "loss": loss, "output_dir": str(tmp_path / "out")})
+        return [(row["row"], row["p"]) for row in prepare_data(config, tiny_tokenizer).eval]
+
+    reference = held_out("mmpo", 1.0)
+    assert any(p == 0.5 for _, p in reference) and len(reference) > 5
+    assert held_out(loss, gamma) == reference

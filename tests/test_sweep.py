@@ -1,8 +1,10 @@
 """`mmpo sweep`: one run per gamma, a report, and the lowest held-out NLL named."""
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from mmpo.cli.main import main
 from mmpo.errors import UserError
@@ -19,18 +21,19 @@ def test_parse_gammas():
 def test_sweep_trains_each_gamma_and_names_the_lowest_nll(tiny_model_dir, pair_file, tmp_path, capsys):
     out = tmp_path / "sweep"
     code = main(["sweep", "--gamma", "0.5,none", "--kind", "rm", "--model", str(tiny_model_dir), "--data", str(pair_file(48)),
-                 "--eval_split", "0.3", "--max_steps", "3", "--per_device_train_batch_size", "4", "--max_length", "96",
-                 "--learning_rate", "1e-2", "--output_dir", str(out)])
+                 "--eval_split", "0.3", "--eval_gamma", "1", "--max_steps", "3", "--per_device_train_batch_size", "4",
+                 "--max_length", "96", "--learning_rate", "1e-2", "--output_dir", str(out)])
     assert code == 0
     result = json.loads((out / "sweep.json").read_text())
     assert set(result["runs"]) == {"gamma-0.5", "gamma-none"}
     nlls = {name: r["nll_binary"] for name, r in result["runs"].items()}
     best = "gamma-none" if result["best_gamma"] is None else f"gamma-{result['best_gamma']:g}"
     assert nlls[best] == min(nlls.values())
-    # Each run trained with its own gamma: the hard-label run's held-out targets are all 1.
+    # Each run trained with its own gamma (the saved configs) and was scored against the same truth, eval_gamma 1.
+    assert [yaml.safe_load((out / g / "config.yaml").read_text())["gamma"] for g in ("gamma-0.5", "gamma-none")] == [0.5, None]
     hard = [json.loads(line)["p"] for line in (out / "gamma-none" / "eval_scores.jsonl").read_text().splitlines()]
     soft = [json.loads(line)["p"] for line in (out / "gamma-0.5" / "eval_scores.jsonl").read_text().splitlines()]
-    assert set(hard) == {1.0} and max(soft) < 1.0
+    assert hard == soft and max(soft) < 1.0
     assert (out / "report" / "report.md").exists() and (out / "report" / "reliability.png").exists()
     assert f"lowest held-out NLL: {best}" in capsys.readouterr().out
 
@@ -44,7 +47,7 @@ def test_sweep_with_seeds_reports_intervals(tiny_model_dir, pair_file, tmp_path,
 
     out = tmp_path / "sweep"
     code = main(["sweep", "--gamma", "0.5,none", "--seeds", "0,1", "--kind", "rm", "--model", str(tiny_model_dir),
-                 "--data", str(pair_file(48)), "--eval_split", "0.3", "--max_steps", "2", "--per_device_train_batch_size", "4",
+                 "--data", str(pair_file(48)), "--eval_split", "0.3", "--eval_gamma", "1", "--max_steps", "2", "--per_device_train_batch_size", "4",
                  "--max_length", "96", "--learning_rate", "1e-2", "--output_dir", str(out)])
     assert code == 0
     result = json.loads((out / "sweep.json").read_text())
@@ -59,3 +62,42 @@ def test_sweep_with_seeds_reports_intervals(tiny_model_dir, pair_file, tmp_path,
     gap = result["runs"][other]["minus_best"]
     assert gap["diff"] == pytest.approx(np.mean(nll[other]) - np.mean(nll[best]))
     assert "minus the best [95% CI]" in capsys.readouterr().out
+
+
+def test_every_gamma_is_scored_on_the_same_held_out_pairs_ties_included(tiny_model_dir, graded_rows, write_jsonl, tmp_path):
+    """A hard-label run holds out the same pairs as a soft one (its training ties are dropped after the split,
+    not its held-out ones), and the sweep checks that on the written scores."""
+    rows = graded_rows(48, seed=5)
+    for row in rows[::4]:
+        row["score_rejected"] = row["score_chosen"]  # a quarter of the pairs are ties
+    data = write_jsonl(tmp_path / "ties.jsonl", rows)
+    out = tmp_path / "sweep"
+    code = main(["sweep", "--gamma", "0.5,none", "--kind", "rm", "--model", str(tiny_model_dir), "--data", str(data),
+                 "--eval_split", "0.4", "--eval_gamma", "1", "--max_steps", "1", "--per_device_train_batch_size", "4",
+                 "--max_length", "96", "--output_dir", str(out)])
+    assert code == 0
+    scored = {g: [(r["row"], r["p"]) for r in map(json.loads, (out / g / "eval_scores.jsonl").read_text().splitlines())]
+              for g in ("gamma-0.5", "gamma-none")}
+    assert scored["gamma-0.5"] == scored["gamma-none"] and any(p == 0.5 for _, p in scored["gamma-none"])
+
+
+def test_sweep_refuses_eval_gamma_same(capsys):
+    assert main(["sweep", "--gamma", "0.5,none", "--kind", "rm", "--data", "x.jsonl", "--eval_gamma", "same"]) == 2
+    assert "set eval_gamma" in capsys.readouterr().err
+
+
+def test_sweep_refuses_runs_scored_on_different_held_out_pairs(monkeypatch, tmp_path):
+    """Runs reused from earlier (or trained on other data) with other held-out rows are not ranked."""
+    from mmpo.reports import comparison
+    from mmpo.reports.sweep import run_sweep
+
+    def fake_run(kind, recipe, values):
+        run = Path(values["output_dir"])
+        run.mkdir(parents=True)
+        rows = range(5) if values["gamma"] is None else range(6)
+        (run / "eval_scores.jsonl").write_text("".join(json.dumps({"row": i, "h": 0.1, "p": 0.7}) + "\n" for i in rows))
+        return run
+
+    monkeypatch.setattr(comparison, "train_or_reuse", fake_run)
+    with pytest.raises(UserError, match="gamma-0.5 and gamma-none were scored on different held-out pairs"):
+        run_sweep("rm", None, [0.5, None], ["--data", "x.jsonl", "--eval_gamma", "1"], str(tmp_path / "sweep"))

@@ -26,6 +26,7 @@ __all__ = [
     "ipo_loss",
     "simpo_logits",
     "PAIR_LOSSES",
+    "uses_soft_targets",
 ]
 
 
@@ -142,3 +143,15 @@ def simpo_logits(
 
 # Losses that take (chosen_rewards, rejected_rewards, p) directly; the rest need a margin, epsilon or beta.
 PAIR_LOSSES = {"mmpo": mmpo_loss, "bt": bt_loss}
+
+
+# Losses whose value depends on each pair's target p, so a tie (p = 0.5) teaches them "no preference". Every
+# other loss trains on the written order whatever p says: bt / dpo / simpo (-log sigmoid(h)), ipo (a fixed
+# target margin), cdpo / label_smoothing (a fixed target 1 - eps) and margin (-log sigmoid(h - m), which for a
+# tie, m = 0, is plain BT). A kept tie would teach those "chosen wins" where the data names no winner.
+SOFT_TARGET_LOSSES = frozenset({"mmpo", "simpo_mmpo"})
+
+
+def uses_soft_targets(loss: str) -> bool:
+    """True when ``loss`` reads the soft target ``p`` (and so can learn a tie, p = 0.5); see SOFT_TARGET_LOSSES."""
+    return loss in SOFT_TARGET_LOSSES

@@ -12,6 +12,9 @@ The target rule (``docs/data.md``, "Targets and ties"), in :func:`target_probabi
 * a tie (margin 0 or ``p_chosen = 0.5``) has no winner: with soft targets ``ties: keep`` keeps it at
   ``p = 0.5`` (``sigmoid(gamma * 0)``) and ``ties: drop`` drops it; with hard labels it is always dropped
   (counted), since a hard label must name a winner and a hard loss would learn the arbitrary order.
+* a run's training pairs also drop their ties when the loss cannot use ``p = 0.5``
+  (:func:`mmpo.losses.uses_soft_targets`); a run sets its targets after the held-out split
+  (:func:`retarget`), so the held-out pairs do not depend on the training loss or gamma.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ class PairOptions:
     swap (counted), drop, or error. ``pairs_per_prompt``: None = the source's default cap (5 for SHP, none
     elsewhere), 0 = no cap. ``margin_bins``: > 0 samples pairs uniformly across that many margin-quantile
     bins. ``max_pairs``: a seeded random sample of at most this many pairs. ``split``: used when the spec
-    names none.
+    names none. ``hard_ties``: ``drop`` (a tie under ``gamma`` none has no target) or ``keep`` (for a run's
+    pipeline, which sets the targets after the held-out split with :func:`retarget`).
     """
 
     gamma: float | None = 1.0
@@ -50,6 +54,7 @@ class PairOptions:
     max_pairs: int | None = None
     seed: int = 42  # as TrainConfig
     split: str | None = None
+    hard_ties: str = "drop"
 
     def __post_init__(self) -> None:
         if self.gamma is not None and (isinstance(self.gamma, bool) or not (isinstance(self.gamma, (int, float)) and self.gamma > 0)):
@@ -58,6 +63,8 @@ class PairOptions:
             raise UserError(f"ties must be 'keep' or 'drop' (got {self.ties!r})")
         if self.order_conflict not in ("swap", "drop", "error"):
             raise UserError(f"order_conflict must be swap, drop or error (got {self.order_conflict!r})")
+        if self.hard_ties not in ("keep", "drop"):
+            raise ValueError(f"hard_ties must be 'keep' or 'drop' (got {self.hard_ties!r})")
         for name in ("pairs_per_prompt", "margin_bins", "max_pairs"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
@@ -83,16 +90,18 @@ def is_tie(pair: PreferencePair) -> bool:
     return pair.margin == 0 or pair.meta.get("judged") == 0.5
 
 
-def retarget(pairs: list[PreferencePair], gamma: float | None, report: DataReport | None = None) -> list[PreferencePair]:
-    """The same pairs with targets for ``gamma`` (held-out truth under ``eval_gamma``).
+def retarget(pairs: list[PreferencePair], gamma: float | None, report: DataReport | None = None,
+             drop_ties: str | None = None) -> list[PreferencePair]:
+    """The same pairs with targets for ``gamma`` (training targets, or held-out truth under ``eval_gamma``).
 
-    Under hard labels (``gamma`` None) ties have no target and are dropped (counted in ``report``).
+    Under hard labels (``gamma`` None) ties have no target and are dropped (counted in ``report``); a
+    ``drop_ties`` reason drops them whatever ``gamma`` (counted under that reason).
     """
     out = []
     for pair in pairs:
-        if gamma is None and is_tie(pair):
+        if is_tie(pair) and (gamma is None or drop_ties):
             if report is not None:
-                report.drop("tie under hard labels (gamma none)")
+                report.drop("tie under hard labels (gamma none)" if gamma is None else drop_ties)
             continue
         p = target_probability(pair.margin, pair.meta.get("judged"), gamma)
         out.append(PreferencePair(pair.prompt, pair.chosen, pair.rejected, p=p, margin=pair.margin,
@@ -191,7 +200,7 @@ def make_pair(raw: dict[str, Any], ref: RowRef, options: PairOptions, report: Da
                 return None
             chosen, rejected, margin = rejected, chosen, -margin
     if margin == 0 or judged == 0.5:
-        if options.gamma is None:
+        if options.gamma is None and options.hard_ties == "drop":
             report.drop("tie under hard labels (gamma none)")
             return None
         if options.ties == "drop":

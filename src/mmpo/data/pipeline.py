@@ -8,12 +8,15 @@ rows              the source's converter (+ renames, checks)      :mod:`mmpo.dat
 pairs             :func:`mmpo.data.pairs.make_pair`               orientation, strength, ties, drops
 selection         :func:`mmpo.data.selection.select_pairs`        per-prompt cap, margin bins, max_pairs
 split             :func:`split_by_prompt` / a held-out spec       never one prompt on both sides
-targets           :func:`mmpo.data.pairs.retarget`                held-out truth under ``eval_gamma``
+targets           :func:`mmpo.data.pairs.retarget`                training targets (ties the loss cannot use
+                                                                 dropped), held-out truth (``eval_gamma``)
 tokens            :func:`tokenize_pairs`                          truncate or drop over-length pairs
 ================  =============================================  ==========================================
 
 :func:`load_pairs` runs read to selection for one spec; :func:`prepare_data` runs the whole line for a run's
-config. :class:`DataPlan` is the only place that reads the config.
+config. :class:`DataPlan` is the only place that reads the config. A run reads and selects its pairs with
+every tie kept and splits them before any target is set, so its held-out pairs are the same whatever its
+training loss and gamma; only then do the training pairs drop the ties their loss cannot use.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from mmpo.data.selection import select_pairs
 from mmpo.data.sources import SOURCES, RowRef, Source, check_columns, held_out_split, normalize_spec, read_rows, rename_columns
 from mmpo.data.tokenize import OVER_LENGTH, TruncationStats, tokenize_pair
 from mmpo.errors import UserError
+from mmpo.losses import uses_soft_targets
 
 __all__ = ["PairOptions", "PreparedData", "DataPlan", "load_pairs", "prepare_data", "split_by_prompt", "tokenize_pairs"]
 
@@ -99,6 +103,8 @@ class DataPlan:
     eval_options: PairOptions
     eval_fraction: float
     eval_gamma: float | None
+    train_gamma: float | None
+    train_tie_rule: str | None
     seed: int
     max_length: int
     max_prompt_length: int
@@ -110,13 +116,17 @@ class DataPlan:
                       pairs_per_prompt=config.pairs_per_prompt, margin_bins=config.margin_bins, seed=config.seed)
         eval_gamma = _eval_gamma(config)
         eval_split = held_out_split(config.eval_data) if config.eval_data is not None else None
+        loss = getattr(config, "loss", "mmpo")
         return cls(
             train_spec=config.data,
-            train_options=PairOptions(gamma=config.gamma, max_pairs=config.max_pairs, **common),
+            # Ties stay through the split whatever the gamma: the targets are set after it (split_stage).
+            train_options=PairOptions(gamma=config.gamma, max_pairs=config.max_pairs, hard_ties="keep", **common),
             eval_spec=config.eval_data,
             eval_options=PairOptions(gamma=eval_gamma, max_pairs=config.max_eval_pairs, split=eval_split, **common),
             eval_fraction=config.eval_split,
             eval_gamma=eval_gamma,
+            train_gamma=config.gamma,
+            train_tie_rule=None if uses_soft_targets(loss) else f"tie: loss {loss} ignores p, a tie would teach it the written order",
             seed=config.seed,
             max_length=config.max_length,
             max_prompt_length=config.prompt_budget,
@@ -149,17 +159,21 @@ def split_by_prompt(pairs: list[PreferencePair], fraction: float, seed: int) -> 
 
 
 def split_stage(plan: DataPlan, pairs: list[PreferencePair], report: DataReport) -> tuple[list[PreferencePair], list[PreferencePair], DataReport]:
-    """Training pairs, held-out pairs (targets under ``eval_gamma``) and the held-out report."""
+    """Training pairs (targets under the training ``gamma``; ties dropped under hard labels or when the loss
+    ignores ``p``, counted in ``report``), held-out pairs (targets under ``eval_gamma``) and the held-out report.
+
+    The split comes first, on pairs that still hold every tie, so the held-out pairs never depend on the
+    training loss or gamma."""
     if plan.eval_spec is not None:
         held, eval_report = load_pairs(plan.eval_spec, plan.eval_options)
-        return pairs, held, eval_report
-    train, held = split_by_prompt(pairs, plan.eval_fraction, plan.seed) if plan.eval_fraction > 0 else (pairs, [])
-    eval_report = DataReport(source=f"{report.source} (held-out {plan.eval_fraction:.0%} of prompts)")
-    eval_report.read = len(held)
-    report.dropped["held out for evaluation"] += len(held)
-    if plan.eval_gamma != plan.train_options.gamma:
+        train = pairs
+    else:
+        train, held = split_by_prompt(pairs, plan.eval_fraction, plan.seed) if plan.eval_fraction > 0 else (pairs, [])
+        eval_report = DataReport(source=f"{report.source} (held-out {plan.eval_fraction:.0%} of prompts)")
+        eval_report.read = len(held)
+        report.dropped["held out for evaluation"] += len(held)
         held = retarget(held, plan.eval_gamma, eval_report)
-    return train, held, eval_report
+    return retarget(train, plan.train_gamma, report, drop_ties=plan.train_tie_rule), held, eval_report
 
 
 def tokenize_pairs(pairs: list[PreferencePair], tokenizer: Any, max_length: int, max_prompt_length: int, report: DataReport,

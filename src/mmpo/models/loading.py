@@ -151,3 +151,48 @@ def trainable_summary(model: Any, config: Any) -> str:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return f"LoRA r={config.lora_r}: training {trainable:,} of {total:,} parameters ({trainable / max(total, 1):.2%})"
+
+
+def merge_lora_float32(model: Any, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """The peft LoRA ``model`` merged into a float32 copy of its starting checkpoint: ``W = W0 + B @ A * scale``.
+
+    ``W0`` is the starting model's own weights read in float32 and the update is computed in float32, so an
+    update smaller than one bfloat16 step of ``W0`` survives the merge. A base held in float32 is merged in
+    place; one held in bfloat16/float16 (rounded at load) is not used: the starting checkpoint
+    (``base_model_name_or_path``, at ``revision``) is loaded again in float32 with the trained model's config,
+    the trained adapter and fully trained modules (a reward head) are installed on it, and that is merged.
+    A 4/8-bit (QLoRA) base is merged as peft merges it. Returns the merged (unwrapped) model.
+    """
+    import copy
+
+    import torch
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    base = model.get_base_model()
+    quantized = getattr(base, "hf_quantizer", None) is not None
+    adapter_names = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "modules_to_save")
+    frozen_float32 = all(
+        p.dtype == torch.float32 for name, p in model.named_parameters() if not any(part in name for part in adapter_names)
+    )
+    if quantized or frozen_float32:
+        return model.merge_and_unload()
+    adapter = model.active_adapter
+    peft_config = copy.deepcopy(model.peft_config[adapter])
+    source = peft_config.base_model_name_or_path or base.name_or_path
+    extra: dict[str, Any] = {"revision": revision} if revision else {}
+    if trust_remote_code:
+        extra["trust_remote_code"] = True
+    config = copy.deepcopy(base.config)
+    try:
+        fresh = type(base).from_pretrained(source, config=config, dtype=torch.float32, **extra)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot reload {source!r} in float32 to merge the LoRA adapter: {str(e).splitlines()[0]}") from None
+    if getattr(base, "generation_config", None) is not None:
+        fresh.generation_config = copy.deepcopy(base.generation_config)
+    trained = {k: v.detach().to("cpu", torch.float32) for k, v in get_peft_model_state_dict(model, adapter_name=adapter).items()}
+    rewrapped = get_lora_model(fresh, peft_config)
+    result = set_peft_model_state_dict(rewrapped, trained)
+    missing = [k for k in result.missing_keys if "lora_" in k or "modules_to_save" in k]
+    if result.unexpected_keys or missing:
+        raise RuntimeError(f"reloading the LoRA adapter for a float32 merge left keys unmatched: {(result.unexpected_keys + missing)[:3]}")
+    return rewrapped.merge_and_unload()

@@ -9,6 +9,7 @@ import torch
 
 from mmpo.errors import UserError
 from mmpo.models.embedded import resolve_model_path
+from mmpo.models.loading import merge_lora_float32
 
 # The prompt format mmpo.data.tokenize uses for tokenizers without a chat template, as a chat template, so a
 # saved policy is prompted at generation time exactly as it was in training.
@@ -45,11 +46,15 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def save_policy(model: Any, tokenizer: Any, output_dir: str | Path, merge_lora: bool = True) -> str:
+def save_policy(
+    model: Any, tokenizer: Any, output_dir: str | Path, merge_lora: bool = True, revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> str:
     """Write the final policy to ``output_dir``; returns ``"merged"``, ``"adapter"`` or ``"full"``.
 
-    A peft model is merged into its base (``merge_lora``, saved in float32) or saved as an adapter whose config points at
-    the base; both load with ``AutoModelForCausalLM.from_pretrained(output_dir)`` (an adapter needs peft).
+    A peft model is merged into the float32 weights of its starting checkpoint (``merge_lora``, see
+    :func:`mmpo.models.loading.merge_lora_float32`; ``revision`` and ``trust_remote_code`` reload that checkpoint)
+    and saved in float32, or saved as an adapter whose config points at the base; both load with ``AutoModelForCausalLM.from_pretrained(output_dir)`` (an adapter needs peft).
     The tokenizer is saved beside it with a chat template (the plain one used in training if it had none)
     and left padding, which is what batched generation wants.
     """
@@ -58,7 +63,7 @@ def save_policy(model: Any, tokenizer: Any, output_dir: str | Path, merge_lora: 
     kind = "full"
     if hasattr(model, "merge_and_unload"):
         if merge_lora:
-            model = model.merge_and_unload()
+            model = merge_lora_float32(model, revision, trust_remote_code)
             kind = "merged"
         else:
             kind = "adapter"

@@ -11,9 +11,9 @@ directory), and
 * ``curves.png``: held-out NLL, ECE and accuracy against training progress (every evaluation the runs logged
   to ``metrics.jsonl``), one line per loss (the mean over seeds) with a band from the lowest to the highest seed.
 
-Every run of a seed is trained on the same pairs in the same order (``seed`` sets the sample, the order and the
-head's initialisation) and is scored on the same held-out pairs against the same targets: the losses differ in
-training only. :func:`check_same_truth` verifies the last part on the written per-pair scores.
+Every run of a seed is trained on the same sample of pairs in the same order (``seed`` sets the sample, the
+order and the head's initialisation; a loss that ignores ``p`` trains on it less its ties, see docs/data.md) and
+is scored on the same held-out pairs against the same targets: the losses differ in training only. :func:`check_same_truth` verifies the last part on the written per-pair scores.
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ def read_scores(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def check_same_truth(run_dirs: dict[str, Path], seed: int) -> None:
-    """All losses' runs of one seed were scored on the same held-out pairs against the same targets ``p``."""
+    """All runs of one seed (a comparison's losses, a sweep's gammas; ``run_dirs`` by name) were scored on the
+    same held-out pairs against the same targets ``p``; else one UserError line naming the two runs."""
     reference: tuple[str, np.ndarray, np.ndarray] | None = None
     for loss, path in run_dirs.items():
         rows, _, p = read_scores(path)

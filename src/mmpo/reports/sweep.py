@@ -1,7 +1,9 @@
 """`mmpo sweep`: train the same recipe for several gammas and pick the one with the lowest held-out NLL.
 
-Each run's held-out NLL is measured against the *binary* outcome (chosen preferred; ties 0.5), the same target
-for every run: comparing NLL against each run's own soft targets would compare runs on different questions.
+Every run is scored on the same held-out pairs against the same truth: the held-out split does not depend on
+the training gamma, ``eval_gamma`` must be fixed (not ``same``), and :func:`mmpo.reports.comparison.check_same_truth`
+checks the written per-pair scores of each seed's runs before any is ranked. Each run's held-out NLL is measured
+against the *binary* outcome (chosen preferred; ties 0.5).
 """
 
 from __future__ import annotations
@@ -49,11 +51,15 @@ def run_sweep(kind: str, recipe: str | None, gammas: list[float | None], overrid
     """
     from mmpo.config import DPOConfig, RMConfig, load_config, parse_overrides
     from mmpo.reports.compare import write_report
-    from mmpo.reports.comparison import train_or_reuse
+    from mmpo.losses import uses_soft_targets
+    from mmpo.reports.comparison import check_same_truth, train_or_reuse
     from mmpo.reports.intervals import METHOD, distinguishable, mean_interval, paired_difference
 
     cls = RMConfig if kind == "rm" else DPOConfig
     base = load_config(cls, recipe, overrides)
+    if base.eval_gamma == "same" and len(set(gammas)) > 1:
+        raise UserError("mmpo sweep: eval_gamma is 'same', so each gamma would be scored against its own held-out truth; "
+                        "set eval_gamma (a number > 0, e.g. 1, or none) to score every gamma against one")
     root = Path(out_dir or base.output_dir)
     run_dirs: dict[str, list[Path]] = {}
     for gamma in gammas:
@@ -63,10 +69,12 @@ def run_sweep(kind: str, recipe: str | None, gammas: list[float | None], overrid
             values.update({"gamma": gamma, "output_dir": str(run_dir)})
             if seed is not None:
                 values["seed"] = seed
-            if base.loss not in ("mmpo", "simpo_mmpo"):
+            if not uses_soft_targets(base.loss):
                 values["loss"] = "mmpo"  # gamma only matters for soft-target losses
             print(f"== sweep: {gamma_name(gamma)}{'' if seed is None else f', seed {seed}'} -> {run_dir}", flush=True)
             run_dirs.setdefault(gamma_name(gamma), []).append(train_or_reuse(kind, recipe, values))
+    for i, seed in enumerate(seeds or [base.seed]):
+        check_same_truth({name: dirs[i] for name, dirs in run_dirs.items()}, seed)
     first_seed = [dirs[0] for dirs in run_dirs.values()]
     summary = write_report(first_seed, root / "report")
     by_dir = {v["path"]: v for v in summary["runs"].values()}

@@ -445,7 +445,10 @@ def train_policy(config: DPOConfig) -> dict[str, Any]:
         trainer.save_model(config.output_dir)
         saved = "deepspeed"
     elif trainer.accelerator.is_main_process:
-        saved = save_policy(trainer.accelerator.unwrap_model(trainer.model), run.tokenizer, config.output_dir, config.merge_lora)
+        saved = save_policy(
+            trainer.accelerator.unwrap_model(trainer.model), run.tokenizer, config.output_dir, config.merge_lora,
+            config.revision, config.trust_remote_code,
+        )
     summary = {
         "output_dir": config.output_dir,
         "loss": config.loss,

@@ -30,7 +30,7 @@ from mmpo.data.pipeline import prepare_data
 from mmpo.errors import UserError
 from mmpo.host_memory import prepare_host
 from mmpo.losses import bt_loss, label_smoothing_loss, margin_loss, mmpo_loss
-from mmpo.models.loading import load_tokenizer, model_load_kwargs, trainable_summary
+from mmpo.models.loading import load_tokenizer, merge_lora_float32, model_load_kwargs, trainable_summary
 from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards, shared_sequence_rewards
 from mmpo.models.shared_prefix import pair_collator
 from mmpo.models.trunk_cache import build_trunk_cache
@@ -95,10 +95,11 @@ def build_model(config: RMConfig, tokenizer: Any) -> Any:
     return model
 
 
-def save_final_model(trainer: RewardTrainer, tokenizer: Any, output_dir: str) -> None:
+def save_final_model(trainer: RewardTrainer, tokenizer: Any, output_dir: str, config: RMConfig) -> None:
     """Save the trained model so ``AutoModelForSequenceClassification.from_pretrained(output_dir)`` loads it.
 
-    A LoRA model is merged into its backbone first. Under DeepSpeed ZeRO-3 the weights are partitioned and
+    A LoRA model is merged into the float32 weights of its backbone first
+    (:func:`mmpo.models.loading.merge_lora_float32`). Under DeepSpeed ZeRO-3 the weights are partitioned and
     cannot be merged in place, so Trainer's own saver writes the adapter (merge it later with peft).
     """
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -111,7 +112,7 @@ def save_final_model(trainer: RewardTrainer, tokenizer: Any, output_dir: str) ->
         print(f"note: LoRA under ZeRO-3: saved the adapter in {output_dir}; merge it with peft's merge_and_unload")
         return
     if trainer.args.should_save:
-        merged = model.merge_and_unload()
+        merged = merge_lora_float32(model, config.revision, config.trust_remote_code)
         merged.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
     trainer.accelerator.wait_for_everyone()
@@ -183,7 +184,7 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
             final = trainer.save_eval_scores(data.eval)
         trainer.log(dict(final))
         results = final_results(final, trainer.state.global_step)
-    save_final_model(trainer, tokenizer, config.output_dir)
+    save_final_model(trainer, tokenizer, config.output_dir, config)
     if trainer.args.should_save:
         write_model_card(config.output_dir, config, "reward_model", results)
         write_results(config.output_dir, results)  # last: marks the run finished
