@@ -112,7 +112,7 @@ def test_reward_server_refuses_bad_requests(rm_server, path, body):
 def test_parsers():
     assert [parse_verdict(t) for t in ("A", " B.", "[[A]]", "Response B is better", "**A**", "a", "a cat", "AB", "[[A]] or [[B]]", "")] == \
         ["A", "B", "A", "B", "A", "A", None, None, None, None]
-    assert [parse_rating(t) for t in ("[[7]]", "Rating: [[8.5]]", "6", "[[11]]", "good")] == [7.0, 8.5, 6.0, None, None]
+    assert [parse_rating(t) for t in ("[[7]]", "Rating: [[8.5]]", "6", "[[11]]", "good")] == [7.0, 8.5, None, None, None]
     lp = [{"token": " ", "logprob": -0.1}, {"token": "A", "logprob": -0.2, "top_logprobs": [
         {"token": "A", "logprob": -0.2}, {"token": " B", "logprob": -1.9}, {"token": "a", "logprob": -3.0}, {"token": "x", "logprob": -4}]}]
     import math

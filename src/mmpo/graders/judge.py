@@ -20,8 +20,8 @@ the run when the endpoint returns none. A request that fails after the client's 
 :mod:`mmpo.evaluation.judge_client`), or an answer with no readable verdict, makes that order missing, and a
 pair with a missing order is missing (``None``): never a default of 0.5. :attr:`JudgeGrader.stats` counts why.
 
-``score(items)`` asks for a 1-10 rating written as ``[[rating]]`` (temperature 0) and parses it; unparseable
-or failed -> None.
+``score(items)`` asks for a 1-10 rating written as ``[[rating]]`` (temperature 0) and reads it by MT-bench's
+rule (:func:`mmpo.evaluation.mtbench.parse_rating`, FastChat's); unparseable or failed -> None.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any
 from mmpo.data.records import Message
 from mmpo.errors import UserError
 from mmpo.evaluation.judge_client import JudgeClient, JudgeRequestError, api_key_from_env
+from mmpo.evaluation.mtbench import parse_rating
 from mmpo.graders.base import Grader, PairItem, ScoreItem
 
 TEMPLATE_VERSION = "pairwise-v1"
@@ -50,7 +51,6 @@ SYSTEM_RATING = (
 )
 _VERDICT_START = re.compile(r"^[\s\W_]*(?:response\s+)?([AB])(?![A-Za-z])", re.IGNORECASE)
 _VERDICT_BRACKETS = re.compile(r"\[\[\s*([AB])\s*\]\]")
-_RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _BLANK = " \t\n\r[]()*\"'`.:"
 
 
@@ -90,20 +90,6 @@ def parse_verdict(text: str) -> str | None:
     if letter.islower() and text.strip(_BLANK) not in ("a", "b"):
         return None
     return letter.upper()
-
-
-def parse_rating(text: str) -> float | None:
-    """The number in ``[[n]]`` (1-10), or a reply that is just a number; None otherwise."""
-    found = _RATING.findall(text)
-    if len(set(found)) == 1:
-        value = float(found[0])
-    else:
-        bare = text.strip(_BLANK)
-        try:
-            value = float(bare)
-        except ValueError:
-            return None
-    return value if 1.0 <= value <= 10.0 else None
 
 
 def verdict_probability_from_logprobs(content: list[dict[str, Any]]) -> float | None:
