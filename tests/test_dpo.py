@@ -318,3 +318,21 @@ def test_embedded_model_lora_dpo_end_to_end(tmp_path, pair_file):
     inputs = tokenizer.apply_chat_template([{"role": "user", "content": "Say hi."}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert out.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_reference_cache_key_sees_revision_and_quantisation(tiny_model_dir):
+    from types import SimpleNamespace
+
+    from mmpo.models.reference import reference_cache_key
+    from mmpo.training.dpo import reference_identity
+
+    def key(**overrides):
+        config = SimpleNamespace(**{"model": str(tiny_model_dir), "ref_model": None, "revision": None, "load_in_4bit": False,
+                                    "load_in_8bit": False, "bnb_4bit_quant_type": "nf4", **overrides})
+        return reference_cache_key(reference_identity(config), [], {"max_length": 96})
+
+    keys = [key(), key(revision="v1"), key(revision="v2"), key(load_in_4bit=True), key(load_in_4bit=True, bnb_4bit_quant_type="fp4"),
+            key(load_in_8bit=True)]
+    assert len(set(keys)) == len(keys) and key(revision="v1") == keys[1]
+    # another ref_model is loaded without the policy's revision: that revision is not part of its key
+    assert key(ref_model=str(tiny_model_dir), revision="v1") == key(ref_model=str(tiny_model_dir)) == keys[0]

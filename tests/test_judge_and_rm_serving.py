@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 import urllib.error
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from mmpo.cli.main import main
+from mmpo.errors import UserError
 from mmpo.evaluation.judge_client import JudgeClient
 from mmpo.graders import PairItem, ScoreItem, load_grader
 from mmpo.graders.judge import JudgeGrader, parse_rating, parse_verdict, verdict_probability_from_logprobs
@@ -112,11 +114,9 @@ def test_reward_server_refuses_bad_requests(rm_server, path, body):
 def test_parsers():
     assert [parse_verdict(t) for t in ("A", " B.", "[[A]]", "Response B is better", "**A**", "a", "a cat", "AB", "[[A]] or [[B]]", "")] == \
         ["A", "B", "A", "B", "A", "A", None, None, None, None]
-    assert [parse_rating(t) for t in ("[[7]]", "Rating: [[8.5]]", "6", "[[11]]", "good")] == [7.0, 8.5, 6.0, None, None]
+    assert [parse_rating(t) for t in ("[[7]]", "Rating: [[8.5]]", "6", "[[11]]", "good")] == [7.0, 8.5, None, None, None]
     lp = [{"token": " ", "logprob": -0.1}, {"token": "A", "logprob": -0.2, "top_logprobs": [
         {"token": "A", "logprob": -0.2}, {"token": " B", "logprob": -1.9}, {"token": "a", "logprob": -3.0}, {"token": "x", "logprob": -4}]}]
-    import math
-
     pa, pb = math.exp(-0.2) + math.exp(-3.0), math.exp(-1.9)
     assert verdict_probability_from_logprobs(lp) == pytest.approx(pa / (pa + pb))
     assert verdict_probability_from_logprobs([{"token": "x", "logprob": -1, "top_logprobs": [{"token": "x", "logprob": -1}]}]) is None
@@ -140,18 +140,94 @@ def test_both_orders_are_averaged():
     def answer(payload):
         user = payload["messages"][-1]["content"]
         p_a = 0.8 if user.index("good") < user.index("bad") else 0.3  # 0.8 when "good" is A, 0.3 when "bad" is A
-        import math
-
         return {"choices": [{"message": {"content": "A"}, "logprobs": {"content": [{"token": "A", "logprob": math.log(p_a),
                 "top_logprobs": [{"token": "A", "logprob": math.log(p_a)}, {"token": "B", "logprob": math.log(1 - p_a)}]}]}}]}
 
     client = _CannedClient(answer)
     grader = JudgeGrader("http://unused", "m", client=client, progress=False, concurrency=1)
     prompt = [{"role": "user", "content": "q"}]
-    assert grader.compare(prompt, "good answer", "bad answer") == pytest.approx((0.8 + 1 - 0.3) / 2)
+    logit = math.log(0.8 / 0.2) - math.log(0.3 / 0.7)
+    assert grader.compare(prompt, "good answer", "bad answer") == pytest.approx(1 / (1 + math.exp(-logit / 2)))  # logit: the default
     assert len(client.payloads) == 2 and all(p["logprobs"] and p["top_logprobs"] == 20 for p in client.payloads)
     firsts = [p["messages"][-1]["content"].split("[Response B]")[0] for p in client.payloads]
     assert "good answer" in firsts[0] and "bad answer" in firsts[1]  # the two orders were asked
+    by_probability = JudgeGrader("http://unused", "m", client=_CannedClient(answer), progress=False, concurrency=1, averaging="probability")
+    assert by_probability.compare(prompt, "good answer", "bad answer") == pytest.approx((0.8 + 1 - 0.3) / 2)
+    assert by_probability.fingerprint != grader.fingerprint  # a cache made one way is not read the other way
+
+
+def _position(token: str, alternatives: dict[str, float]) -> dict:
+    """One entry of ``choices[0].logprobs.content``: the generated ``token`` and its top alternatives."""
+    return {"token": token, "logprob": math.log(alternatives[token]),
+            "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in alternatives.items()]}
+
+
+def _response_letter_judge(p_good: float, first_alternatives: dict[str, float]):
+    """A judge that answers "Response A" / "Response B", naming the good answer's letter; where it writes the
+    letter, the good one's letter has probability ``p_good``. At the first position ("Response") only
+    ``first_alternatives`` are offered, the same whichever order: they say nothing about the verdict."""
+    def answer(payload):
+        user = payload["messages"][-1]["content"]
+        good = "A" if user.index("good") < user.index("bad") else "B"
+        bad = "B" if good == "A" else "A"
+        content = [_position("Response", first_alternatives), _position(" " + good, {" " + good: p_good, " " + bad: 1 - p_good})]
+        return {"choices": [{"message": {"content": "Response " + good}, "logprobs": {"content": content}}]}
+
+    return answer
+
+
+@pytest.mark.parametrize("first_alternatives", [
+    {"Response": 0.99, "A": 0.006, "B": 0.004},  # both letters there, at low probability
+    {"Response": 0.99, "A": 0.01},  # one letter only
+])
+def test_verdict_read_where_the_letter_is_generated(first_alternatives):
+    answer = _response_letter_judge(0.99, first_alternatives)
+    one = answer({"messages": [{"role": "user", "content": "[Response A]\nbad\n[Response B]\ngood"}]})
+    assert verdict_probability_from_logprobs(one["choices"][0]["logprobs"]["content"]) == pytest.approx(0.01)
+    prompt = [{"role": "user", "content": "q"}]
+    for averaging in ("logit", "probability"):
+        grader = JudgeGrader("http://unused", "m", client=_CannedClient(answer), progress=False, concurrency=1, averaging=averaging)
+        assert grader.compare(prompt, "good answer", "bad answer") == pytest.approx(0.99)
+        assert grader.compare(prompt, "bad answer", "good answer") == pytest.approx(0.01)
+
+
+def test_verdict_position_rules():
+    bracketed = [_position("I", {"I": 0.9, "A": 0.1}), _position(" pick", {" pick": 1.0}), _position(" [[", {" [[": 1.0}),
+                 _position("B", {"B": 0.7, "A": 0.3}), _position("]]", {"]]": 1.0})]
+    assert verdict_probability_from_logprobs(bracketed) == pytest.approx(0.3)
+    no_verdict = [_position("Both", {"Both": 0.9, "A": 0.1}), _position(" tie", {" tie": 1.0})]
+    assert verdict_probability_from_logprobs(no_verdict) is None
+    # the letter's position offers neither letter: the grader reads the verdict from the text
+    odd = [_position("B", {"B": 1.0}) | {"top_logprobs": [{"token": "x", "logprob": -0.1}]}]
+    assert verdict_probability_from_logprobs(odd) is None
+    client = _CannedClient(lambda payload: {"choices": [{"message": {"content": "B"}, "logprobs": {"content": odd}}]})
+    grader = JudgeGrader("http://unused", "m", client=client, progress=False, concurrency=1)
+    assert grader._p_first([{"role": "user", "content": "q"}]) == 0.0
+
+
+def _biased_judge(true_logit: float, bias: float):
+    """A judge whose logit of "A" is the shown-as-A answer's true logit plus a constant position ``bias``."""
+    def answer(payload):
+        user = payload["messages"][-1]["content"]
+        good_is_a = user.index("good") < user.index("bad")
+        p_a = 1 / (1 + math.exp(-((true_logit if good_is_a else -true_logit) + bias)))
+        return {"choices": [{"message": {"content": "A" if p_a >= 0.5 else "B"},
+                             "logprobs": {"content": [_position("A" if p_a >= 0.5 else "B", {"A": p_a, "B": 1 - p_a})]}}]}
+
+    return answer
+
+
+def test_logit_averaging_cancels_a_constant_position_bias():
+    prompt = [{"role": "user", "content": "q"}]
+    judge = _biased_judge(true_logit=1.0, bias=1.0)
+    by_logit = JudgeGrader("http://unused", "m", client=_CannedClient(judge), progress=False, concurrency=1)
+    assert by_logit.averaging == "logit"  # the default
+    assert by_logit.compare(prompt, "good answer", "bad answer") == pytest.approx(1 / (1 + math.exp(-1.0)))  # 0.731
+    by_probability = JudgeGrader("http://unused", "m", client=_CannedClient(judge), progress=False, concurrency=1, averaging="probability")
+    p = by_probability.compare(prompt, "good answer", "bad answer")
+    assert p == pytest.approx((1 / (1 + math.exp(-2.0)) + 0.5) / 2) and round(p, 3) == 0.690  # pulled toward 0.5
+    with pytest.raises(UserError, match="averaging"):
+        JudgeGrader("http://unused", "m", client=_CannedClient(judge), averaging="mean")
 
 
 def test_samples_when_no_logprobs_and_unparseable_counts_as_missing():
@@ -165,7 +241,8 @@ def test_samples_when_no_logprobs_and_unparseable_counts_as_missing():
     # forward: 3 of 5 verdicts say A; backward: 1 of 5
     answers2 = iter(["A", "A", "B", "A", "B"] + ["B", "B", "A", "B", "B"] + ["what?"] * 10)
     client2 = _CannedClient(lambda payload: {"choices": [{"message": {"content": next(answers2)}}]})
-    grader2 = JudgeGrader("http://unused", "m", client=client2, progress=False, concurrency=1, samples=5, verdict_from="samples")
+    grader2 = JudgeGrader("http://unused", "m", client=client2, progress=False, concurrency=1, samples=5, verdict_from="samples",
+                          averaging="probability")
     assert grader2.compare(prompt, "x", "y") == pytest.approx((3 / 5 + 1 - 1 / 5) / 2)
     assert [p["seed"] for p in client2.payloads] == [0, 1, 2, 3, 4] * 2 and all(p["temperature"] == 1.0 for p in client2.payloads)
     assert grader2.compare(prompt, "x", "z") is None  # nothing readable: missing, not 0.5
@@ -235,6 +312,11 @@ def test_label_with_judge_over_http(always_a_judge, tmp_path, write_jsonl):
     served = always_a_judge.requests_served
     assert main(["label", "--data", str(data), "--out", str(out), "--judge-url", always_a_judge.url, "--judge-model", "judge"]) == 0
     assert always_a_judge.requests_served == served
+    # the other averaging is another grader: its grades are asked for, not read from the first one's cache
+    assert main(["label", "--data", str(data), "--out", str(out), "--judge-url", always_a_judge.url, "--judge-model", "judge",
+                 "--judge-averaging", "probability"]) == 0
+    assert always_a_judge.requests_served == served + 6
+    assert [json.loads(line)["p_chosen"] for line in out.read_text().splitlines()] == [pytest.approx(0.5)] * 3
 
 
 def _closed_port() -> int:

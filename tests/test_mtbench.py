@@ -189,11 +189,13 @@ def test_fill_template_leaves_braces_in_answers_alone():
     [
         ("Good answer. Rating: [[7]]", 7.0),
         ("Rating: [[8.5]]", 8.5),
-        ("[[ 9 ]]", 9.0),
-        ("Rating: [[6/10]]", 6.0),
+        ("[[ 9 ]]", None),  # FastChat's pattern has no blanks inside the brackets
+        ("Rating: [[6/10]]", None),  # nor a "/10"
+        ("7", None),  # nor a bare number
+        ("[[7]] then [[8]]", 7.0),  # the first rating counts
         ("Rating: [5]", 5.0),  # single-bracket fallback
         ("Step [1] is wrong. Rating: [[3]]", 3.0),  # double brackets win over single
-        ("As the format says, e.g. [[5]]... my verdict: [[2]]", 2.0),  # the last verdict counts
+        ("As the format says, e.g. [[5]]... my verdict: [[2]]", 5.0),
         ("Rating: [[10]]", 10.0),
         ("Rating: [[11]]", None),  # outside 1..10
         ("Rating: [[0]]", None),
@@ -203,6 +205,25 @@ def test_fill_template_leaves_braces_in_answers_alone():
 )
 def test_parse_rating(text, rating):
     assert parse_rating(text) == rating
+
+
+def test_judge_grader_rates_by_the_same_rule():
+    from mmpo.graders.judge import JudgeGrader
+
+    replies = {"a": "[[7]] then [[8]]", "b": "[[7/10]]", "c": "7"}
+
+    class Canned:
+        url = "canned"
+
+        def request(self, payload):
+            return {"choices": [{"message": {"content": replies[payload["messages"][-1]["content"].split("[Response]\n")[1][0]]}}]}
+
+    from mmpo.graders import ScoreItem
+
+    grader = JudgeGrader("http://unused", "m", client=Canned(), progress=False, concurrency=1)
+    prompt = [{"role": "user", "content": "q"}]
+    got = grader.score([ScoreItem(prompt, key) for key in replies])
+    assert got == [parse_rating(text) for text in replies.values()] == [7.0, None, None]
 
 
 # --- a local judge server whose answers the test controls -------------------------------------------------

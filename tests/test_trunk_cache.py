@@ -320,3 +320,19 @@ def test_under_bf16_autocast_the_cache_holds_the_autocast_states(tmp_path):
         plain_loss, _ = loss_and_grads(model, "policy", batch, None)
         cached_loss, _ = loss_and_grads(model, "policy", batch, cache)
     assert_close(cached_loss, plain_loss, rtol=1e-5)
+
+
+def test_cache_key_sees_revision_and_quantisation(tmp_path):
+    from mmpo.models.trunk_cache import build_trunk_cache, trunk_cache_key
+
+    model = tiny_model("llama", "policy")
+
+    def key(**overrides):
+        config = SimpleNamespace(**{"model": str(tmp_path), "trunk_cache": "auto", "revision": None, "load_in_4bit": False,
+                                    "load_in_8bit": False, "bnb_4bit_quant_type": "nf4", **overrides})
+        cache = build_trunk_cache(config, model, "policy", bf16=False)
+        return trunk_cache_key(cache.identity, "same tokens", cache.settings)
+
+    keys = [key(), key(revision="v1"), key(revision="v2"), key(load_in_4bit=True), key(load_in_4bit=True, bnb_4bit_quant_type="fp4"),
+            key(load_in_8bit=True)]
+    assert len(set(keys)) == len(keys) and key(revision="v1") == keys[1]

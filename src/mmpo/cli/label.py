@@ -4,7 +4,7 @@ Adds a margin to every row of a pair file, so data without one (binarized, hard-
 
 * ``--reward-model``: ``score_chosen`` / ``score_rejected`` (the rewards ``mmpo eval pairs --scores`` gives);
 * ``--judge-url`` + ``--judge-model``: ``p_chosen``, the judge's probability that chosen is better, asked in
-  both orders and averaged (:mod:`mmpo.graders.judge`);
+  both orders and averaged (``--judge-averaging``, :mod:`mmpo.graders.judge`);
 * ``--checker``: ``score_chosen`` / ``score_rejected`` from a checker (``graded-tasks`` or ``module:function``).
 
 Rows keep every field they had. Strength columns the input already had (``score_chosen``, ``score_rejected``,
@@ -38,6 +38,8 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge-model", help="model name at --judge-url")
     p.add_argument("--verdict-from", default="auto", choices=["auto", "logprobs", "samples"],
                    help="judge: verdict-token log-probabilities, repeated verdicts, or logprobs when the endpoint gives them (auto)")
+    p.add_argument("--judge-averaging", default="logit", choices=["logit", "probability"],
+                   help="judge: combine the two orders' P(A) in logit space (cancels a constant position bias; default) or in probability space")
     p.add_argument("--judge-samples", type=int, default=5, help="judge: verdicts per order when sampling (default 5)")
     p.add_argument("--judge-concurrency", type=int, default=4, help="judge: pairs in flight at once (default 4)")
     p.add_argument("--max-retries", type=int, default=4, help="judge: retries per request, with exponential backoff (default 4)")
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.judge_model:
             raise UserError("--judge-url needs --judge-model (the model name the endpoint serves)")
         grader = load_grader({"kind": "judge", "url": args.judge_url, "model": args.judge_model, "verdict_from": args.verdict_from,
-                              "samples": args.judge_samples, "concurrency": args.judge_concurrency,
+                              "averaging": args.judge_averaging, "samples": args.judge_samples, "concurrency": args.judge_concurrency,
                               "max_retries": args.max_retries, "batch_size": max(args.judge_concurrency, 1), **common})
     else:
         grader = load_grader({"kind": "checker", "checker": args.checker, **common})

@@ -16,8 +16,8 @@ Facts kept from FastChat's protocol (the code is our own):
   ``single-v1-multi-turn`` (the whole conversation, graded on the second answer). Math, reasoning and
   coding use the reference-guided ``single-math-v1`` / ``single-math-v1-multi-turn`` with the GPT-4
   reference answers. The judge is asked at temperature 0 with up to 2048 new tokens.
-* The score is parsed from ``[[rating]]`` (falling back to ``[rating]``); a turn without a rating is
-  missing. The reported score of a set of turns is the mean over its rated turns.
+* The score is the first ``[[rating]]`` (falling back to the first ``[rating]``), as FastChat reads it
+  (:func:`parse_rating`); a turn without a rating in 1..10 is missing. The reported score of a set of turns is the mean over its rated turns.
 """
 
 from __future__ import annotations
@@ -409,22 +409,23 @@ def build_judge_messages(
     return name, [{"role": "system", "content": prompt.system_prompt}, {"role": "user", "content": user}]
 
 
-# A number, optionally written "7/10": "[[7]]", "[[ 8.5 ]]", "[[7/10]]".
-_NUMBER = r"\s*(\d+(?:\.\d*)?)\s*(?:/\s*10\s*)?"
-_DOUBLE_BRACKET = re.compile(r"\[\[" + _NUMBER + r"\]\]")
-_SINGLE_BRACKET = re.compile(r"\[" + _NUMBER + r"\]")
+# FastChat's llm_judge rule (``one_score_pattern``, then ``one_score_pattern_backup`` in common.py).
+_ONE_SCORE = re.compile(r"\[\[(\d+\.?\d*)\]\]")
+_ONE_SCORE_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
 
 
 def parse_rating(text: str) -> float | None:
-    """The judge's rating: the last ``[[x]]`` in ``text``, else the last ``[x]``; None when there is none or
-    it lies outside 1..10. (The last, because the verdict closes the judgment; earlier brackets may quote.)"""
-    for pattern in (_DOUBLE_BRACKET, _SINGLE_BRACKET):
-        found = pattern.findall(text)
-        if found:
-            value = float(found[-1])
-            lo, hi = RATING_RANGE
-            return value if lo <= value <= hi else None
-    return None
+    """A judge's 1-10 rating by FastChat's rule: the number in the first ``[[x]]`` of ``text``, else in the
+    first ``[x]``, where x is written plainly (``7``, ``8.5``; not ``[[ 7 ]]`` nor ``[[7/10]]``); None when
+    there is none (FastChat's -1) or when it lies outside 1..10, the scale the judge was asked for.
+
+    The one rating rule of mmpo: MT-bench and the judge grader (:mod:`mmpo.graders.judge`) both use it."""
+    match = _ONE_SCORE.search(text) or _ONE_SCORE_BACKUP.search(text)
+    if match is None:
+        return None
+    value = float(match.group(1))
+    lo, hi = RATING_RANGE
+    return value if lo <= value <= hi else None
 
 
 # --- judging ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 
 * a mapping ``{"kind": "reward_model", "path": DIR, ...}``, ``{"kind": "judge", "url": URL, "model": NAME, ...}``
   or ``{"kind": "checker", "checker": "graded-tasks" | "module:function"}``; other keys go to the grader's
-  constructor (``cache_path``, ``batch_size``, ``progress``, ``samples``, ``verdict_from``, ...);
+  constructor (``cache_path``, ``batch_size``, ``progress``, ``samples``, ``verdict_from``, ``averaging``, ...);
 * a string ``reward_model:DIR``, ``judge:MODEL@URL``, ``checker:NAME``, or a bare existing directory
   (a reward model).
 

@@ -1,17 +1,24 @@
 """An LLM judge over any OpenAI-compatible ``/v1/chat/completions`` endpoint as a grader.
 
 ``compare(prompt, a, b)``: the judge sees the conversation and two responses labelled A and B and answers with
-one letter. It is asked twice, once with ``a`` as A and once with ``b`` as A, and the two answers are averaged to
-cancel position bias::
+one letter. It is asked twice, once with ``a`` as A and once with ``b`` as A, and the two answers are combined
+to cancel position bias (``averaging``):
 
-    P(a > b) = ( P_A(a, b) + 1 - P_A(b, a) ) / 2
+* ``"logit"`` (the default): ``P(a > b) = sigmoid((logit P_A(a, b) - logit P_A(b, a)) / 2)``, each ``P_A``
+  clipped to ``[LOGIT_CLIP, 1 - LOGIT_CLIP]`` first;
+* ``"probability"``: ``P(a > b) = (P_A(a, b) + 1 - P_A(b, a)) / 2``,
 
-where ``P_A(x, y)`` is the judge's probability of "A" when x is shown as A. ``P_A`` comes from
+where ``P_A(x, y)`` is the judge's probability of "A" when x is shown as A. A judge whose position bias adds a
+constant ``beta`` to the logit of "A" (``logit P_A(a, b) = t + beta``, ``logit P_A(b, a) = -t + beta``) gives
+exactly ``sigmoid(t)`` under logit averaging, while probability averaging pulls it toward 0.5 by an amount that
+grows with ``beta`` (``t = 1``, ``beta = 1``: 0.690 instead of 0.731). MMPO learns from how far a target lies
+from 0.5, so logit averaging is the default. Both give 0.5 for a judge that always says "A". ``P_A`` comes from
 
 * the verdict token's log-probabilities when the endpoint returns them (``logprobs`` / ``top_logprobs``):
   ``P_A = sum_{t ~ "A"} exp(lp_t) / (sum_{t ~ "A"} exp(lp_t) + sum_{t ~ "B"} exp(lp_t))`` over the top
-  alternatives at the first non-blank generated position (tokens compared after stripping blanks and
-  brackets), or
+  alternatives at the position where the verdict letter is generated (the "B" of "Response B", the "A" of
+  "[[A]]"; tokens compared after stripping blanks and brackets); when that position offers neither letter,
+  the verdict read from the text (1 or 0); else the order is missing; or
 * repeated verdicts otherwise: ``samples`` requests at ``sample_temperature`` with seeds 0..samples-1, and
   ``P_A`` = the share of parseable verdicts that say A (at least half of them must parse).
 
@@ -20,8 +27,8 @@ the run when the endpoint returns none. A request that fails after the client's 
 :mod:`mmpo.evaluation.judge_client`), or an answer with no readable verdict, makes that order missing, and a
 pair with a missing order is missing (``None``): never a default of 0.5. :attr:`JudgeGrader.stats` counts why.
 
-``score(items)`` asks for a 1-10 rating written as ``[[rating]]`` (temperature 0) and parses it; unparseable
-or failed -> None.
+``score(items)`` asks for a 1-10 rating written as ``[[rating]]`` (temperature 0) and reads it by MT-bench's
+rule (:func:`mmpo.evaluation.mtbench.parse_rating`, FastChat's); unparseable or failed -> None.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Any
 from mmpo.data.records import Message
 from mmpo.errors import UserError
 from mmpo.evaluation.judge_client import JudgeClient, JudgeRequestError, api_key_from_env
+from mmpo.evaluation.mtbench import parse_rating
 from mmpo.graders.base import Grader, PairItem, ScoreItem
 
 TEMPLATE_VERSION = "pairwise-v1"
@@ -50,8 +58,9 @@ SYSTEM_RATING = (
 )
 _VERDICT_START = re.compile(r"^[\s\W_]*(?:response\s+)?([AB])(?![A-Za-z])", re.IGNORECASE)
 _VERDICT_BRACKETS = re.compile(r"\[\[\s*([AB])\s*\]\]")
-_RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _BLANK = " \t\n\r[]()*\"'`.:"
+AVERAGING = ("logit", "probability")  # how the two orders are combined; the first is the default
+LOGIT_CLIP = 1e-4  # P("A") is clipped to [LOGIT_CLIP, 1 - LOGIT_CLIP] before logit averaging
 
 
 def render_conversation(prompt: list[Message]) -> str:
@@ -74,14 +83,12 @@ def rating_messages(prompt: list[Message], response: str) -> list[Message]:
     return [{"role": "system", "content": SYSTEM_RATING}, {"role": "user", "content": user}]
 
 
-def parse_verdict(text: str) -> str | None:
-    """``"A"``, ``"B"`` or None from a judge's answer: ``[[A]]`` anywhere (one kind only), or an answer that
-    starts with the letter (``A``, ``"B."``, ``Response A``, ``**B** is better``)."""
-    bracketed = set(_VERDICT_BRACKETS.findall(text))
-    if len(bracketed) == 1:
-        return bracketed.pop()
+def _locate_verdict(text: str) -> tuple[str, int] | None:
+    """The verdict letter of ``text`` and the character offset where it is written (rules: :func:`parse_verdict`)."""
+    bracketed = list(_VERDICT_BRACKETS.finditer(text))
     if bracketed:
-        return None
+        letters = {m.group(1) for m in bracketed}
+        return (bracketed[0].group(1), bracketed[0].start(1)) if len(letters) == 1 else None
     m = _VERDICT_START.match(text)
     if not m:
         return None
@@ -89,40 +96,61 @@ def parse_verdict(text: str) -> str | None:
     # A lower-case "a" opening a sentence is an article, not a verdict.
     if letter.islower() and text.strip(_BLANK) not in ("a", "b"):
         return None
-    return letter.upper()
+    return letter.upper(), m.start(1)
 
 
-def parse_rating(text: str) -> float | None:
-    """The number in ``[[n]]`` (1-10), or a reply that is just a number; None otherwise."""
-    found = _RATING.findall(text)
-    if len(set(found)) == 1:
-        value = float(found[0])
-    else:
-        bare = text.strip(_BLANK)
-        try:
-            value = float(bare)
-        except ValueError:
-            return None
-    return value if 1.0 <= value <= 10.0 else None
+def parse_verdict(text: str) -> str | None:
+    """``"A"``, ``"B"`` or None from a judge's answer: ``[[A]]`` anywhere (one kind only), or an answer that
+    starts with the letter (``A``, ``"B."``, ``Response A``, ``**B** is better``)."""
+    found = _locate_verdict(text)
+    return None if found is None else found[0]
 
 
 def verdict_probability_from_logprobs(content: list[dict[str, Any]]) -> float | None:
-    """P("A") among the A/B alternatives at the first non-blank generated position, from OpenAI's
-    ``choices[0].logprobs.content``; None when that position offers neither letter."""
-    for position in content:
-        token = str(position.get("token", ""))
-        if not token.strip(_BLANK):
-            continue
-        alternatives = position.get("top_logprobs") or [{"token": token, "logprob": position.get("logprob")}]
-        mass = {"A": 0.0, "B": 0.0}
-        for alt in alternatives:
-            letter = str(alt.get("token", "")).strip(_BLANK).upper()
-            lp = alt.get("logprob")
-            if letter in mass and isinstance(lp, (int, float)) and math.isfinite(lp):
-                mass[letter] += math.exp(lp)
-        total = mass["A"] + mass["B"]
-        return mass["A"] / total if total > 0 else None
-    return None
+    """P("A") among the A/B alternatives at the position where the verdict letter is generated, from OpenAI's
+    ``choices[0].logprobs.content``.
+
+    The answer is the generated tokens joined; its verdict letter is found as :func:`parse_verdict` finds it,
+    and the position is the token that writes that letter. ``P_A = m_A / (m_A + m_B)`` where ``m_X`` sums
+    ``exp(logprob)`` over the position's ``top_logprobs`` that read X after stripping blanks and brackets
+    (the generated token alone when there are none). None when the answer has no verdict or the position
+    offers neither letter."""
+    tokens = [str(position.get("token", "")) for position in content]
+    found = _locate_verdict("".join(tokens))
+    if found is None:
+        return None
+    offset, end = found[1], 0
+    for position, token in zip(content, tokens):
+        end += len(token)
+        if end > offset:
+            break
+    alternatives = position.get("top_logprobs") or [{"token": token, "logprob": position.get("logprob")}]
+    mass = {"A": 0.0, "B": 0.0}
+    for alt in alternatives:
+        letter = str(alt.get("token", "")).strip(_BLANK).upper()
+        lp = alt.get("logprob")
+        if letter in mass and isinstance(lp, (int, float)) and math.isfinite(lp):
+            mass[letter] += math.exp(lp)
+    total = mass["A"] + mass["B"]
+    return mass["A"] / total if total > 0 else None
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, LOGIT_CLIP), 1.0 - LOGIT_CLIP)
+    return math.log(p / (1.0 - p))
+
+
+def average_orders(p_first: float, p_second: float, averaging: str = "logit") -> float:
+    """P(a > b) from the judge's P("A") with a shown as A (``p_first``) and with b shown as A (``p_second``).
+
+    ``logit``: ``sigmoid((logit p_first - logit p_second) / 2)``, each clipped to
+    ``[LOGIT_CLIP, 1 - LOGIT_CLIP]`` (a sampled share of 0 or 1 has no finite logit);
+    ``probability``: ``(p_first + 1 - p_second) / 2``. See the module docstring for why logit is the default."""
+    if averaging == "probability":
+        return (p_first + 1.0 - p_second) / 2.0
+    if averaging == "logit":
+        return 1.0 / (1.0 + math.exp(-(_logit(p_first) - _logit(p_second)) / 2.0))
+    raise UserError(f"judge averaging must be one of {', '.join(AVERAGING)} (got {averaging!r})")
 
 
 class JudgeGrader(Grader):
@@ -137,6 +165,7 @@ class JudgeGrader(Grader):
         model: str,
         api_key: str | None = None,
         verdict_from: str = "auto",
+        averaging: str = AVERAGING[0],
         samples: int = 5,
         sample_temperature: float = 1.0,
         top_logprobs: int = 20,
@@ -149,11 +178,14 @@ class JudgeGrader(Grader):
         super().__init__(**kwargs)
         if verdict_from not in ("auto", "logprobs", "samples"):
             raise UserError(f"verdict_from must be auto, logprobs or samples (got {verdict_from!r})")
+        if averaging not in AVERAGING:
+            raise UserError(f"judge averaging must be one of {', '.join(AVERAGING)} (got {averaging!r})")
         if samples < 1:
             raise UserError(f"judge samples must be >= 1 (got {samples})")
         self.client = client or JudgeClient(url, model, api_key=api_key or api_key_from_env(), max_retries=max_retries, timeout=timeout)
         self.model = model
         self.verdict_from = verdict_from
+        self.averaging = averaging
         self.samples = samples
         self.sample_temperature = sample_temperature
         self.top_logprobs = top_logprobs
@@ -165,7 +197,7 @@ class JudgeGrader(Grader):
 
     @property
     def fingerprint(self) -> str:
-        return f"judge:{self.client.url}:{self.model}:{TEMPLATE_VERSION}:{self.verdict_from}:{self.samples}:{self.sample_temperature}"
+        return f"judge:{self.client.url}:{self.model}:{TEMPLATE_VERSION}:{self.verdict_from}:{self.samples}:{self.sample_temperature}:{self.averaging}"
 
     def _missing(self, what: str, reason: str) -> None:
         with self._lock:
@@ -244,7 +276,7 @@ class JudgeGrader(Grader):
             with self._lock:
                 self.stats["pairs_missing"] += 1
             return None
-        return (forward + 1.0 - backward) / 2.0
+        return average_orders(forward, backward, self.averaging)
 
     def _compare_uncached(self, pairs: list[PairItem]) -> list[float | None]:
         if self.concurrency == 1 or len(pairs) == 1:

@@ -86,10 +86,11 @@ def looks_like_path(name: str) -> bool:
     return "/" in name and Path(name.split("/", 1)[0]).expanduser().is_dir()
 
 
-def resolve_model_path(name_or_path: str) -> str:
+def resolve_model_path(name_or_path: str, revision: str | None = None) -> str:
     """``embedded`` (or an alias) becomes the cached checkpoint; an existing local path is used as is; a
     path-like name that does not exist is an error at once; anything else is a Hub id, settled by
-    :func:`mmpo.models.hub.resolve_hub_model` (cached snapshot, or a quick check that the Hub has it)."""
+    :func:`mmpo.models.hub.resolve_hub_model` for ``revision`` (that revision's cached snapshot, or a quick
+    check that the Hub has it)."""
     if name_or_path in EMBEDDED_NAMES:
         return str(embedded_model_path())
     p = Path(name_or_path).expanduser()
@@ -99,4 +100,4 @@ def resolve_model_path(name_or_path: str) -> str:
         raise UserError(f"model path does not exist: {name_or_path}")
     from mmpo.models.hub import resolve_hub_model
 
-    return resolve_hub_model(name_or_path)
+    return resolve_hub_model(name_or_path, revision)

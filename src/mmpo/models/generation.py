@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mmpo.data.records import Message
-
-GREEDY_BELOW = 1e-5  # a temperature below this means greedy decoding
+from mmpo.serving.chat_model import GREEDY_BELOW
 
 
 def generate_batch(

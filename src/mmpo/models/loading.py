@@ -12,7 +12,7 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
     """The model's tokenizer with a pad token (falls back to EOS) and right padding for training."""
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(name_or_path)
+    path = resolve_model_path(name_or_path, revision)
     extra: dict[str, Any] = {"revision": revision} if revision else {}
     if trust_remote_code:
         extra["trust_remote_code"] = True
@@ -94,6 +94,16 @@ def model_load_kwargs(config: Any, default_dtype: Any) -> dict[str, Any]:
     if four or eight:
         kwargs.update(_quantized_loading(config, four))
     return kwargs
+
+
+def quantization_setting(config: Any) -> str | None:
+    """How the run config's ``load_in_4bit`` / ``load_in_8bit`` quantise the base: ``"4bit-<bnb_4bit_quant_type>"``,
+    ``"8bit"`` or None (full precision); part of the cache keys of states computed from the model."""
+    if getattr(config, "load_in_4bit", False):
+        return f"4bit-{getattr(config, 'bnb_4bit_quant_type', 'nf4')}"
+    if getattr(config, "load_in_8bit", False):
+        return "8bit"
+    return None
 
 
 def _quantized_loading(config: Any, four_bit: bool) -> dict[str, Any]:

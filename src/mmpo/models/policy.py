@@ -29,7 +29,7 @@ def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32, **load
     ``load_kwargs`` go to ``from_pretrained`` (see :func:`mmpo.models.loading.model_load_kwargs`)."""
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model_path(name_or_path)
+    path = resolve_model_path(name_or_path, load_kwargs.get("revision"))
     load_kwargs.setdefault("dtype", dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)

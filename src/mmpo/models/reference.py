@@ -11,7 +11,8 @@ Modes (``reference:`` in a `mmpo dpo` recipe):
 * ``auto``         ``none`` for reference-free losses, else ``adapter`` with LoRA, else ``precomputed``.
 
 The precomputed cache lives in ``cache_dir()/reference_logps/<key>``. The key hashes (1) the reference model's
-identity (resolved path, config.json contents, and name/size/mtime of every weight file), (2) the token ids of
+identity (resolved path, Hub revision, quantisation, config.json contents, and name/size/mtime of every
+weight file), (2) the token ids of
 every pair in order, and (3) the settings that change the numbers (tokenization limits, dtype). An entry is
 written atomically with its key and pair count in ``meta.json``; an entry whose meta, key, count or values do
 not check out is rebuilt, never trusted.
@@ -60,15 +61,17 @@ def resolve_reference_mode(loss: str, reference: str, lora_r: int) -> str:
 
 # --- cache keys ----------------------------------------------------------------------------------------
 
-def model_identity(path: str) -> dict[str, Any]:
-    """What identifies a model's weights without reading them: path, config.json digest, weight files' size/mtime.
+def model_identity(path: str, revision: str | None = None, quantization: str | None = None) -> dict[str, Any]:
+    """What identifies a model's weights as loaded, without reading them: path, Hub ``revision``, ``quantization``
+    (:func:`mmpo.models.loading.quantization_setting`), config.json digest, weight files' size/mtime.
 
-    A hub id that is not on disk is identified by its name only (its files are not ours to stat).
+    A hub id that is not on disk is identified by its name and revision only (its files are not ours to stat).
     """
     p = Path(path)
+    loaded_as = {"revision": revision, "quantization": quantization}
     if not p.is_dir():
-        return {"path": str(path)}
-    identity: dict[str, Any] = {"path": str(p.resolve())}
+        return {"path": str(path), **loaded_as}
+    identity: dict[str, Any] = {"path": str(p.resolve()), **loaded_as}
     config = p / "config.json"
     if config.exists():
         identity["config_sha256"] = hashlib.sha256(config.read_bytes()).hexdigest()

@@ -77,7 +77,7 @@ def load_reward_model(name_or_path: str, tokenizer: Any, dtype: torch.dtype | No
     """
     from transformers import AutoModelForSequenceClassification
 
-    path = resolve_model_path(name_or_path)
+    path = resolve_model_path(name_or_path, load_kwargs.get("revision"))
     kwargs: dict[str, Any] = {"num_labels": 1, **load_kwargs}
     if dtype is not None:
         kwargs.setdefault("dtype", dtype)

@@ -18,9 +18,10 @@ the cache is computed from the batch it arrives in by the plain path's own forwa
 Under autocast the trunk is computed under the same autocast as training, and its output dtype is kept.
 
 Memory: ``hidden x tokens x bytes`` per sequence (SmolLM2-135M, float32: 576 x 4 = 2.3 kB a token), held in
-memory for the run and on disk in ``cache_dir()/trunk_states/<key>``; the key hashes the model's identity,
-every sequence's token ids, the trunk depth, dtype, autocast, attention implementation and library versions.
-An entry is written atomically and rebuilt when its meta, key, shapes or values do not check out.
+memory for the run and on disk in ``cache_dir()/trunk_states/<key>``; the key hashes the model's identity
+(:func:`mmpo.models.reference.model_identity`: path, Hub revision, quantisation, files), every sequence's
+token ids, the trunk depth, dtype, autocast, attention implementation and library versions. An entry is
+written atomically and rebuilt when its meta, key, shapes or values do not check out.
 
 Turned off (``trunk_cache: auto`` says so in one line; ``true`` makes it an error): no frozen block at the
 bottom (full fine-tuning, adapters on every block), dropout in the trunk, an architecture not listed in
@@ -369,6 +370,7 @@ def build_trunk_cache(config: Any, model: torch.nn.Module, kind: str, bf16: bool
     """
     from mmpo.distributed import process_state
     from mmpo.models.embedded import resolve_model_path
+    from mmpo.models.loading import quantization_setting
     from mmpo.models.reference import model_identity
 
     depth = resolve_trunk_cache(
@@ -389,4 +391,6 @@ def build_trunk_cache(config: Any, model: torch.nn.Module, kind: str, bf16: bool
     }
     n_blocks = len(decoder_layers(model))
     _notice(f"on: blocks 0..{depth - 1} of {n_blocks} are frozen; their output is computed once per sequence")
-    return TrunkCache(depth, model_identity(resolve_model_path(config.model)), settings)
+    revision = getattr(config, "revision", None)
+    identity = model_identity(resolve_model_path(config.model, revision), revision, quantization_setting(config))
+    return TrunkCache(depth, identity, settings)

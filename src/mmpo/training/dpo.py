@@ -59,6 +59,7 @@ from mmpo.models.loading import (
     lora_config,
     model_load_kwargs,
     prepare_quantized_for_lora,
+    quantization_setting,
     trainable_summary,
 )
 from mmpo.models.logps import response_logps, shared_response_logps
@@ -298,11 +299,18 @@ def _reference_load_kwargs(config: DPOConfig, dtype: Any) -> dict[str, Any]:
     return kwargs
 
 
+def reference_identity(config: DPOConfig) -> dict[str, Any]:
+    """The reference model's identity for the precomputed cache's key: ``ref_model`` as loaded (no revision), or
+    the policy's starting model at ``revision``; both with the run's quantisation."""
+    revision = None if config.ref_model else config.revision
+    name = config.ref_model or config.model
+    return model_identity(resolve_model_path(name, revision), revision, quantization_setting(config))
+
+
 def _precompute(config: DPOConfig, model: torch.nn.Module, dtype: torch.dtype, bf16: bool, features: dict[str, list], pad_token_id: int) -> tuple[dict[str, list], dict[str, dict[str, Any]]]:
     from mmpo.distributed import process_state
 
-    ref_name = config.ref_model or config.model
-    identity = model_identity(resolve_model_path(ref_name))
+    identity = reference_identity(config)
     settings = {
         "max_length": config.max_length,
         "max_prompt_length": config.prompt_budget,
