@@ -197,7 +197,7 @@ def always_a_judge(tmp_path_factory, tiny_model_dir, tiny_tokenizer):
     path = tmp_path_factory.mktemp("always-a")
     model.save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
-    server = make_server(ChatModel.load(str(path), device="cpu"), "127.0.0.1", 0, quiet=True)
+    server = make_server(ChatModel.load(str(path), device="cpu"), "127.0.0.1", 0, quiet=True, name="judge")
     thread = _serve(server)
     yield server
     _stop(server, thread)
