@@ -312,7 +312,7 @@ def test_client_gives_up_after_max_retries_and_does_not_retry_client_errors():
             JudgeClient(judge.url, "j", sleep=sleep).complete([{"role": "user", "content": "x"}])
 
 
-def test_client_retries_connection_refused():
+def test_client_fails_at_once_when_the_connection_is_refused():
     import socket
 
     with socket.socket() as s:  # a port nobody listens on
@@ -320,9 +320,10 @@ def test_client_retries_connection_refused():
         port = s.getsockname()[1]
     waited, sleep = _sleeps()
     client = JudgeClient(f"http://127.0.0.1:{port}", "j", max_retries=2, backoff_base=0.01, sleep=sleep, timeout=5)
-    with pytest.raises(JudgeRequestError, match="URLError"):
+    with pytest.raises(JudgeConfigError, match=f"http://127.0.0.1:{port}/v1/chat/completions refused the connection") as e:
         client.complete([{"role": "user", "content": "x"}])
-    assert client.requests_sent == 3 and waited == [0.01, 0.02]
+    assert "\n" not in str(e.value)
+    assert client.requests_sent == 1 and waited == []  # no retries: nothing listens there
 
 
 def test_chat_completions_url_forms():
