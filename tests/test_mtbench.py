@@ -123,6 +123,16 @@ def test_generate_protocol_temperatures_and_resume(tmp_path):
     assert load_answers(out)[4].turns == ["answer to h1", "answer to h2"]
 
 
+def test_generate_says_the_budget_and_shows_each_answer_and_turn(tmp_path, capsys):
+    questions = [Question(7, "writing", ["w1", "w2"]), Question(9, "math", ["m1", "m2"])]
+    generate_answers(lambda m, t, n, s: "ok", questions, tmp_path / "a.jsonl", "m", max_new_tokens=50, progress=True)
+    err = capsys.readouterr().err
+    assert "2 questions to answer (4 turns), up to 50 new tokens a turn: up to 200 tokens in all" in err
+    for where in ("answer 1/2 (question 7), turn 1/2", "answer 1/2 (question 7), turn 2/2",
+                  "answer 2/2 (question 9), turn 1/2", "answer 2/2 (question 9), turn 2/2"):
+        assert where in err
+
+
 def test_generate_resumes_after_a_line_cut_short(tmp_path):
     out = tmp_path / "answers.jsonl"
     done = {"question_id": 1, "model_id": "m", "choices": [{"index": 0, "turns": ["a", "b"]}]}
