@@ -217,11 +217,14 @@ def read_hub(hub_id: str, split: str, config_name: str | None = None, files: str
     try:
         dataset = _load_dataset(hub_id, split, config_name, files, offline=offline or unreachable is not None)
     except Exception as e:  # unknown id, gated, bad split, not cached: all mean "use a local copy"
-        if offline:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        # datasets says "Couldn't reach ... (OfflineModeIsEnabled)", a ConnectionError, when the cache lacks it.
+        not_cached = isinstance(e, ConnectionError)
+        if offline and not_cached:
             raise failure("not in the Hugging Face cache, and HF_HUB_OFFLINE is set") from None
-        if unreachable is not None:
+        if unreachable is not None and not_cached:
             raise failure(f"the Hub is unreachable ({unreachable}) and the data set is not in the Hugging Face cache") from None
-        raise failure((str(e).strip().splitlines() or [type(e).__name__])[0]) from None
+        raise failure(reason) from None
     return _arrow_rows(dataset, f"{hub_id}[{split}]")
 
 

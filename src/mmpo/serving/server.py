@@ -35,8 +35,9 @@ Reward model endpoints (``mmpo serve --model RM_DIR``); rewards are read exactly
 
 Both: the ``model`` field of a POST body must be the served name (``--served-model-name``, else the folder
 name; for a LoRA adapter also the adapter folder's name) or absent; any other name is a 404 with code
-``model_not_found``, as OpenAI and vLLM answer. ``GET /v1/models`` (the one model), ``GET /health`` (``{"status": "ok", "model", "kind"}`` once loaded;
-the server listens only after that).
+``model_not_found``, as OpenAI and vLLM answer. ``GET /v1/models`` (the one model), ``GET /health``
+(``{"status": "ok", "model", "kind"}`` once loaded; the server listens only after that). On shutdown
+``mmpo serve`` prints how many requests it answered, and how many of them were errors.
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad request,
 401 for a wrong API key (when the server was started with one), 404 for an unknown path, 413 for a body
