@@ -139,3 +139,27 @@ def test_compare_refuses_keys_it_sets(tiny_model_dir, pair_file, tmp_path, capsy
     code = main(["compare", "--losses", "mmpo,bt", "--out", str(tmp_path / "x"), "--model", str(tiny_model_dir),
                  "--data", str(pair_file(8)), "--seed", "3"])
     assert code == 2 and "--seed is set by mmpo compare" in capsys.readouterr().err
+
+
+def _two_loss_values(seeds):
+    acc = {"mmpo": [0.70, 0.20, 0.9], "bt": [0.69, 0.70, 0.7]}
+    return {loss: {s: {"accuracy": acc[loss][s]} for s in seeds} for loss in acc}
+
+
+def test_two_seeds_warn_and_keep_the_interval_as_computed():
+    c = compare_values(_two_loss_values([0, 1]), ["mmpo", "bt"], [0, 1], metrics=("accuracy",))
+    iv = c["metrics"]["accuracy"]["intervals"]["mmpo"]
+    half = 12.706 * np.std([0.70, 0.20], ddof=1) / math.sqrt(2)
+    assert iv["low"] == pytest.approx(0.45 - half) and iv["low"] < 0 and iv["high"] > 1  # not clipped to [0, 1]
+    assert "2 seeds" in c["warning"] and "3 or more seeds" in c["warning"]
+    table = render_table(c)
+    assert c["warning"] in table and "t-interval" in table
+
+
+def test_one_seed_says_no_interval_and_three_seeds_do_not_warn():
+    c = compare_values(_two_loss_values([0]), ["mmpo", "bt"], [0], metrics=("accuracy",))
+    assert c["interval"].startswith("no interval") and "one seed" in c["warning"]
+    table = render_table(c)
+    assert "no interval" in table and "t-interval" not in table and "+-" not in table
+    three = compare_values(_two_loss_values([0, 1, 2]), ["mmpo", "bt"], [0, 1, 2], metrics=("accuracy",))
+    assert "warning" not in three and "warning" not in render_table(three)

@@ -406,3 +406,43 @@ def test_report_render_lists_truncation_and_pairs_without_margin():
     text = report.render()
     assert "prompt truncated: 2" in text and "response truncated" not in text
     assert "no margin (judged p or hard label): 1" in text and "kept 3" in text
+
+
+def test_hub_data_set_with_hf_hub_offline_fails_at_once_in_one_line(monkeypatch):
+    from mmpo.data.hub import read_hub
+
+    def asked(*args, **kwargs):
+        raise AssertionError("HF_HUB_OFFLINE is set: the Hub must not be asked")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.HfApi.dataset_info", asked)
+    with pytest.raises(UserError) as e:
+        list(read_hub("nosuch-org/nosuch-data", "train"))
+    message = str(e.value)
+    assert "\n" not in message and "nosuch-org/nosuch-data" in message
+    assert "not in the Hugging Face cache, and HF_HUB_OFFLINE is set" in message and "path: /path/to/copy" in message
+
+
+def test_unreachable_hub_is_asked_once_then_only_the_cache_is_read(monkeypatch):
+    import datasets
+
+    from mmpo.data.hub import read_hub
+
+    lookups, offline_during_load = [], []
+
+    def unreachable(self, repo_id, **kwargs):
+        lookups.append(kwargs.get("timeout"))
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    def load_dataset(*args, **kwargs):
+        offline_during_load.append(datasets.config.HF_HUB_OFFLINE)
+        raise ConnectionError("not cached")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.HfApi.dataset_info", unreachable)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    with pytest.raises(UserError, match=r"the Hub is unreachable \(\[Errno -2\] Name or service not known\) and the data set is not in the Hugging Face cache"):
+        list(read_hub("org/data", "train"))
+    assert len(lookups) == 1 and lookups[0] is not None  # one lookup, with a timeout
+    assert offline_during_load == [True] and datasets.config.HF_HUB_OFFLINE is False  # cache only, then restored

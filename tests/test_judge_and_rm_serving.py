@@ -9,6 +9,7 @@ import socket
 import threading
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -274,7 +275,7 @@ def always_a_judge(tmp_path_factory, tiny_model_dir, tiny_tokenizer):
     path = tmp_path_factory.mktemp("always-a")
     model.save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
-    server = make_server(ChatModel.load(str(path), device="cpu"), "127.0.0.1", 0, quiet=True)
+    server = make_server(ChatModel.load(str(path), device="cpu"), "127.0.0.1", 0, quiet=True, name="judge")
     thread = _serve(server)
     yield server
     _stop(server, thread)
@@ -325,21 +326,51 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+class _Always503(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        payload = json.dumps({"error": {"message": "overloaded"}}).encode()
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
 def test_failing_endpoint_is_missing_after_retries(tmp_path, write_jsonl):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Always503)
+    thread = _serve(server)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        sleeps = []
+        client = JudgeClient(url, "m", max_retries=2, sleep=sleeps.append)
+        grader = JudgeGrader(url, "m", client=client, progress=False, concurrency=1)
+        assert grader.compare([{"role": "user", "content": "q"}], "a", "b") is None
+        assert client.requests_sent == 3 and sleeps == [1.0, 2.0]  # retried with backoff, then missing
+        assert grader.stats["requests_failed"] == 1 and grader.stats["pairs_missing"] == 1
+        # the CLI reports the rows it could not label instead of dropping them or inventing a probability
+        data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "r", "chosen": "c", "rejected": "d"}])
+        out = tmp_path / "o.jsonl"
+        assert main(["label", "--data", str(data), "--out", str(out), "--judge-url", url, "--judge-model", "m", "--max-retries", "0"]) == 1
+        assert out.read_text() == ""
+        missing = [json.loads(line) for line in (tmp_path / "o.unlabeled.jsonl").read_text().splitlines()]
+        assert [m["prompt"] for m in missing] == ["q", "r"] and all("judge" in m["label_error"] for m in missing)
+    finally:
+        _stop(server, thread)
+
+
+def test_label_at_a_closed_port_stops_at_once_naming_the_url(tmp_path, write_jsonl, capsys):
     url = f"http://127.0.0.1:{_closed_port()}/v1"
-    sleeps = []
-    client = JudgeClient(url, "m", max_retries=2, sleep=sleeps.append)
-    grader = JudgeGrader(url, "m", client=client, progress=False, concurrency=1)
-    assert grader.compare([{"role": "user", "content": "q"}], "a", "b") is None
-    assert client.requests_sent == 3 and sleeps == [1.0, 2.0]  # retried with backoff, then missing
-    assert grader.stats["requests_failed"] == 1 and grader.stats["pairs_missing"] == 1
-    # the CLI reports the rows it could not label instead of dropping them or inventing a probability
-    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "r", "chosen": "c", "rejected": "d"}])
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(6)])
     out = tmp_path / "o.jsonl"
-    assert main(["label", "--data", str(data), "--out", str(out), "--judge-url", url, "--judge-model", "m", "--max-retries", "0"]) == 1
-    assert out.read_text() == ""
-    missing = [json.loads(line) for line in (tmp_path / "o.unlabeled.jsonl").read_text().splitlines()]
-    assert [m["prompt"] for m in missing] == ["q", "r"] and all("judge" in m["label_error"] for m in missing)
+    code = main(["label", "--data", str(data), "--out", str(out), "--judge-url", url, "--judge-model", "m"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert f"{url}/chat/completions refused the connection" in err[0]
+    assert not out.exists()  # no empty output file
 
 
 def test_mmpo_serve_command_detects_a_reward_model(rm_dir, tmp_path):

@@ -123,6 +123,16 @@ def test_generate_protocol_temperatures_and_resume(tmp_path):
     assert load_answers(out)[4].turns == ["answer to h1", "answer to h2"]
 
 
+def test_generate_says_the_budget_and_shows_each_answer_and_turn(tmp_path, capsys):
+    questions = [Question(7, "writing", ["w1", "w2"]), Question(9, "math", ["m1", "m2"])]
+    generate_answers(lambda m, t, n, s: "ok", questions, tmp_path / "a.jsonl", "m", max_new_tokens=50, progress=True)
+    err = capsys.readouterr().err
+    assert "2 questions to answer (4 turns), up to 50 new tokens a turn: up to 200 tokens in all" in err
+    for where in ("answer 1/2 (question 7), turn 1/2", "answer 1/2 (question 7), turn 2/2",
+                  "answer 2/2 (question 9), turn 1/2", "answer 2/2 (question 9), turn 2/2"):
+        assert where in err
+
+
 def test_generate_resumes_after_a_line_cut_short(tmp_path):
     out = tmp_path / "answers.jsonl"
     done = {"question_id": 1, "model_id": "m", "choices": [{"index": 0, "turns": ["a", "b"]}]}
@@ -333,7 +343,7 @@ def test_client_gives_up_after_max_retries_and_does_not_retry_client_errors():
             JudgeClient(judge.url, "j", sleep=sleep).complete([{"role": "user", "content": "x"}])
 
 
-def test_client_retries_connection_refused():
+def test_client_fails_at_once_when_the_connection_is_refused():
     import socket
 
     with socket.socket() as s:  # a port nobody listens on
@@ -341,9 +351,10 @@ def test_client_retries_connection_refused():
         port = s.getsockname()[1]
     waited, sleep = _sleeps()
     client = JudgeClient(f"http://127.0.0.1:{port}", "j", max_retries=2, backoff_base=0.01, sleep=sleep, timeout=5)
-    with pytest.raises(JudgeRequestError, match="URLError"):
+    with pytest.raises(JudgeConfigError, match=f"http://127.0.0.1:{port}/v1/chat/completions refused the connection") as e:
         client.complete([{"role": "user", "content": "x"}])
-    assert client.requests_sent == 3 and waited == [0.01, 0.02]
+    assert "\n" not in str(e.value)
+    assert client.requests_sent == 1 and waited == []  # no retries: nothing listens there
 
 
 def test_chat_completions_url_forms():

@@ -76,3 +76,24 @@ def test_cli_report_says_where_it_wrote(tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith(f"wrote the report to {(tmp_path / 'rep').resolve()}: ")
     assert "report.md" in last and "summary.json" in last and "curves.png" in last
+
+
+def test_one_point_series_get_markers_and_zero_bars_a_label(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mmpo.reports.compare import bar_text, plot_loss_curves
+
+    run = tmp_path / "one"
+    _write_run(run, [-1.0, -2.0], [1.0, 1.0], 1.0)  # both pairs ranked wrong: accuracy 0.0
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 5, "loss": 0.6}) + "\n" + json.dumps({"step": 5, "eval_loss": 0.7}) + "\n")
+    fig, ax = plt.subplots()
+    plot_loss_curves(ax, [read_run(run)])
+    lines = [line for line in ax.get_lines() if len(line.get_xdata()) == 1]
+    plt.close(fig)
+    assert len(lines) == 2 and all(line.get_marker() not in (None, "None", "", " ") for line in lines)
+    assert bar_text(0.0) == "0.00" and bar_text(float("nan")) == "no pairs"
+    summary = write_report([run], tmp_path / "report")
+    assert summary["accuracy_by_margin"][read_run(run).name] == [(2, 0.0)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import http.server
 import json
 import math
@@ -194,17 +195,19 @@ def test_download_builds_the_records_from_annotation_files(isolated, monkeypatch
         "model-b": [annotation("second?", "B2", "model-b", 1.0000004), annotation("first?", "B1", "model-b", 1.9),
                     annotation("third?", "B3", "model-b", None)],
     }
+    pinned = {}
     for model, records in files.items():
         target = root / model / alpaca_graded.ANNOTATOR / "annotations.json"
         target.parent.mkdir(parents=True)
         target.write_text(json.dumps(records))
+        pinned[model] = (hashlib.sha256(target.read_bytes()).hexdigest(), target.stat().st_size)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     handler.log_message = lambda *a, **k: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        monkeypatch.setattr(alpaca_graded, "MODELS", ("model-a", "model-b"))
+        monkeypatch.setattr(alpaca_graded, "SOURCE_FILES", pinned)
         monkeypatch.setattr(alpaca_graded, "N_INSTRUCTIONS", 2)
         monkeypatch.setenv(alpaca_graded.URL_ENV, f"http://127.0.0.1:{server.server_address[1]}")
         pairs, report = load_pairs("alpaca_graded")
@@ -221,6 +224,29 @@ def test_download_builds_the_records_from_annotation_files(isolated, monkeypatch
     assert not list(alpaca_graded.cached_file().parent.glob(".*"))  # no temporary file left behind
     # the next load reads the cache (the server is gone)
     assert load_pairs("alpaca_graded")[1].read == 2
+
+
+def test_a_file_that_differs_from_the_pinned_checksum_is_one_line_naming_it(isolated, monkeypatch):
+    root = isolated / "mirror"
+    target = root / "model-a" / alpaca_graded.ANNOTATOR / "annotations.json"
+    target.parent.mkdir(parents=True)
+    target.write_text(json.dumps([annotation("first?", "A1", "model-a", 1.25)]))
+    size = target.stat().st_size
+    monkeypatch.setattr(alpaca_graded, "SOURCE_FILES", {"model-a": ("0" * 64, size)})  # right size, other content
+    monkeypatch.setenv(alpaca_graded.URL_ENV, root.as_uri())  # a local copy of results/, as file://
+    with pytest.raises(UserError) as e:
+        load_pairs("alpaca_graded")
+    message = str(e.value)
+    assert "\n" not in message and f"{root.as_uri()}/model-a/{alpaca_graded.ANNOTATOR}/annotations.json" in message
+    assert "not the pinned file" in message and "0" * 64 in message
+    assert not alpaca_graded.cached_file().exists()
+
+
+def test_the_pinned_source_is_a_full_commit_and_the_default_url_uses_it():
+    assert len(alpaca_graded.COMMIT) == 40 and int(alpaca_graded.COMMIT, 16) >= 0
+    assert f"/{alpaca_graded.COMMIT}/" in alpaca_graded.DEFAULT_BASE_URL
+    assert len(alpaca_graded.SOURCE_FILES) == 18
+    assert all(len(sha) == 64 and size > 0 for sha, size in alpaca_graded.SOURCE_FILES.values())
 
 
 def test_nothing_reachable_is_one_line(isolated, monkeypatch):

@@ -48,7 +48,7 @@ def _call(url: str, body: dict | None = None, key: str | None = "sekret", raw: b
 
 def test_chat_completion_shape_usage_and_greedy_determinism(tiny_server):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour {not a placeholder}."}]
-    body = {"model": "anything", "messages": messages, "temperature": 0, "max_tokens": 7}
+    body = {"model": tiny_server.model_name, "messages": messages, "temperature": 0, "max_tokens": 7}
     status, first = _call(tiny_server.url + "/chat/completions", body)
     assert status == 200
     assert first["object"] == "chat.completion" and first["model"] == tiny_server.chat_model.name
@@ -95,6 +95,62 @@ def test_bad_requests_get_openai_style_errors(tiny_server, body, status, param):
     got, payload = _call(tiny_server.url + "/chat/completions", body)
     assert got == status
     assert payload["error"]["param"] == param and payload["error"]["message"]
+
+
+def test_unknown_model_name_is_a_404_and_the_served_name_or_an_alias_is_answered(tiny_model_dir):
+    chat = ChatModel.load(str(tiny_model_dir), device="cpu")
+    server = make_server(chat, "127.0.0.1", 0, quiet=True, name="served", aliases=("my-adapter",))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+        status, payload = _call(server.url + "/chat/completions", {**body, "model": "gpt-4o"}, key=None)
+        assert status == 404
+        assert payload["error"]["code"] == "model_not_found" and payload["error"]["param"] == "model"
+        assert "'gpt-4o'" in payload["error"]["message"] and "'served'" in payload["error"]["message"]
+        for name in ("served", "my-adapter"):
+            status, payload = _call(server.url + "/chat/completions", {**body, "model": name}, key=None)
+            assert status == 200 and payload["model"] == "served"
+        assert _call(server.url + "/chat/completions", body, key=None)[0] == 200  # no model field: the one served
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_n_above_one_is_refused_and_says_one_choice_per_request(tiny_server):
+    body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+    status, payload = _call(tiny_server.url + "/chat/completions", {**body, "n": 3})
+    assert status == 400 and payload["error"]["param"] == "n"
+    assert "one choice per request" in payload["error"]["message"] and "3 times" in payload["error"]["message"]
+    status, payload = _call(tiny_server.url + "/chat/completions", {**body, "n": 1})
+    assert status == 200 and len(payload["choices"]) == 1
+
+
+def test_request_count_includes_every_answered_request(tiny_model_dir):
+    chat = ChatModel.load(str(tiny_model_dir), device="cpu")
+    server = make_server(chat, "127.0.0.1", 0, api_key="sekret", quiet=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        base = server.url.rsplit("/v1", 1)[0]
+        ok_body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+        statuses = [
+            _call(base + "/health", key=None)[0],
+            _call(server.url + "/models")[0],
+            _call(server.url + "/chat/completions", ok_body)[0],
+            _call(server.url + "/chat/completions", ok_body)[0],
+            _call(server.url + "/chat/completions", {"messages": []})[0],
+            _call(server.url + "/chat/completions", ok_body, key="wrong")[0],
+            _call(server.url + "/nowhere", ok_body)[0],
+        ]
+        assert statuses == [200, 200, 200, 200, 400, 401, 404]
+        assert server.requests_served == 7 and server.requests_failed == 3
+        assert server.request_summary() == "7 requests (4 ok, 3 errors)"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def test_auth_unknown_path_and_bad_json(tiny_server):
@@ -230,7 +286,7 @@ def test_generation_stops_when_the_client_disconnects(tiny_server):
 
 
 def test_judge_client_talks_to_the_server(tiny_server):
-    client = JudgeClient(tiny_server.url, "tiny", api_key="sekret", max_retries=0)
+    client = JudgeClient(tiny_server.url, tiny_server.model_name, api_key="sekret", max_retries=0)
     text = client.complete([{"role": "user", "content": "Rate this."}], max_tokens=4)
     assert isinstance(text, str) and client.requests_sent == 1
 

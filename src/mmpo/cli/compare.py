@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 ACCEPTS_OVERRIDES = {"compare": True}
 
@@ -25,11 +26,15 @@ def run(args: argparse.Namespace) -> int:
     from mmpo.cli.train import split_recipe
     from mmpo.config import parse_overrides
     from mmpo.reports.comparison import parse_list, render_table, run_compare
+    from mmpo.reports.intervals import few_seeds_warning
 
     recipe, tokens = split_recipe(args.extra)
     losses = parse_list(args.losses, "losses")
     seeds = parse_list(args.seeds, "seeds", int)
     kind = args.kind or ("online" if recipe is not None and recipe_is_online(recipe) else None)
+    warning = few_seeds_warning(len(seeds))
+    if warning:  # said before the training too, not only under the table at the end
+        print(warning, file=sys.stderr, flush=True)
     comparison = run_compare(kind, recipe, losses, seeds, parse_overrides(tokens), args.out)
     print("\n" + render_table(comparison))
     print(f"\nwritten: {args.out}/comparison.json, comparison.md, " + ", ".join(comparison["plots"].values()))

@@ -119,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _plot(bins: list[dict[str, float]], gamma: float, path: Path, margin_name: str, outcome_col: str) -> None:
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,10 +132,11 @@ def _plot(bins: list[dict[str, float]], gamma: float, path: Path, margin_name: s
     ys = [b["mean_outcome"] for b in bins]
     sizes = [20 + 180 * b["n"] / max(x["n"] for x in bins) for b in bins]
     ax.plot(xs, ys, color="C0", linewidth=1)
-    ax.scatter(xs, ys, s=sizes, color="C0", label=f"gamma = {gamma:.3g} (marker area ~ pairs)")
+    ax.scatter(xs, ys, s=sizes, color="C0", label=f"gamma = {gamma:.3g} (marker area ~ pairs)", clip_on=False, zorder=3)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel(f"predicted sigmoid(gamma * ({margin_name}))")
+    # Two lines, the column names wrapped: a long margin name on one line ran past the figure's edges.
+    ax.set_xlabel("predicted sigmoid(gamma * margin)\n" + textwrap.fill(f"margin = {margin_name}", 48), fontsize=9)
     ax.set_ylabel(f"mean {outcome_col}")
     ax.set_title("reliability at the fitted gamma")
     ax.legend(loc="upper left", fontsize=8)

@@ -37,12 +37,12 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmpo.errors import UserError
     from mmpo.evaluation.scoring import model_kind
-    from mmpo.serving.chat_model import ChatModel, default_model_name
+    from mmpo.serving.chat_model import ChatModel, default_model_name, is_adapter_dir
     from mmpo.serving.server import make_server
 
     if not args.request_timeout > 0:
         raise UserError(f"--request-timeout must be > 0 (got {args.request_timeout})")
-    chat_model, reward = None, None
+    chat_model, reward, aliases = None, None, ()
     if model_kind(args.model) == "reward":
         from mmpo.graders.reward_model import RewardModelGrader
 
@@ -51,9 +51,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         chat_model = ChatModel.load(args.model, device=args.device, dtype=args.dtype, name=args.served_model_name)
         name = chat_model.name
+        if is_adapter_dir(args.model):
+            aliases = (default_model_name(args.model),)
     try:
         server = make_server(chat_model, args.host, args.port, api_key=args.api_key, quiet=args.quiet, reward=reward,
-                             name=name, request_timeout=args.request_timeout)
+                             name=name, request_timeout=args.request_timeout, aliases=aliases)
     except OSError as e:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
 
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
-        print(f"mmpo serve: stopped after {server.requests_served} requests", file=sys.stderr, flush=True)
+        print(f"mmpo serve: stopped after {server.request_summary()}", file=sys.stderr, flush=True)
     finally:
         server.server_close()
     return 0

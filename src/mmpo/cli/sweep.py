@@ -40,5 +40,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"| {name} | {format_interval(r['nll_binary'], r['low'], r['high'], 4)} | {gap} |")
     if several:
         print(f"\n{result['interval']}; seeds {', '.join(map(str, seeds))}")
+    if result.get("warning"):
+        print(f"\n{result['warning']}")
     print(f"\nlowest held-out NLL: {gamma_name(result['best_gamma'])} ({result['best_run']})")
     return 0

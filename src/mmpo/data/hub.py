@@ -198,16 +198,64 @@ def _chain(readers: Iterator[Iterator[RawRow]]) -> Iterator[RawRow]:
 def read_hub(hub_id: str, split: str, config_name: str | None = None, files: str | None = None) -> Iterator[RawRow]:
     """Rows of ``datasets.load_dataset(hub_id, config_name, data_files=files, split=split)``.
 
-    Any failure to fetch becomes one :class:`UserError` line that tells the user to pass a local copy.
+    As for models (:mod:`mmpo.models.hub`), the Hub is asked once with a short timeout before ``datasets``
+    (which retries an unreachable Hub for about half a minute) is called: unreachable means the copy in the
+    Hugging Face cache, read offline, or else an error at once; no such data set is an error at once. With
+    ``HF_HUB_OFFLINE=1`` the Hub is not asked. Every failure is one :class:`UserError` line that tells the user
+    to pass a local copy.
     """
-    import datasets
+    from mmpo.models.hub import hub_offline
 
-    try:
-        dataset = datasets.load_dataset(hub_id, config_name, data_files=files, split=split)
-    except Exception as e:  # offline, unknown id, gated, bad split: all mean "use a local copy"
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(
+    def failure(reason: str) -> UserError:
+        return UserError(
             f"cannot load {hub_id} (split {split}) from the Hugging Face Hub: {reason}; "
             f"pass a local copy instead, e.g. data: {{source: {hub_id}, path: /path/to/copy}}"
-        ) from None
+        )
+
+    offline = hub_offline()
+    unreachable = None if offline else _hub_unreachable(hub_id, failure)
+    try:
+        dataset = _load_dataset(hub_id, split, config_name, files, offline=offline or unreachable is not None)
+    except Exception as e:  # unknown id, gated, bad split, not cached: all mean "use a local copy"
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        # datasets says "Couldn't reach ... (OfflineModeIsEnabled)", a ConnectionError, when the cache lacks it.
+        not_cached = isinstance(e, ConnectionError)
+        if offline and not_cached:
+            raise failure("not in the Hugging Face cache, and HF_HUB_OFFLINE is set") from None
+        if unreachable is not None and not_cached:
+            raise failure(f"the Hub is unreachable ({unreachable}) and the data set is not in the Hugging Face cache") from None
+        raise failure(reason) from None
     return _arrow_rows(dataset, f"{hub_id}[{split}]")
+
+
+def _hub_unreachable(hub_id: str, failure: Any) -> str | None:
+    """None when the Hub answers for the data set ``hub_id``; the reason (one line) when it cannot be reached.
+    A Hub that answers that there is no such data set raises ``failure(reason)``."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from mmpo.models.hub import HUB_TIMEOUT_S
+
+    try:
+        HfApi().dataset_info(hub_id, timeout=HUB_TIMEOUT_S)
+    except RepositoryNotFoundError:
+        raise failure("the Hub has no such data set (or it is private)") from None
+    except Exception as e:  # noqa: BLE001 - connection refused, DNS, timeout, proxy: all mean "unreachable"
+        return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return None
+
+
+def _load_dataset(hub_id: str, split: str, config_name: str | None, files: str | None, offline: bool) -> Any:
+    """``datasets.load_dataset``; with ``offline`` from the Hugging Face cache only, with no request sent."""
+    import datasets
+    from huggingface_hub import constants
+
+    if not offline:
+        return datasets.load_dataset(hub_id, config_name, data_files=files, split=split)
+    # Both libraries read HF_HUB_OFFLINE once, when imported: set it for this call.
+    saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        return datasets.load_dataset(hub_id, config_name, data_files=files, split=split)
+    finally:
+        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved

@@ -4,9 +4,10 @@ used by the MT-bench judge.
 Retries: a request that fails with a network error, a timeout, or HTTP 408 / 409 / 429 / 5xx is retried up
 to ``max_retries`` times, waiting ``min(backoff_max, backoff_base * 2**attempt)`` seconds before retry
 ``attempt + 1`` (or the server's ``Retry-After`` seconds when it sends one, capped the same way).
-Other HTTP errors are not retried: 401 / 403 / 404 mean the endpoint, key or model name is wrong for
-every request, so they raise :class:`JudgeConfigError`; any other (e.g. 400 for an over-long prompt)
-raises :class:`JudgeRequestError` for that one request.
+Other answers are not retried: 401 / 403 / 404 mean the endpoint, key or model name is wrong for every
+request, and a refused connection (nothing listens at the URL) or a host name that does not resolve means the
+URL is wrong, so these raise :class:`JudgeConfigError` at once; any other HTTP error (e.g. 400 for an
+over-long prompt) raises :class:`JudgeRequestError` for that one request.
 """
 
 from __future__ import annotations
@@ -126,7 +127,11 @@ class JudgeClient:
                     raise JudgeRequestError(f"HTTP {e.code}: {detail}") from None
                 last_problem, retry_after = f"HTTP {e.code}: {detail}", e.headers.get("Retry-After")
             except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as e:
-                last_problem = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+                reason = getattr(e, "reason", e)
+                if isinstance(reason, (ConnectionRefusedError, socket.gaierror)):
+                    what = "refused the connection" if isinstance(reason, ConnectionRefusedError) else "has a host name that does not resolve"
+                    raise JudgeConfigError(f"judge endpoint {self.url} {what}: is the server running, and is the URL right?") from None
+                last_problem = f"{type(e).__name__}: {reason}"
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 # A proxy or overloaded server can answer 200 with a truncated body: worth another try.
                 last_problem = f"unreadable response ({e})"

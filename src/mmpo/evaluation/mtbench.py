@@ -310,23 +310,35 @@ def generate_answers(
 
     Turn ``k`` is asked with the chat so far: ``[user q1, assistant a1, ..., user qk]``. Turn ``k`` (from 0)
     samples with seed ``seed + 10 * question_id + k``, so a rerun of a question draws the same way.
+    With ``progress``, says the budget first (questions, turns, up to ``max_new_tokens`` new tokens a turn) and
+    then counts turns, naming the question and turn being answered.
     Returns ``{"answered": new answers, "skipped": already done}``.
     """
+    import sys
+
     from tqdm.auto import tqdm
 
     selected = questions[:limit] if limit is not None else questions
     done = {rec.get("question_id") for rec in read_records(out_path)}
     todo = [q for q in selected if q.question_id not in done]
-    with JsonlAppender(out_path) as log:
-        for q in tqdm(todo, desc="MT-bench answers", unit="question", disable=not progress):
+    n_turns = sum(len(q.turns) for q in todo)
+    if progress and todo:
+        print(f"MT-bench: {len(todo)} questions to answer ({n_turns} turns), up to {max_new_tokens} new tokens a turn: "
+              f"up to {n_turns * max_new_tokens} tokens in all (--max-new-tokens sets the budget)", file=sys.stderr, flush=True)
+    # A turn can take minutes on a CPU: redraw on every turn, not on a timer.
+    bar = tqdm(total=n_turns, desc="MT-bench answers", unit="turn", disable=not progress, mininterval=0, miniters=1)
+    with bar, JsonlAppender(out_path) as log:
+        for number, q in enumerate(todo, start=1):
             temperature = category_temperature(q.category)
             messages: list[dict[str, str]] = []
             turns: list[str] = []
             for turn, text in enumerate(q.turns):
+                bar.set_postfix_str(f"answer {number}/{len(todo)} (question {q.question_id}), turn {turn + 1}/{len(q.turns)}")
                 messages.append({"role": "user", "content": text})
                 answer = generate(list(messages), temperature, max_new_tokens, seed + 10 * q.question_id + turn)
                 turns.append(answer)
                 messages.append({"role": "assistant", "content": answer})
+                bar.update(1)
             log.write(
                 {
                     "question_id": q.question_id,

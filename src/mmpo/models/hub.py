@@ -32,7 +32,8 @@ def _cached_snapshot(repo_id: str, revision: str | None = None) -> str | None:
         return None
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` is set (read now, not only when ``huggingface_hub`` was imported)."""
     from huggingface_hub import constants
 
     return bool(constants.is_offline_mode()) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
@@ -51,7 +52,7 @@ def resolve_hub_model(repo_id: str, revision: str | None = None) -> str:
         raise UserError(f"model path does not exist: {repo_id} (nor is it a Hugging Face Hub model id)") from None
     cached = _cached_snapshot(repo_id, revision)
     at = f" at revision {revision!r}" if revision else ""
-    if _offline():
+    if hub_offline():
         if cached:
             return cached
         raise UserError(f"model {repo_id!r}{at} is not a local path and not in the Hugging Face cache (HF_HUB_OFFLINE is set)")

@@ -132,6 +132,27 @@ def _fmt_bin(lo: float, hi: float) -> str:
     return f"{lo:g}" if lo == hi else f"{lo:.3g}–{hi:.3g}"
 
 
+def bar_text(value: float) -> str:
+    """The label over an accuracy bar: its value, or "no pairs" for an empty bin (NaN)."""
+    return "no pairs" if math.isnan(value) else f"{value:.2f}"
+
+
+def plot_loss_curves(ax: Any, runs: list[RunRecord]) -> None:
+    """Train loss (line) and held-out loss (dashed, dots) against step, per run. A series of one point gets a
+    marker: a line through one point draws nothing."""
+    for i, run in enumerate(runs):
+        color = f"C{i}"
+        train = [(r["step"], r["loss"]) for r in run.logs if "loss" in r and r.get("step", 0) > 0]
+        evals = [(r["step"], r["eval_loss"]) for r in run.logs if "eval_loss" in r]
+        if train:
+            ax.plot(*zip(*train), "-" if len(train) > 1 else "o", color=color, alpha=0.8, label=f"{run.name} train")
+        if evals:
+            ax.plot(*zip(*evals), "o--", color=color, label=f"{run.name} eval")
+    ax.set(xlabel="step", ylabel="loss (own targets)", title="Training and held-out loss")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
 def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
     """Compare runs; write report.md, summary.json and three PNGs to ``out_dir``. Returns the summary."""
     import matplotlib
@@ -175,10 +196,14 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, A
         width = 0.8 / len(runs)
         x = np.arange(len(bins))
         for i, run in enumerate(runs):
-            ax.bar(x + i * width - 0.4 + width / 2, [a for _, a in by_margin[run.name]], width, label=run.name)
+            cells = by_margin[run.name]
+            bars = ax.bar(x + i * width - 0.4 + width / 2, [a for _, a in cells], width, label=run.name,
+                          edgecolor=f"C{i}", linewidth=1.2)
+            # The value over each bar, so a bar of height 0 (and a bin without pairs) still shows.
+            ax.bar_label(bars, labels=[bar_text(a) for _, a in cells], fontsize=7, padding=2)
         ax.set_xticks(x, [_fmt_bin(lo, hi) for lo, hi in bins])
         ax.axhline(0.5, color="k", lw=0.8, ls=":")
-        ax.set(xlabel="|score margin| of the held-out pair", ylabel="accuracy", ylim=(0, 1), title="Accuracy by margin")
+        ax.set(xlabel="|score margin| of the held-out pair", ylabel="accuracy", ylim=(0, 1.1), title="Accuracy by margin")
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "accuracy_by_margin.png", dpi=110)
@@ -186,16 +211,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, A
 
     # Training curves.
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    for i, run in enumerate(runs):
-        color = f"C{i}"
-        train = [(r["step"], r["loss"]) for r in run.logs if "loss" in r and r.get("step", 0) > 0]
-        evals = [(r["step"], r["eval_loss"]) for r in run.logs if "eval_loss" in r]
-        if train:
-            ax.plot(*zip(*train), "-", color=color, alpha=0.8, label=f"{run.name} train")
-        if evals:
-            ax.plot(*zip(*evals), "o--", color=color, label=f"{run.name} eval")
-    ax.set(xlabel="step", ylabel="loss (own targets)", title="Training and held-out loss")
-    ax.legend(fontsize=7)
+    plot_loss_curves(ax, runs)
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=110)
     plt.close(fig)

@@ -27,7 +27,14 @@ import numpy as np
 
 from mmpo.errors import UserError
 from mmpo.evaluation.metrics import pair_metrics
-from mmpo.reports.intervals import METHOD, distinguishable, format_interval, mean_interval, paired_difference
+from mmpo.reports.intervals import (
+    distinguishable,
+    few_seeds_warning,
+    format_interval,
+    mean_interval,
+    method_for,
+    paired_difference,
+)
 
 METRICS = ("accuracy", "ece", "soft_ece", "nll", "brier")
 # `--kind online` (mmpo online runs): the held-out greedy answers' mean grade after the last round, its gain over
@@ -160,7 +167,11 @@ def compare_values(values: dict[str, dict[int, dict[str, float]]], losses: list[
             entry["vs"] = vs
         entry["per_seed"] = per_seed
         out[metric] = entry
-    return {"losses": list(losses), "seeds": list(seeds), "interval": METHOD, "metrics": out}
+    result = {"losses": list(losses), "seeds": list(seeds), "interval": method_for(len(seeds)), "metrics": out}
+    warning = few_seeds_warning(len(seeds))
+    if warning:
+        result["warning"] = warning
+    return result
 
 
 def better_loss(metric: str, diff: float, first: str, second: str) -> str:
@@ -186,7 +197,7 @@ def render_table(comparison: dict[str, Any], title: str | None = None) -> str:
         for other in losses[1:]:
             d = entry["vs"][other] if "vs" in entry else entry
             if d["low"] is None:
-                cells += [f"{d['diff']:+.3f}", "n/a (one seed)"]
+                cells += [f"{d['diff']:+.3f}", "no interval (one seed)"]
                 continue
             cells.append(f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
             verdict = f"yes: {better_loss(metric, d['diff'], first, other)} better" if d["distinguishable"] else "no"
@@ -200,12 +211,18 @@ def render_table(comparison: dict[str, Any], title: str | None = None) -> str:
                 "below the starting model" if g["distinguishable"] else "not distinguishable from the starting model"
             span = f" [{g['low']:+.3f}, {g['high']:+.3f}]" if g["low"] is not None else " (one seed: no interval)"
             lines.append(f"- {loss}: {g['mean']:+.3f}{span}: {above}")
-        lines += ["", f"Mean +- half-width of the {METHOD}; {len(seeds)} seeds ({', '.join(map(str, seeds))}). "
-                  "Higher is better for every metric here."]
-        return "\n".join(lines)
-    lines += ["", f"Mean +- half-width of the {METHOD}; {len(seeds)} seeds ({', '.join(map(str, seeds))}). "
-              "Higher is better for accuracy, lower for the rest."]
-    return "\n".join(lines)
+        lines += ["", seeds_footer(seeds) + " Higher is better for every metric here."]
+    else:
+        lines += ["", seeds_footer(seeds) + " Higher is better for accuracy, lower for the rest."]
+    warning = few_seeds_warning(len(seeds))
+    return "\n".join(lines + (["", f"**{warning}**"] if warning else []))
+
+
+def seeds_footer(seeds: list[int]) -> str:
+    """What the table's numbers are: the mean and t-interval over the seeds, or one seed's value and no interval."""
+    if len(seeds) == 1:
+        return f"One seed ({seeds[0]}): each value is that seed's, no interval."
+    return f"Mean +- half-width of the {method_for(len(seeds))}; {len(seeds)} seeds ({', '.join(map(str, seeds))})."
 
 
 def plot_comparison(comparison: dict[str, Any], path: Path, title: str = "") -> None:
@@ -235,7 +252,11 @@ def plot_comparison(comparison: dict[str, Any], path: Path, title: str = "") -> 
             sub += f"\n{losses[0]}-{losses[1]}: {entry['diff']:+.3f} [{entry['low']:+.3f}, {entry['high']:+.3f}]\n{mark}"
         ax.set_title(sub, fontsize=8.5)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle((title + ": " if title else "") + f"mean and 95% t-interval over {len(comparison['seeds'])} seeds (x = one seed)", fontsize=9.5)
+    n_seeds = len(comparison["seeds"])
+    what = ("one seed, no interval" if n_seeds == 1 else
+            f"mean and 95% t-interval over {n_seeds} seeds (x = one seed)"
+            + ("\n2 seeds: intervals too wide to be useful (not clipped); use 3 or more" if n_seeds == 2 else ""))
+    fig.suptitle((title + ": " if title else "") + what, fontsize=9.5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

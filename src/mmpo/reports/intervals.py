@@ -62,6 +62,23 @@ def paired_difference(first: Sequence[float], second: Sequence[float]) -> dict[s
     return {"diff": out["mean"], "low": out["low"], "high": out["high"], "n": out["n"]}
 
 
+def method_for(n_seeds: int) -> str:
+    """How a report with ``n_seeds`` seeds states its intervals: :data:`METHOD`, or "no interval" for one seed."""
+    return METHOD if n_seeds >= 2 else "no interval: one seed gives a mean and nothing to measure its spread with"
+
+
+def few_seeds_warning(n_seeds: int) -> str | None:
+    """A warning for fewer than 3 seeds (None from 3 on). With 2 seeds ``t(0.975, 1) = 12.706``: the interval
+    reaches 9 times the seeds' spread on either side of the mean, too wide to tell anything apart; it is shown
+    as computed, not clipped to the metric's range."""
+    if n_seeds >= 3:
+        return None
+    if n_seeds == 1:
+        return "warning: one seed gives no interval; use 3 or more seeds (--seeds 0,1,2) to compare losses"
+    return (f"warning: with 2 seeds each 95% interval is mean +- {_T975[0]:g} * sd / sqrt(2), about 9 times the seeds' "
+            "spread on either side, and may leave the metric's range (shown as computed): use 3 or more seeds")
+
+
 def distinguishable(low: float | None, high: float | None) -> bool:
     """True when the interval [low, high] excludes zero (False when there is no interval)."""
     if low is None or high is None:

@@ -53,7 +53,7 @@ def run_sweep(kind: str, recipe: str | None, gammas: list[float | None], overrid
     from mmpo.reports.compare import write_report
     from mmpo.losses import uses_soft_targets
     from mmpo.reports.comparison import check_same_truth, train_or_reuse
-    from mmpo.reports.intervals import METHOD, distinguishable, mean_interval, paired_difference
+    from mmpo.reports.intervals import distinguishable, few_seeds_warning, mean_interval, method_for, paired_difference
 
     cls = RMConfig if kind == "rm" else DPOConfig
     base = load_config(cls, recipe, overrides)
@@ -98,6 +98,8 @@ def run_sweep(kind: str, recipe: str | None, gammas: list[float | None], overrid
             entry["minus_best"] = {**d, "distinguishable": distinguishable(d["low"], d["high"])}
         runs[name] = entry
     result = {"best_gamma": best_gamma, "best_run": str(run_dirs[best_name][0]), "best_nll_binary": means[best_name]["mean"],
-              "seeds": seeds, "interval": METHOD if seeds and len(seeds) > 1 else None, "runs": runs}
+              "seeds": seeds, "interval": method_for(len(seeds)) if seeds else None, "runs": runs}
+    if seeds and few_seeds_warning(len(seeds)):
+        result["warning"] = few_seeds_warning(len(seeds))
     (root / "sweep.json").write_text(json.dumps(result, indent=2))
     return result

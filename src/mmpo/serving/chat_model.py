@@ -231,7 +231,7 @@ class ChatModel:
         device, torch_dtype = _pick_device_and_dtype(device, dtype)
         tokenizer = load_tokenizer(name_or_path)
         try:
-            if (Path(path) / "adapter_config.json").exists():
+            if is_adapter_dir(path):
                 from peft import AutoPeftModelForCausalLM
 
                 model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype).merge_and_unload()
@@ -360,6 +360,11 @@ class ChatModel:
                 item["top_logprobs"] = []
             content.append(item)
         return content
+
+
+def is_adapter_dir(path: str) -> bool:
+    """True when ``path`` is a peft adapter directory (it holds ``adapter_config.json``)."""
+    return (Path(path) / "adapter_config.json").is_file()
 
 
 def default_model_name(name_or_path: str) -> str:

@@ -7,8 +7,8 @@ Chat model endpoints:
   (or "max_completion_tokens"), "top_p", "seed", "stop", "stream", "stream_options": {"include_usage"},
   "logprobs", "top_logprobs"}``; answers ``{"id", "object": "chat.completion", "created", "model",
   "choices": [{"index": 0, "message": {"role": "assistant", "content"}, "logprobs", "finish_reason"}],
-  "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}``. Only ``n = 1``. The ``model`` field is
-  echoed but not checked: the server has exactly one model, whatever the client calls it.
+  "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}``. ``n`` (answers per request) must be 1
+  or absent: ``n > 1`` is a 400 that says only one answer per request is served (send the request n times).
 
   Limits: prompt tokens + ``max_tokens`` over the model's context is a 400 (as OpenAI and vLLM answer); without
   ``max_tokens`` the answer gets ``min(1024, what the context leaves)``. Generation stops after the server's
@@ -33,8 +33,11 @@ Reward model endpoints (``mmpo serve --model RM_DIR``); rewards are read exactly
   "model", "data": [{"index", "object": "pooling", "data": [reward]}], "usage"}``.
 * ``/v1/chat/completions`` on a reward model is a 400 that names these endpoints.
 
-Both: ``GET /v1/models`` (the one model), ``GET /health`` (``{"status": "ok", "model", "kind"}`` once loaded;
-the server listens only after that).
+Both: the ``model`` field of a POST body must be the served name (``--served-model-name``, else the folder
+name; for a LoRA adapter also the adapter folder's name) or absent; any other name is a 404 with code
+``model_not_found``, as OpenAI and vLLM answer. ``GET /v1/models`` (the one model), ``GET /health``
+(``{"status": "ok", "model", "kind"}`` once loaded; the server listens only after that). On shutdown
+``mmpo serve`` prints how many requests it answered, and how many of them were errors.
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad request,
 401 for a wrong API key (when the server was started with one), 404 for an unknown path, 413 for a body
@@ -68,9 +71,11 @@ MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 class RequestError(Exception):
     """A client error that becomes an OpenAI-style error response."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+                 code: str | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.kind = status, message, param, kind
+        self.code: int | str = code or status
 
 
 def _number(body: dict[str, Any], key: str, default: Any, lo: float, hi: float, integer: bool = False) -> Any:
@@ -99,8 +104,11 @@ def parse_chat_request(body: Any) -> dict[str, Any]:
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise RequestError(400, "'stream_options' must be an object", "stream_options")
-    if body.get("n", 1) != 1:
-        raise RequestError(400, "only n = 1 is supported", "n")
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise RequestError(400, "'n' must be a positive integer", "n")
+    if n is not None and n > 1:
+        raise RequestError(400, f"n = {n}: this server returns one choice per request (n = 1); send the request {n} times instead", "n")
     try:
         messages = check_messages(body.get("messages"))
     except ValueError as e:
@@ -186,7 +194,12 @@ def parse_pooling_request(body: Any) -> list[tuple[list[dict[str, str]], str]]:
 
 class ChatServer(ThreadingHTTPServer):
     """A threading HTTP server holding the one model it serves: a :class:`ChatModel` (``chat_model``) or a
-    reward model grader (``reward``, a :class:`mmpo.graders.reward_model.RewardModelGrader`)."""
+    reward model grader (``reward``, a :class:`mmpo.graders.reward_model.RewardModelGrader`).
+
+    ``model_names`` are the ids a request's ``model`` field may give: ``model_name`` and any ``aliases``.
+    ``requests_served`` counts every request answered (any status), ``requests_failed`` those answered
+    with a status of 400 or more or never answered (client gone).
+    """
 
     daemon_threads = True
 
@@ -199,6 +212,7 @@ class ChatServer(ThreadingHTTPServer):
         reward: Any = None,
         name: str | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        aliases: tuple[str, ...] = (),
     ):
         if (chat_model is None) == (reward is None):
             raise ValueError("serve exactly one model: a chat model or a reward model")
@@ -206,12 +220,38 @@ class ChatServer(ThreadingHTTPServer):
         self.chat_model = chat_model
         self.reward = reward
         self.model_name = name or (chat_model.name if chat_model is not None else "reward-model")
+        self.model_names = (self.model_name, *(a for a in aliases if a != self.model_name))
         self.api_key = api_key
         self.quiet = quiet
         self.request_timeout = request_timeout
         self.created = int(time.time())
         self.requests_served = 0
+        self.requests_failed = 0
+        self._count_lock = threading.Lock()
         self.reward_lock = threading.Lock()
+
+    def record_request(self, status: int | None) -> None:
+        """Count one handled request; ``status`` is the HTTP status sent, None when none was."""
+        with self._count_lock:
+            self.requests_served += 1
+            if status is None or status >= 400:
+                self.requests_failed += 1
+
+    def request_summary(self) -> str:
+        """``"7 requests (3 ok, 4 errors)"``: what the server answered since it started."""
+        ok = self.requests_served - self.requests_failed
+        return f"{self.requests_served} request{'s' if self.requests_served != 1 else ''} ({ok} ok, {self.requests_failed} errors)"
+
+    def check_model(self, body: Any) -> None:
+        """A 404 (``model_not_found``) when ``body["model"]`` names a model this server does not serve."""
+        model = body.get("model") if isinstance(body, dict) else None
+        if model is None:
+            return
+        if not isinstance(model, str):
+            raise RequestError(400, "'model' must be a string", "model")
+        if model not in self.model_names:
+            served = " or ".join(repr(n) for n in self.model_names)
+            raise RequestError(404, f"the model {model!r} does not exist; this server serves {served}", "model", kind="not_found_error", code="model_not_found")
 
     @property
     def kind(self) -> str:
@@ -231,12 +271,32 @@ class ClientGone(Exception):
 class ChatHandler(BaseHTTPRequestHandler):
     server: ChatServer
     protocol_version = "HTTP/1.1"
+    _status: int | None = None  # the status sent for the current request, None until one is
 
     # --- plumbing ---------------------------------------------------------------------------------------
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's name
         if not self.server.quiet:
             sys.stderr.write(f"mmpo serve: {self.address_string()} {format % args}\n")
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        # Counted as the status line goes out, so a client that has its answer sees it counted.
+        if self._status is None:
+            self._status = code
+            self.server.record_request(code)
+        super().send_response(code, message)
+
+    def parse_request(self) -> bool:
+        self._status = None  # one handler serves every request of a keep-alive connection
+        return super().parse_request()
+
+    def _counted(self, handle: Any) -> None:
+        """Run ``handle()``; a request that ends with no response sent (the client left) is counted as failed."""
+        try:
+            handle()
+        finally:
+            if self._status is None:
+                self.server.record_request(None)
 
     def _send_json(self, status: int, payload: dict[str, Any]) -> None:
         data = json.dumps(payload).encode("utf-8")
@@ -247,7 +307,7 @@ class ChatHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _send_error(self, err: RequestError) -> None:
-        self._send_json(err.status, {"error": {"message": err.message, "type": err.kind, "param": err.param, "code": err.status}})
+        self._send_json(err.status, {"error": {"message": err.message, "type": err.kind, "param": err.param, "code": err.code}})
 
     def _check_auth(self) -> None:
         if self.server.api_key and self.headers.get("Authorization", "") != f"Bearer {self.server.api_key}":
@@ -284,6 +344,12 @@ class ChatHandler(BaseHTTPRequestHandler):
     # --- endpoints --------------------------------------------------------------------------------------
 
     def do_GET(self) -> None:  # noqa: N802 - BaseHTTPRequestHandler's name
+        self._counted(self._get)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._counted(self._post)
+
+    def _get(self) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
         try:
             if path == "/health":
@@ -298,7 +364,7 @@ class ChatHandler(BaseHTTPRequestHandler):
         except RequestError as e:
             self._send_error(e)
 
-    def do_POST(self) -> None:  # noqa: N802
+    def _post(self) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
         try:
             # Read the body first, whatever happens next, so a keep-alive connection stays in step.
@@ -307,11 +373,14 @@ class ChatHandler(BaseHTTPRequestHandler):
             if path == "/v1/chat/completions":
                 if self.server.kind != "chat":
                     raise RequestError(400, "this server serves a reward model: POST /v1/score (vLLM score API) or /pooling instead")
-                self._chat(self._parse_json(raw))
+                body = self._parse_json(raw)
+                self.server.check_model(body)
+                self._chat(body)
             elif path in ("/v1/score", "/score", "/pooling", "/v1/pooling"):
                 if self.server.kind != "reward":
                     raise RequestError(400, f"{path} needs a reward model; this server serves a chat model (/v1/chat/completions)")
                 body = self._parse_json(raw)
+                self.server.check_model(body)
                 pooling = path.endswith("pooling")
                 self._score(parse_pooling_request(body) if pooling else parse_score_request(body), "pooling" if pooling else "score")
             else:
@@ -333,7 +402,6 @@ class ChatHandler(BaseHTTPRequestHandler):
             if isinstance(e, UserError):
                 raise RequestError(400, str(e)) from None
             raise RequestError(500, f"scoring failed: {type(e).__name__}: {e}", kind="server_error") from None
-        self.server.requests_served += 1
         data = [{"index": i, "object": kind, **({"score": s} if kind == "score" else {"data": [s]})} for i, s in enumerate(scores)]
         self._send_json(200, {
             "id": f"{kind}-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": self.server.model_name,
@@ -395,7 +463,6 @@ class ChatHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.log_message("client disconnected; generation stopped after %d tokens", completion.completion_tokens)
             return
-        self.server.requests_served += 1
         usage = {
             "prompt_tokens": completion.prompt_tokens,
             "completion_tokens": completion.completion_tokens,
@@ -447,7 +514,9 @@ def make_server(
     reward: Any = None,
     name: str | None = None,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    aliases: tuple[str, ...] = (),
 ) -> ChatServer:
     """A bound (not yet serving) server for a chat model or a reward model grader; ``port=0`` picks a free
-    port, readable from ``server.url``."""
-    return ChatServer((host, port), chat_model, api_key=api_key, quiet=quiet, reward=reward, name=name, request_timeout=request_timeout)
+    port, readable from ``server.url``. ``aliases``: more ids a request's ``model`` may give."""
+    return ChatServer((host, port), chat_model, api_key=api_key, quiet=quiet, reward=reward, name=name,
+                      request_timeout=request_timeout, aliases=aliases)
