@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mmpo.errors import UserError
+from mmpo.losses import uses_soft_targets
 
 
 def parse_gammas(text: str) -> list[float | None]:
@@ -63,7 +64,7 @@ def run_sweep(kind: str, recipe: str | None, gammas: list[float | None], overrid
             values.update({"gamma": gamma, "output_dir": str(run_dir)})
             if seed is not None:
                 values["seed"] = seed
-            if base.loss not in ("mmpo", "simpo_mmpo"):
+            if not uses_soft_targets(base.loss):
                 values["loss"] = "mmpo"  # gamma only matters for soft-target losses
             print(f"== sweep: {gamma_name(gamma)}{'' if seed is None else f', seed {seed}'} -> {run_dir}", flush=True)
             run_dirs.setdefault(gamma_name(gamma), []).append(train_or_reuse(kind, recipe, values))
