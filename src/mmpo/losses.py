@@ -7,8 +7,8 @@ Every function here is pure and works on tensors of per-pair values. Notation fo
   DPO's implicit reward difference for a policy (see :func:`dpo_logits`).
 * ``p``  — the soft target, the probability that ``y_w`` is preferred: ``sigmoid(gamma * (s_w - s_l))``.
 
-Losses are returned per pair (no reduction) and in float32, whatever the input dtype: the upcast is what
-keeps them finite for ``|h|`` up to 1e4 in bfloat16.
+Losses are returned per pair (no reduction) and in float32 for float32 / bfloat16 / float16 inputs (float64
+stays float64): the upcast is what keeps them finite for ``|h|`` up to 1e4 in bfloat16.
 """
 
 from __future__ import annotations
@@ -49,6 +49,16 @@ __all__ = [
 ]
 
 
+def _wide(x: torch.Tensor | float, like: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` as a tensor of at least float32 (float64 stays float64, so gradients can be checked in it)."""
+    t = torch.as_tensor(x, device=None if like is None else like.device)
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def _logit(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    return _wide(chosen_rewards) - _wide(rejected_rewards)
+
+
 def soft_targets(
     score_chosen: torch.Tensor | float | None = None,
     score_rejected: torch.Tensor | float | None = None,
@@ -87,8 +97,8 @@ def mmpo_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, p: t
 
     ``loss = -p * log sigmoid(h) - (1 - p) * log sigmoid(-h)``; ``d loss / d h = sigmoid(h) - p``.
     """
-    h = chosen_rewards.float() - rejected_rewards.float()
-    p = torch.as_tensor(p, dtype=torch.float32, device=h.device)
+    h = _logit(chosen_rewards, rejected_rewards)
+    p = _wide(p, h)
     return -p * F.logsigmoid(h) - (1 - p) * F.logsigmoid(-h)
 
 
@@ -158,16 +168,6 @@ def simpo_logits(
     chosen = beta * policy_chosen_logps.float() / chosen_lengths.float().clamp(min=1) - target_margin
     rejected = beta * policy_rejected_logps.float() / rejected_lengths.float().clamp(min=1)
     return chosen, rejected
-
-
-def _wide(x: torch.Tensor | float, like: torch.Tensor | None = None) -> torch.Tensor:
-    """``x`` as a tensor of at least float32 (float64 stays float64, so gradients can be checked in it)."""
-    t = torch.as_tensor(x, device=None if like is None else like.device)
-    return t if t.dtype == torch.float64 else t.float()
-
-
-def _logit(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
-    return _wide(chosen_rewards) - _wide(rejected_rewards)
 
 
 # --- margin-aware pairwise losses ------------------------------------------------------------------------
