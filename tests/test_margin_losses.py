@@ -4,6 +4,7 @@ reports read it; one new policy loss and one new reward-model loss trained throu
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import fields
 from pathlib import Path
@@ -299,3 +300,59 @@ def test_registered_losses_and_gradients_are_finite_at_extreme_logits_in_bfloat1
     loss = LOSSES[name].fn(h, torch.zeros(5, dtype=torch.bfloat16), batch, LossSettings(beta=0.3, gamma=0.5))
     loss.sum().backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss).all() and torch.isfinite(h.grad).all()
+
+
+# --- training through `mmpo dpo` / `mmpo rm` ---------------------------------------------------------------
+
+TINY = ["--max_length", "96", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
+        "--logging_steps", "1", "--bf16", "false", "--save_total_limit", "none"]
+
+
+def test_odpo_policy_trains_through_mmpo_dpo(tmp_path, monkeypatch, tiny_model_dir, graded_rows, write_jsonl):
+    from mmpo.cli.main import main
+    from mmpo.training.dpo import build_policy_run
+
+    monkeypatch.setenv("MMPO_CACHE", str(tmp_path / "cache"))
+    rows = graded_rows(16, seed=1)
+    data = write_jsonl(tmp_path / "train.jsonl", rows)  # held out = trained on, so learning shows
+    values = {"model": str(tiny_model_dir), "data": str(data), "eval_data": str(data), "loss": "odpo", "odpo_alpha": 0.5,
+              "beta": 0.5, "learning_rate": 1e-3, "max_prompt_length": 64, "reference": "precomputed"}
+    # Before training the policy is its reference (h = 0): the trainer's loss is ODPO's with h = 0, which
+    # reads each pair's score margin.
+    run = build_policy_run(load_config(DPOConfig, overrides={
+        **values, "output_dir": str(tmp_path / "before"), "max_length": 96, "bf16": False}))
+    before = run.trainer.evaluate()["eval_loss"]
+    margins = [r["score_chosen"] - r["score_rejected"] for r in rows]
+    assert before == pytest.approx(sum(-_logsig(-0.5 * math.log(m)) for m in margins) / len(margins), abs=1e-4)
+
+    out = tmp_path / "odpo"
+    argv = ["dpo", *[x for k, v in values.items() for x in (f"--{k}", str(v))], "--output_dir", str(out), "--max_steps", "10", *TINY]
+    assert main(argv) == 0
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["step"] == 10
+    assert results["loss"] < before - 0.05
+
+
+def test_scaled_bt_reward_model_trains_through_mmpo_rm(tmp_path, tiny_model_dir, tiny_tokenizer, graded_rows, write_jsonl):
+    from test_rm import reward_direct, tokenized
+    from transformers import set_seed
+
+    from mmpo.cli.main import main
+    from mmpo.models.reward import load_reward_model
+
+    data = write_jsonl(tmp_path / "train.jsonl", graded_rows(16, seed=1))
+    out = tmp_path / "scaled_bt"
+    argv = ["rm", "--model", str(tiny_model_dir), "--data", str(data), "--eval_data", str(data), "--output_dir", str(out),
+            "--loss", "scaled_bt", "--learning_rate", "5e-3", "--max_steps", "20", *TINY]
+    assert main(argv) == 0
+    results = json.loads((out / "eval_results.json").read_text())
+
+    set_seed(42)  # the config's seed: the same fresh head the run started from
+    model = load_reward_model(str(tiny_model_dir), tiny_tokenizer).eval()
+    features = tokenized(data, tiny_tokenizer)
+    chosen = torch.tensor([reward_direct(model, f["prompt_ids"] + f["chosen_ids"]) for f in features])
+    rejected = torch.tensor([reward_direct(model, f["prompt_ids"] + f["rejected_ids"]) for f in features])
+    before = scaled_bt_loss(chosen, rejected, torch.tensor([f["margin"] for f in features])).mean().item()
+    assert results["step"] == 20
+    assert results["loss"] < before - 0.05
+    assert results["accuracy"] > 0.5
