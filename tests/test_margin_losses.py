@@ -120,11 +120,16 @@ def test_new_loss_keys_are_checked(tmp_path, overrides, message):
         load_config(DPOConfig, overrides={"data": str(data), **overrides}).validate()
 
 
-def test_embedded_recipes_list_the_registered_losses():
-    recipes = Path(__file__).resolve().parents[1] / "src" / "mmpo" / "recipes" / "embedded"
-    for recipe, kind in (("rm.yaml", "rm"), ("dpo.yaml", "policy")):
-        line = next(x for x in (recipes / recipe).read_text().splitlines() if x.startswith("loss:"))
+def test_embedded_recipes_and_the_readme_list_the_registered_losses():
+    root = Path(__file__).resolve().parents[1]
+    recipes = root / "src" / "mmpo" / "recipes" / "embedded"
+    readme = (root / "README.md").read_text().splitlines()
+    for command, kind in (("rm", "rm"), ("dpo", "policy")):
+        line = next(x for x in (recipes / f"{command}.yaml").read_text().splitlines() if x.startswith("loss:"))
         assert [n.strip() for n in line.split("#", 1)[1].split("|")] == list(losses_for(kind))
+        row = next(x for x in readme if x.startswith(f"| `mmpo {command} [RECIPE]"))
+        listed = row.split("`loss: ", 1)[1].split("`", 1)[0]
+        assert [n.strip() for n in listed.split("\\|")] == list(losses_for(kind))
 
 
 def test_reports_and_reference_planning_read_the_registry():
@@ -356,3 +361,23 @@ def test_scaled_bt_reward_model_trains_through_mmpo_rm(tmp_path, tiny_model_dir,
     assert results["step"] == 20
     assert results["loss"] < before - 0.05
     assert results["accuracy"] > 0.5
+
+
+def test_policy_dispatch_passes_margins_targets_and_keys_to_the_new_losses():
+    from mmpo.training.dpo import policy_loss
+
+    c, r, p = torch.tensor(CHOSEN), torch.tensor(REJECTED), torch.tensor(P)
+    m = torch.tensor(MARGIN[:-1] + [float("nan")])
+    s = LossSettings(gamma=0.5, odpo_alpha=0.3, odpo_offset="log1p", rdpo_scale=0.2)
+    t = target_logits(p, m, 0.5)
+    expected = {
+        "odpo": odpo_loss(c, r, m, 0.3, "log1p"),
+        "rdpo": rating_dpo_loss(c, r, m, 0.2),
+        "rpo_sq": rpo_sq_loss(c, r, t),
+        "rpo_fwd_kl": rpo_fwd_kl_loss(c, r, t),
+        "rpo_bwd_kl": rpo_bwd_kl_loss(c, r, t),
+        "gdpo": gdpo_loss(c, r, p),
+    }
+    for name, want in expected.items():
+        torch.testing.assert_close(policy_loss(name, c, r, p, 0.1, margin=m, settings=s), want)
+    assert t[-1].item() == pytest.approx(math.log(P[-1] / (1 - P[-1])), rel=1e-3)  # no margin: logit(p)
