@@ -57,7 +57,7 @@ from mmpo.data.pipeline import PreparedData, prepare_data
 from mmpo.errors import UserError
 from mmpo.evaluation.metrics import pair_metrics
 from mmpo.host_memory import prepare_host
-from mmpo.losses import LOSSES, LossSettings, dpo_logits, losses_for, needs_reference, simpo_logits
+from mmpo.losses import LOSSES, LossSettings, dpo_logits, needs_reference, simpo_logits
 from mmpo.models.embedded import resolve_model_path
 from mmpo.models.loading import (
     get_lora_model,

@@ -31,7 +31,7 @@ from mmpo.config import RMConfig, check_loss
 from mmpo.data.pipeline import prepare_data
 from mmpo.errors import UserError
 from mmpo.host_memory import prepare_host
-from mmpo.losses import LOSSES, LossSettings, losses_for
+from mmpo.losses import LOSSES, LossSettings
 from mmpo.models.loading import load_tokenizer, model_load_kwargs, trainable_summary
 from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards, shared_sequence_rewards
 from mmpo.models.shared_prefix import pair_collator
