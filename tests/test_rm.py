@@ -15,7 +15,7 @@ from mmpo.data.collate import PairCollator
 from mmpo.data.sources import PairOptions, load_pairs
 from mmpo.data.tokenize import tokenize_pair
 from mmpo.errors import UserError
-from mmpo.losses import bt_loss, label_smoothing_loss, margin_loss, mmpo_loss
+from mmpo.losses import bt_loss, label_smoothing_loss, margin_loss, mmpo_loss, scaled_bt_loss
 from mmpo.models.reward import load_reward_model
 from mmpo.training.args import training_arguments
 from mmpo.training.rm import RewardTrainer, train_reward_model
@@ -43,7 +43,7 @@ def tokenized(rows_file: Path, tokenizer, gamma: float | None = 1.0):
     return [tokenize_pair(tokenizer, p, 96, 48).__dict__ for p in pairs]
 
 
-@pytest.mark.parametrize("loss", ["mmpo", "bt", "margin", "label_smoothing"])
+@pytest.mark.parametrize("loss", ["mmpo", "bt", "margin", "label_smoothing", "scaled_bt"])
 def test_trainer_loss_equals_loss_on_direct_rewards(loss, tiny_model_dir, tiny_tokenizer, graded_rows, write_jsonl, tmp_path):
     rows = graded_rows(5, seed=3)
     rows.append({"prompt": "Which is nicer?", "chosen": "A kind reply.", "rejected": "No.", "p_chosen": 0.8})  # no margin
@@ -70,6 +70,8 @@ def test_trainer_loss_equals_loss_on_direct_rewards(loss, tiny_model_dir, tiny_t
         "bt": lambda: bt_loss(chosen, rejected),
         "margin": lambda: margin_loss(chosen, rejected, margin),
         "label_smoothing": lambda: label_smoothing_loss(chosen, rejected, 0.2),
+        # weight 1 (plain BT) on the pair without a margin
+        "scaled_bt": lambda: scaled_bt_loss(chosen, rejected, torch.where(torch.tensor([f["margin"] is None for f in features]), 1.0, margin)),
     }[loss]().mean()
     assert trainer_loss.item() == pytest.approx(expected.item(), abs=1e-5)
 

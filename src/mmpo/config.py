@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import yaml
 
 from mmpo.errors import UserError
+from mmpo.losses import ODPO_OFFSETS, losses_for
 
 T = TypeVar("T")
 
@@ -180,27 +181,35 @@ class TrainConfig:
         return self.max_prompt_length if self.max_prompt_length is not None else self.max_length // 2
 
 
+def check_loss(loss: str, kind: str, what: str) -> None:
+    """A UserError naming the choices unless ``loss`` is a registered loss for ``kind`` (rm / policy)."""
+    if loss not in losses_for(kind):
+        raise UserError(f"unknown {what} loss {loss!r}: choose {', '.join(losses_for(kind))}")
+
+
 @dataclass
 class RMConfig(TrainConfig):
     """`mmpo rm`: a reward model (backbone + scalar head)."""
 
-    loss: str = field(default="mmpo", metadata={"help": "mmpo | bt | margin | label_smoothing"})
+    loss: str = field(default="mmpo", metadata={"help": " | ".join(losses_for("rm"))})
     output_dir: str = field(default="runs/rm", metadata={"help": "run directory: checkpoints, metrics, the final model and its card"})
 
     def validate(self) -> None:
         super().validate()
-        if self.loss not in ("mmpo", "bt", "margin", "label_smoothing"):
-            raise UserError(f"unknown reward-model loss {self.loss!r}: choose mmpo, bt, margin or label_smoothing")
+        check_loss(self.loss, "rm", "reward-model")
 
 
 @dataclass
 class DPOConfig(TrainConfig):
     """`mmpo dpo`: a policy trained against a reference with DPO-family losses."""
 
-    loss: str = field(default="mmpo", metadata={"help": "mmpo | dpo | cdpo | ipo | simpo | simpo_mmpo"})
+    loss: str = field(default="mmpo", metadata={"help": " | ".join(losses_for("policy"))})
     over_length: str = field(default="truncate", metadata={"help": "a pair longer than max_length: truncate it (a policy compares the answers' openings) or drop it (counted)"})
     beta: float = field(default=0.1, metadata={"help": "strength of the pull toward the reference (DPO's beta)"})
     simpo_margin: float = field(default=0.0, metadata={"help": "SimPO's target reward margin (its gamma)"})
+    odpo_alpha: float = field(default=1.0, metadata={"help": "odpo: the offset's strength alpha, >= 0 (offset = alpha * f(score margin); 0 = DPO)"})
+    odpo_offset: str = field(default="log", metadata={"help": "odpo: f of the offset: log (the ODPO paper's; a tie gets no constraint) | log1p (0 at a tie) | linear"})
+    rdpo_scale: float = field(default=1.0, metadata={"help": "rdpo: the score-margin shift's scale, >= 0 (0 = DPO)"})
     ipo_logps: str = field(default="summed", metadata={"help": "IPO's log-probs: summed over the response (TRL 0.7.7, the official MMPO code) or averaged per token (TRL 1.x); betas do not transfer"})
     learning_rate: float = field(default=5e-6, metadata={"help": "peak learning rate"})
     reference: str = field(default="auto", metadata={"help": "reference log-probs: auto | model | adapter | precomputed | none"})
@@ -210,8 +219,15 @@ class DPOConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.loss not in ("mmpo", "dpo", "cdpo", "ipo", "simpo", "simpo_mmpo"):
-            raise UserError(f"unknown policy loss {self.loss!r}: choose mmpo, dpo, cdpo, ipo, simpo or simpo_mmpo")
+        check_loss(self.loss, "policy", "policy")
+        if not self.odpo_alpha >= 0:
+            raise UserError(f"odpo_alpha must be >= 0 (got {self.odpo_alpha})")
+        if self.odpo_offset not in ODPO_OFFSETS:
+            raise UserError(f"odpo_offset must be {', '.join(ODPO_OFFSETS)} (got {self.odpo_offset!r})")
+        if not self.rdpo_scale >= 0:
+            raise UserError(f"rdpo_scale must be >= 0 (got {self.rdpo_scale})")
+        if self.loss.startswith("rpo_") and self.gamma is None:
+            raise UserError(f"loss {self.loss} regresses onto gamma * score margin: set gamma > 0 (not none)")
         if not self.beta > 0:
             raise UserError(f"beta must be > 0 (got {self.beta})")
         if self.ipo_logps not in ("summed", "averaged"):

@@ -33,11 +33,11 @@ from tqdm.auto import tqdm
 
 from mmpo.data.collate import PairCollator
 from mmpo.errors import UserError
+from mmpo.losses import losses_for, needs_reference
 from mmpo.models.logps import response_logps, shared_response_logps
 from mmpo.paths import atomic_directory, cache_dir
 
 REFERENCE_MODES = ("auto", "model", "adapter", "precomputed", "none")
-REFERENCE_FREE_LOSSES = ("simpo", "simpo_mmpo")
 CACHE_VERSION = 1
 _META = "meta.json"
 _VALUES = "reference_logps.pt"
@@ -49,11 +49,12 @@ def resolve_reference_mode(loss: str, reference: str, lora_r: int) -> str:
     if reference not in REFERENCE_MODES:
         raise UserError(f"reference must be one of {', '.join(REFERENCE_MODES)} (got {reference!r})")
     if reference == "auto":
-        if loss in REFERENCE_FREE_LOSSES:
+        if not needs_reference(loss):
             return "none"
         return "adapter" if lora_r > 0 else "precomputed"
-    if reference == "none" and loss not in REFERENCE_FREE_LOSSES:
-        raise UserError(f"reference: none only works with the reference-free losses simpo and simpo_mmpo, not {loss!r}")
+    if reference == "none" and needs_reference(loss):
+        free = [name for name in losses_for("policy") if not needs_reference(name)]
+        raise UserError(f"reference: none only works with the reference-free losses {', '.join(free)}, not {loss!r}")
     if reference == "adapter" and lora_r <= 0:
         raise UserError("reference: adapter needs LoRA (lora_r > 0); use reference: precomputed or model for full fine-tuning")
     return reference

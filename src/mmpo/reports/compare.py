@@ -24,6 +24,7 @@ import yaml
 
 from mmpo.errors import UserError
 from mmpo.evaluation.metrics import N_BINS, correctness, pair_metrics
+from mmpo.losses import uses_soft_targets
 
 EVAL_SCORES = "eval_scores.jsonl"
 METRICS = "metrics.jsonl"
@@ -52,7 +53,7 @@ def run_label(config: dict[str, Any], path: Path) -> str:
     if loss is None:
         return path.name
     gamma = config.get("gamma")
-    soft = loss in ("mmpo", "simpo_mmpo")
+    soft = uses_soft_targets(loss)
     return f"{path.name} ({loss}{', gamma ' + str(gamma) if soft else ''})"
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from mmpo.errors import UserError
 from mmpo.evaluation.metrics import pair_metrics
+from mmpo.losses import losses_for
 from mmpo.reports.intervals import (
     distinguishable,
     few_seeds_warning,
@@ -41,7 +42,7 @@ METRICS = ("accuracy", "ece", "soft_ece", "nll", "brier")
 # the starting model's (round 0: the same greedy answers for every seed and loss), and the share at full marks.
 ONLINE_METRICS = ("mean_grade", "gain", "full_marks")
 HIGHER_IS_BETTER = frozenset({"accuracy", "mean_grade", "gain", "full_marks"})
-POLICY_ONLY_LOSSES = frozenset({"dpo", "cdpo", "ipo", "simpo", "simpo_mmpo"})
+POLICY_ONLY_LOSSES = frozenset(losses_for("policy")) - frozenset(losses_for("rm"))
 METRIC_NOTES = {
     "accuracy": "held-out pairs ranked as the judge ranks them",
     "ece": "binary ECE: confidence against the judge's ranking",

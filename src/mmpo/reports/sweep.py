@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mmpo.errors import UserError
+from mmpo.losses import uses_soft_targets
 
 
 def parse_gammas(text: str) -> list[float | None]:

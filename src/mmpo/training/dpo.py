@@ -5,7 +5,7 @@ logit is DPO's implicit reward difference
 
     h = beta * [(log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))]
 
-and the losses are
+and the losses are the policy entries of the registry :data:`mmpo.losses.LOSSES` (each with its formula):
 
 * ``mmpo``        -p log sigmoid(h) - (1-p) log sigmoid(-h)       (soft targets; MMPO)
 * ``dpo``         -log sigmoid(h)                                 (hard targets, p = 1)
@@ -15,6 +15,11 @@ and the losses are
                   a beta tuned for one form does not transfer to the other)
 * ``simpo``       -log sigmoid(h'),  h' = beta * (log pi(y_w|x)/|y_w| - log pi(y_l|x)/|y_l|) - simpo_margin
 * ``simpo_mmpo``  the MMPO cross-entropy on SimPO's h'             (reference-free, length-normalised)
+* ``odpo``        -log sigmoid(h - odpo_alpha * f(margin)), f = odpo_offset (log by default; ODPO)
+* ``rdpo``        -log sigmoid(h - rdpo_scale * margin)           (Rating-DPO)
+* ``rpo_sq``, ``rpo_fwd_kl``, ``rpo_bwd_kl``  squared distance / forward KL / backward KL between h and
+                  gamma * margin (as Bernoulli logits for the KLs; RPO as in NeMo-Aligner)
+* ``gdpo``        -log sigmoid((2p - 1) h)                         (GDPO, geometric averaging)
 
 Chosen and rejected are scored in ONE forward pass: spans ``[prompt | chosen | rejected]`` with the prompt
 encoded once (``prefix_sharing``, :mod:`mmpo.models.shared_prefix`; several pairs per row with ``packing``), or
@@ -37,6 +42,7 @@ claimed, since an unbiased one would need samples from the policy.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -46,12 +52,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmpo.config import DPOConfig
+from mmpo.config import DPOConfig, check_loss
 from mmpo.data.pipeline import PreparedData, prepare_data
 from mmpo.errors import UserError
 from mmpo.evaluation.metrics import pair_metrics
 from mmpo.host_memory import prepare_host
-from mmpo.losses import bt_loss, dpo_logits, ipo_loss, label_smoothing_loss, mmpo_loss, simpo_logits
+from mmpo.losses import LOSSES, LossSettings, dpo_logits, needs_reference, simpo_logits
 from mmpo.models.embedded import resolve_model_path
 from mmpo.models.loading import (
     get_lora_model,
@@ -66,7 +72,6 @@ from mmpo.models.logps import response_logps, shared_response_logps
 from mmpo.models.policy import freeze, load_causal_lm, save_policy
 from mmpo.models.shared_prefix import pair_collator
 from mmpo.models.reference import (
-    REFERENCE_FREE_LOSSES,
     attach_reference_logps,
     cached_reference_logps,
     model_identity,
@@ -78,7 +83,6 @@ from mmpo.training.base import PairTrainer, final_results, run_summary
 from mmpo.training.card import push_final_model, write_model_card
 from mmpo.training.run_dir import RESULTS_FILE, plan_run, save_run_config, write_results
 
-POLICY_LOSSES = ("mmpo", "dpo", "cdpo", "ipo", "simpo", "simpo_mmpo")
 EVAL_RESULTS_FILE = RESULTS_FILE
 DATA_REPORT_FILE = "data_report.json"
 
@@ -104,7 +108,7 @@ def policy_rewards(
     ``ipo_logps: averaged``). SimPO family: ``beta * log pi / |y|`` with ``simpo_margin`` taken off chosen
     (:func:`mmpo.losses.simpo_logits`).
     """
-    if loss in REFERENCE_FREE_LOSSES:
+    if not needs_reference(loss):
         return simpo_logits(policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths, beta, simpo_margin)
     if reference_chosen_logps is None or reference_rejected_logps is None:
         raise ValueError(f"loss {loss!r} needs reference log-probabilities")
@@ -116,18 +120,20 @@ def policy_rewards(
 
 
 def policy_loss(
-    loss: str, chosen: torch.Tensor, rejected: torch.Tensor, p: torch.Tensor, beta: float, label_smoothing: float = 0.0
+    loss: str, chosen: torch.Tensor, rejected: torch.Tensor, p: torch.Tensor, beta: float, label_smoothing: float = 0.0,
+    *, margin: torch.Tensor | None = None, settings: LossSettings | None = None,
 ) -> torch.Tensor:
-    """Per-pair loss for rewards from :func:`policy_rewards` (formulas in the module docstring)."""
-    if loss in ("mmpo", "simpo_mmpo"):
-        return mmpo_loss(chosen, rejected, p)
-    if loss in ("dpo", "simpo"):
-        return bt_loss(chosen, rejected)
-    if loss == "cdpo":
-        return label_smoothing_loss(chosen, rejected, label_smoothing)
-    if loss == "ipo":
-        return ipo_loss(chosen, rejected, beta)
-    raise UserError(f"unknown policy loss {loss!r}: choose {', '.join(POLICY_LOSSES)}")
+    """Per-pair loss for rewards from :func:`policy_rewards` (via :data:`mmpo.losses.LOSSES`).
+
+    ``margin``: the raw score margins (NaN where unknown; none = all unknown), for the margin-aware losses.
+    ``settings`` carries the other loss keys (ODPO's, Rating-DPO's, gamma); ``beta`` and ``label_smoothing``
+    override its values.
+    """
+    check_loss(loss, "policy", "policy")
+    settings = dataclasses.replace(settings or LossSettings(), beta=beta, label_smoothing=label_smoothing)
+    if margin is None:
+        margin = torch.full_like(torch.as_tensor(p, dtype=torch.float32), float("nan"))
+    return LOSSES[loss].fn(chosen, rejected, {"p": p, "margin": margin}, settings)
 
 
 def policy_eval_metrics(eval_pred: Any, extra_names: tuple[str, ...] = ()) -> dict[str, float]:
@@ -161,18 +167,19 @@ class PolicyTrainer(PairTrainer):
         simpo_margin: float = 0.0,
         label_smoothing: float = 0.0,
         ipo_logps: str = "summed",
+        loss_settings: LossSettings | None = None,
         reference_mode: str = "precomputed",
         reference_model: torch.nn.Module | None = None,
         **kwargs: Any,
     ):
-        if loss not in POLICY_LOSSES:
-            raise UserError(f"unknown policy loss {loss!r}: choose {', '.join(POLICY_LOSSES)}")
+        check_loss(loss, "policy", "policy")
         if reference_mode == "model" and reference_model is None:
             raise ValueError("reference_mode 'model' needs a reference_model")
         self.loss_name = loss
         self.beta = beta
         self.simpo_margin = simpo_margin
         self.label_smoothing = label_smoothing
+        self.loss_settings = loss_settings or LossSettings()
         if ipo_logps not in ("summed", "averaged"):
             raise UserError(f"ipo_logps must be summed or averaged (got {ipo_logps!r})")
         self.average_logps = loss == "ipo" and ipo_logps == "averaged"
@@ -254,7 +261,10 @@ class PolicyTrainer(PairTrainer):
         return chosen, rejected, extras
 
     def pair_loss(self, chosen: torch.Tensor, rejected: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return policy_loss(self.loss_name, chosen, rejected, batch["p"], self.beta, self.label_smoothing)
+        return policy_loss(
+            self.loss_name, chosen, rejected, batch["p"], self.beta, self.label_smoothing,
+            margin=batch["margin"], settings=self.loss_settings,
+        )
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -407,6 +417,7 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
         simpo_margin=config.simpo_margin,
         label_smoothing=config.label_smoothing,
         ipo_logps=config.ipo_logps,
+        loss_settings=LossSettings.from_config(config),
         reference_mode=mode,
         reference_model=reference_model,
         trunk_cache=trunk,

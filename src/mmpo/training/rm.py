@@ -4,12 +4,14 @@ The model is ``AutoModelForSequenceClassification`` with one output (see :mod:`m
 batch of B pairs is scored in ONE forward pass, as B rows ``[prompt | chosen | rejected]`` with the prompt
 shared (``prefix_sharing``, :mod:`mmpo.models.shared_prefix`) or as 2B rows, chosen first; ``h = r(chosen) - r(rejected)``.
 
-Losses (``config.loss``), all per pair, from :mod:`mmpo.losses`:
+Losses (``config.loss``): the reward-model entries of the registry :data:`mmpo.losses.LOSSES` (each with its
+formula), e.g.
 
 * ``mmpo``             ``-p log sigmoid(h) - (1 - p) log sigmoid(-h)``, ``p = sigmoid(gamma * margin)``
 * ``bt``               ``-log sigmoid(h)`` (hard labels; ``p`` only enters the held-out metrics)
 * ``margin``           ``-log sigmoid(h - m)``, ``m`` the raw score margin, 0 where the data gave none
 * ``label_smoothing``  ``-(1 - eps) log sigmoid(h) - eps log sigmoid(-h)``, ``eps = config.label_smoothing``
+* ``scaled_bt``        ``-m log sigmoid(h)``, BT weighted by the score margin ``m`` (1 where the data gave none)
 
 Output directory: ``checkpoint-N/`` (resumable), the final model (LoRA merged) with its tokenizer,
 ``config.yaml``, ``data_report.json``, ``metrics.jsonl``, ``eval_results.json`` (final held-out metrics)
@@ -25,11 +27,11 @@ from typing import Any
 import torch
 from transformers import set_seed
 
-from mmpo.config import RMConfig
+from mmpo.config import RMConfig, check_loss
 from mmpo.data.pipeline import prepare_data
 from mmpo.errors import UserError
 from mmpo.host_memory import prepare_host
-from mmpo.losses import bt_loss, label_smoothing_loss, margin_loss, mmpo_loss
+from mmpo.losses import LOSSES, LossSettings
 from mmpo.models.loading import load_tokenizer, merge_lora_float32, model_load_kwargs, trainable_summary
 from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards, shared_sequence_rewards
 from mmpo.models.shared_prefix import pair_collator
@@ -40,23 +42,20 @@ from mmpo.training.base import PairTrainer, final_results, run_summary
 from mmpo.training.card import push_final_model, write_model_card
 from mmpo.training.run_dir import RESULTS_FILE, plan_run, save_run_config, write_results
 
-RM_LOSSES = ("mmpo", "bt", "margin", "label_smoothing")
 EVAL_RESULTS_FILE = RESULTS_FILE
 DATA_REPORT_FILE = "data_report.json"
 
 
-def reward_pair_loss(loss: str, chosen: torch.Tensor, rejected: torch.Tensor, batch: dict[str, torch.Tensor], label_smoothing: float = 0.1) -> torch.Tensor:
-    """Per-pair loss ``loss`` (one of :data:`RM_LOSSES`) from rewards and the batch's ``p`` / ``margin``."""
-    if loss == "mmpo":
-        return mmpo_loss(chosen, rejected, batch["p"])
-    if loss == "bt":
-        return bt_loss(chosen, rejected)
-    if loss == "margin":
-        # The collator marks a missing margin as NaN; such pairs get no offset (plain BT).
-        return margin_loss(chosen, rejected, torch.nan_to_num(batch["margin"].float(), nan=0.0))
-    if loss == "label_smoothing":
-        return label_smoothing_loss(chosen, rejected, label_smoothing)
-    raise UserError(f"unknown reward-model loss {loss!r}: choose {', '.join(RM_LOSSES)}")
+def reward_pair_loss(
+    loss: str, chosen: torch.Tensor, rejected: torch.Tensor, batch: dict[str, torch.Tensor], label_smoothing: float = 0.1,
+    settings: LossSettings | None = None,
+) -> torch.Tensor:
+    """Per-pair reward-model loss ``loss`` from rewards and the batch's ``p`` / ``margin`` (via :data:`LOSSES`).
+
+    ``settings`` carries the loss keys of the config; without it, defaults with ``label_smoothing``.
+    """
+    check_loss(loss, "rm", "reward-model")
+    return LOSSES[loss].fn(chosen, rejected, batch, settings or LossSettings(label_smoothing=label_smoothing))
 
 
 def score_rows(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -67,11 +66,12 @@ def score_rows(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 class RewardTrainer(PairTrainer):
     """PairTrainer for a scalar-head reward model: one forward on the 2B rows, split into chosen / rejected."""
 
-    def __init__(self, *args: Any, loss: str = "mmpo", label_smoothing: float = 0.1, **kwargs: Any):
-        if loss not in RM_LOSSES:
-            raise UserError(f"unknown reward-model loss {loss!r}: choose {', '.join(RM_LOSSES)}")
+    def __init__(
+        self, *args: Any, loss: str = "mmpo", label_smoothing: float = 0.1, loss_settings: LossSettings | None = None, **kwargs: Any
+    ):
+        check_loss(loss, "rm", "reward-model")
         self.loss_name = loss
-        self.label_smoothing = label_smoothing
+        self.loss_settings = loss_settings or LossSettings(label_smoothing=label_smoothing)
         super().__init__(*args, **kwargs)
 
     def pair_rewards(self, model, batch):
@@ -83,7 +83,7 @@ class RewardTrainer(PairTrainer):
         return rewards[:n_pairs], rewards[n_pairs:], {}
 
     def pair_loss(self, chosen, rejected, batch):
-        return reward_pair_loss(self.loss_name, chosen, rejected, batch, self.label_smoothing)
+        return reward_pair_loss(self.loss_name, chosen, rejected, batch, settings=self.loss_settings)
 
 
 def build_model(config: RMConfig, tokenizer: Any) -> Any:
@@ -160,7 +160,7 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
         eval_dataset=data.eval or None,
         processing_class=tokenizer,
         loss=config.loss,
-        label_smoothing=config.label_smoothing,
+        loss_settings=LossSettings.from_config(config),
         trunk_cache=trunk,
     )
     trainer.prefill_trunk_cache(score_rows, {"train": data.train, "eval": data.eval})
