@@ -64,3 +64,22 @@ def test_debug_works_before_and_after_a_nested_subcommand(tmp_path, monkeypatch,
     argv = ["--debug", *EVAL_PAIRS_MISSING_DATA] if where == "before" else [*EVAL_PAIRS_MISSING_DATA, "--debug"]
     with pytest.raises(UserError, match="data path not found"):
         main(argv)
+
+
+def _documented_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The parser's shown options and positionals, and its subcommands' one-line entries."""
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            out.extend(action._choices_actions)
+        elif action.help is not argparse.SUPPRESS:
+            out.append(action)
+    return out
+
+
+@pytest.mark.parametrize("parser", _parsers(), ids=lambda p: p.prog)
+def test_every_option_says_what_it_does(parser):
+    undocumented = [a.option_strings or [a.dest] for a in _documented_actions(parser) if not (a.help or "").strip()]
+    assert undocumented == []
+    # a help line stands on its own: nothing above it in the listing explains it
+    assert [a.dest for a in _documented_actions(parser) if "see above" in (a.help or "")] == []
