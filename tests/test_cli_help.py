@@ -83,3 +83,13 @@ def test_every_option_says_what_it_does(parser):
     assert undocumented == []
     # a help line stands on its own: nothing above it in the listing explains it
     assert [a.dest for a in _documented_actions(parser) if "see above" in (a.help or "")] == []
+
+
+@pytest.mark.parametrize("command,own,other", [("rm", "embedded/rm", "dpo"), ("dpo", "embedded/dpo", "rm"),
+                                               ("online", "embedded/online", "rm")])
+def test_training_help_names_recipes_of_its_own_kind(command, own, other, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    epilog = capsys.readouterr().out.split("...and any transformers.TrainingArguments key")[1]
+    assert own in epilog
+    assert f"embedded/{other}" not in epilog and f"/{other}-" not in epilog

@@ -456,7 +456,8 @@ def config_keys(cls: type) -> list[tuple[str, str, str]]:
 
 
 def help_listing(cls: type) -> str:
-    """The key listing ``mmpo rm --help`` / ``mmpo dpo --help`` print (every key, its default, its meaning)."""
+    """The key listing ``mmpo rm --help`` / ``mmpo dpo --help`` / ``mmpo online --help`` print (every key, its
+    default, its meaning)."""
     rows = config_keys(cls)
     width = max(len(k) for k, _, _ in rows)
     lines = ["config keys (in the recipe, or --key value on the command line; default in brackets):"]
