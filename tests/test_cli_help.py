@@ -93,3 +93,49 @@ def test_training_help_names_recipes_of_its_own_kind(command, own, other, capsys
     epilog = capsys.readouterr().out.split("...and any transformers.TrainingArguments key")[1]
     assert own in epilog
     assert f"embedded/{other}" not in epilog and f"/{other}-" not in epilog
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["rm", "embedded/dpo"], "embedded/dpo is a policy recipe (it sets beta), not one for mmpo rm: train it with `mmpo dpo embedded/dpo`"),
+    (["dpo", "embedded/rm"], "embedded/rm is a reward-model recipe (packaged as embedded/rm), not one for mmpo dpo"),
+    (["dpo", "paper/rm-gemma-2b-ultrafeedback"], "is a reward-model recipe"),
+    (["rm", "embedded/online"], "embedded/online is an `mmpo online` recipe"),
+    (["online", "embedded/rm"], "embedded/rm is a reward-model recipe"),
+])
+def test_training_refuses_a_recipe_of_another_kind(argv, says, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MMPO_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--output_dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0]
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_training_refuses_a_directory_as_recipe(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MMPO_DEBUG", raising=False)
+    run_dir = tmp_path / "old-run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("loss: bt\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["rm", "old-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mmpo rm: error: old-run is a directory, not a recipe: give a recipe file (.yaml) or a packaged "
+                   "recipe name; the run's settings are in old-run/config.yaml"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["config.yaml", "old-run"]
+
+
+def test_recipe_kind_rules(tmp_path):
+    from mmpo.recipes import recipe_kind
+
+    def kind_of(text):
+        path = tmp_path / "r.yaml"
+        path.write_text(text)
+        return recipe_kind(path)[0]
+
+    assert kind_of("prompts: p.jsonl\nbeta: 0.1\n") == "online"
+    assert kind_of("data: d.jsonl\nreference: none\n") == "dpo"
+    assert kind_of("loss: bt\n") == "rm"
+    assert kind_of("loss: ipo\n") == "dpo"
+    assert kind_of("loss: mmpo\nlearning_rate: 1.0e-5\n") is None  # fits both: a file's name decides nothing
+    assert recipe_kind("embedded/rm")[0] == "rm" and recipe_kind("embedded/dpo")[0] == "dpo"
+    assert recipe_kind("paper/dpo-gemma-7b-shp")[0] == "dpo" and recipe_kind("embedded/online")[0] == "online"

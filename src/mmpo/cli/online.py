@@ -23,7 +23,12 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmpo.cli.train import split_recipe
     from mmpo.config import load_config
+    from mmpo.recipes import check_recipe_kind
     from mmpo.training.online import OnlineConfig, train_online
+
+    recipe, _ = split_recipe(args.extra)
+    if recipe is not None:  # a policy recipe plus the round keys on the command line is an online run
+        check_recipe_kind(recipe, "mmpo online", ("online", "dpo"))
 
     train_online(load_config(OnlineConfig, *split_recipe(args.extra)))
     return 0

@@ -37,7 +37,11 @@ def split_recipe(tokens: list[str]) -> tuple[str | None, list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     from mmpo.config import DPOConfig, RMConfig, load_config
+    from mmpo.recipes import check_recipe_kind
 
+    recipe, _ = split_recipe(args.extra)
+    if recipe is not None:
+        check_recipe_kind(recipe, f"mmpo {args._name}", (args._name,))
     if args._name == "rm":
         from mmpo.training.rm import train_reward_model
 
