@@ -139,3 +139,53 @@ def test_recipe_kind_rules(tmp_path):
     assert kind_of("loss: mmpo\nlearning_rate: 1.0e-5\n") is None  # fits both: a file's name decides nothing
     assert recipe_kind("embedded/rm")[0] == "rm" and recipe_kind("embedded/dpo")[0] == "dpo"
     assert recipe_kind("paper/dpo-gemma-7b-shp")[0] == "dpo" and recipe_kind("embedded/online")[0] == "online"
+
+
+def test_compare_kind_comes_from_the_recipe_then_the_losses(tmp_path):
+    from mmpo.errors import UserError
+    from mmpo.reports.comparison import choose_kind
+
+    assert choose_kind(None, "embedded/rm", ["mmpo", "bt"]) == ("rm", "embedded/rm is a reward-model recipe (packaged as embedded/rm)")
+    assert choose_kind(None, "embedded/dpo", ["mmpo", "dpo"])[0] == "dpo"
+    assert choose_kind(None, "embedded/online", ["mmpo", "dpo"])[0] == "online"
+    with pytest.raises(UserError, match=r"^embedded/rm is a reward-model recipe .*; loss dpo is not one of its losses .*--kind dpo"):
+        choose_kind(None, "embedded/rm", ["mmpo", "dpo"])
+    with pytest.raises(UserError, match="embedded/dpo is a policy recipe .*; loss bt is not one"):
+        choose_kind(None, "embedded/dpo", ["mmpo", "bt"])
+    # an explicit --kind decides, whatever the recipe
+    assert choose_kind("dpo", "embedded/rm", ["mmpo", "dpo"]) == ("dpo", "--kind dpo")
+    # a recipe that fits either kind: the losses decide
+    neutral = tmp_path / "mine.yaml"
+    neutral.write_text("loss: mmpo\n")
+    kind, why = choose_kind(None, str(neutral), ["mmpo", "ipo"])
+    assert kind == "dpo" and "fits either kind" in why and "ipo trains policies only" in why
+    assert choose_kind(None, None, ["mmpo", "bt"])[0] == "rm"
+    with pytest.raises(UserError, match="bt .* and dpo .* train different kinds"):
+        choose_kind(None, None, ["bt", "dpo"])
+
+
+def test_compare_says_its_kind_and_refuses_a_loss_of_another_kind(tmp_path, monkeypatch, capsys):
+    import mmpo.reports.comparison as comparison
+    from mmpo.errors import UserError
+
+    monkeypatch.delenv("MMPO_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", "embedded/rm", "--losses", "mmpo,dpo", "--out", "cmp"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        "mmpo compare: error: embedded/rm is a reward-model recipe (packaged as embedded/rm); loss dpo is not one of its "
+        "losses (mmpo, bt, margin, label_smoothing); pass --kind dpo to train policies from this recipe anyway"]
+    assert list(tmp_path.iterdir()) == []
+
+    seen = []
+
+    def no_training(kind, *args, **kwargs):
+        seen.append(kind)
+        raise UserError("stopped before training")
+
+    monkeypatch.setattr(comparison, "run_compare", no_training)
+    assert main(["compare", "embedded/rm", "--losses", "mmpo,bt", "--out", "cmp"]) == 2
+    assert seen == ["rm"]
+    assert "kind rm for losses mmpo, bt: embedded/rm is a reward-model recipe" in capsys.readouterr().out
+    assert main(["compare", "embedded/rm", "--kind", "dpo", "--losses", "mmpo,dpo", "--out", "cmp"]) == 2
+    assert seen == ["rm", "dpo"] and "kind dpo for losses mmpo, dpo: --kind dpo" in capsys.readouterr().out
