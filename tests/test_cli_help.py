@@ -4,6 +4,7 @@ answers --help and --version."""
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
@@ -189,3 +190,23 @@ def test_compare_says_its_kind_and_refuses_a_loss_of_another_kind(tmp_path, monk
     assert "kind rm for losses mmpo, bt: embedded/rm is a reward-model recipe" in capsys.readouterr().out
     assert main(["compare", "embedded/rm", "--kind", "dpo", "--losses", "mmpo,dpo", "--out", "cmp"]) == 2
     assert seen == ["rm", "dpo"] and "kind dpo for losses mmpo, dpo: --kind dpo" in capsys.readouterr().out
+
+
+# Measurements (a range of percentages, a speed ratio, a memory size, "measured ...") belong in the benchmarks'
+# results, not in help, which says what a key or option does.
+MEASURED = re.compile(r"\d+(\.\d+)?\s*(-\s*\d+(\.\d+)?\s*)?%\s*(less|more|faster|slower)|\d+\.\d+x|~\s*\d|\bmeasured\b|"
+                      r"RESULTS\.md|\d\s*[MG]iB")
+
+
+def test_help_holds_no_measurements():
+    import dataclasses
+
+    from mmpo.config import DPOConfig, RMConfig
+    from mmpo.training.online import OnlineConfig
+
+    texts = {f"{cls.__name__}.{f.name}": f.metadata.get("help", "")
+             for cls in (RMConfig, DPOConfig, OnlineConfig) for f in dataclasses.fields(cls)}
+    for parser in _parsers():
+        for action in _documented_actions(parser):
+            texts[f"{parser.prog} {'/'.join(action.option_strings) or action.dest}"] = action.help or ""
+    assert {where: text for where, text in texts.items() if MEASURED.search(text)} == {}
