@@ -16,6 +16,7 @@ from mmpo.cli.main import main as mmpo_main
 from mmpo.config import DPOConfig, RMConfig, config_keys, config_markdown, load_config
 from mmpo.errors import UserError
 from mmpo.training.args import training_arguments
+from mmpo.training.online import OnlineConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -226,7 +227,7 @@ def test_policy_prints_the_same_summary_and_writes_a_card(tiny_model_dir, pair_f
 # --- discoverable configuration ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command,cls", [("rm", RMConfig), ("dpo", DPOConfig)])
+@pytest.mark.parametrize("command,cls", [("rm", RMConfig), ("dpo", DPOConfig), ("online", OnlineConfig)])
 def test_help_lists_every_key_with_default_and_meaning(command, cls, capsys):
     with pytest.raises(SystemExit):
         mmpo_main([command, "--help"])

@@ -56,9 +56,8 @@ class TrainConfig:
     )
     gradient_checkpointing: bool = field(
         default=True,
-        metadata={"help": "recompute each block's activations in backward instead of keeping them: 14-25% less peak "
-                          "memory, 1.21-1.33x longer steps (benchmarks/RESULTS.md). On by default, as in TRL (memory "
-                          "before speed); false where memory is to spare"},
+        metadata={"help": "recompute each block's activations in backward instead of keeping them: less peak memory, "
+                          "slower steps (on by default, as in TRL; false where memory is to spare)"},
     )
     bf16: Any = field(default="auto", metadata={"help": "bfloat16 autocast over float32 weights: auto (where the hardware has it natively: CUDA, AVX512-BF16/AMX CPUs; else float32) | true | false"})
     prefix_sharing: bool = field(
@@ -69,9 +68,8 @@ class TrainConfig:
     packing: Any = field(
         default="auto",
         metadata={"help": "auto | true | false: with prefix_sharing, put several pairs in one row so padding mostly "
-                          "disappears; exact (rows of up to 2048 tokens where attention runs per pair: CPU, SDPA; as long "
-                          "as the batch's longest pair under a dense mask; under flex_attention all of a batch's pairs, "
-                          "in whole 128-token blocks). auto = on where attention runs per pair (measured faster there)"},
+                          "disappears (exact; see mmpo.models.shared_prefix); auto = on where attention runs per pair "
+                          "(CPU under SDPA)"},
     )
     group_by_length: bool = field(
         default=False,
@@ -87,11 +85,10 @@ class TrainConfig:
     )
     kernel_cache_capacity: int = field(
         default=64,
-        metadata={"help": "CPU runs: entries kept in oneDNN's cache of compiled kernels and in ideep's (each; keyed "
-                          "by tensor shapes). At their default of 1024, sequence lengths that change every step grow "
-                          "memory by ~10 MiB a step until the caches fill; a step uses ~20 shapes. 0: the "
-                          "libraries' defaults. ONEDNN_PRIMITIVE_CACHE_CAPACITY / LRU_CACHE_CAPACITY in the "
-                          "environment win"},
+        metadata={"help": "CPU runs: entries kept in each of oneDNN's and ideep's caches of compiled kernels (keyed "
+                          "by tensor shapes), which bounds their memory when sequence lengths change every step (see "
+                          "mmpo.host_memory); 0 = the libraries' defaults; ONEDNN_PRIMITIVE_CACHE_CAPACITY / "
+                          "LRU_CACHE_CAPACITY in the environment win"},
     )
     # data (a path, a hub name / source name, or a mapping; see mmpo.data.sources.load_pairs)
     data: Any = field(default=None, metadata={"help": "training pairs: a file, a hub data set or source name, or a mapping (see docs)"})
@@ -472,7 +469,8 @@ def config_keys(cls: type) -> list[tuple[str, str, str]]:
 
 
 def help_listing(cls: type) -> str:
-    """The key listing ``mmpo rm --help`` / ``mmpo dpo --help`` print (every key, its default, its meaning)."""
+    """The key listing ``mmpo rm --help`` / ``mmpo dpo --help`` / ``mmpo online --help`` print (every key, its
+    default, its meaning)."""
     rows = config_keys(cls)
     width = max(len(k) for k, _, _ in rows)
     lines = ["config keys (in the recipe, or --key value on the command line; default in brackets):"]

@@ -18,20 +18,22 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--out", required=True, help="comparison directory")
     p.add_argument("--kind", choices=["rm", "dpo", "online"], default=None,
-                   help="reward models, policies, or `mmpo online` runs (default: online for a recipe with `prompts`, "
-                        "else dpo when a loss exists only for policies, else rm)")
+                   help="reward models, policies, or `mmpo online` runs (default: the recipe's kind, see "
+                        "mmpo.recipes.recipe_kind; for a recipe that fits any, dpo when a loss exists only for "
+                        "policies, else rm)")
 
 
 def run(args: argparse.Namespace) -> int:
     from mmpo.cli.train import split_recipe
     from mmpo.config import parse_overrides
-    from mmpo.reports.comparison import parse_list, render_table, run_compare
+    from mmpo.reports.comparison import choose_kind, parse_list, render_table, run_compare
     from mmpo.reports.intervals import few_seeds_warning
 
     recipe, tokens = split_recipe(args.extra)
     losses = parse_list(args.losses, "losses")
     seeds = parse_list(args.seeds, "seeds", int)
-    kind = args.kind or ("online" if recipe is not None and recipe_is_online(recipe) else None)
+    kind, reason = choose_kind(args.kind, recipe, losses)
+    print(f"kind {kind} for losses {', '.join(losses)}: {reason}", flush=True)
     warning = few_seeds_warning(len(seeds))
     if warning:  # said before the training too, not only under the table at the end
         print(warning, file=sys.stderr, flush=True)
@@ -39,10 +41,3 @@ def run(args: argparse.Namespace) -> int:
     print("\n" + render_table(comparison))
     print(f"\nwritten: {args.out}/comparison.json, comparison.md, " + ", ".join(comparison["plots"].values()))
     return 0
-
-
-def recipe_is_online(recipe: str) -> bool:
-    """An `mmpo online` recipe names its prompts (`prompts`); rm / dpo recipes name pairs (`data`)."""
-    from mmpo.config import read_recipe
-
-    return "prompts" in read_recipe(recipe)

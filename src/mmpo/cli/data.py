@@ -19,8 +19,8 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--order-conflict", default="swap", help="chosen rated below rejected: swap, drop or error")
     p.add_argument("--pairs-per-prompt", type=int, default=None, help="cap per prompt (default: the source's; 0 = none)")
     p.add_argument("--margin-bins", type=int, default=0, help="sample uniformly across this many margin quantile bins")
-    p.add_argument("--max-pairs", type=int, default=None)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-pairs", type=int, default=None, help="keep a seeded sample of this many pairs (default: all)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the per-prompt cap, margin-bin and --max-pairs sampling")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 

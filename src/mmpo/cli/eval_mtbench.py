@@ -27,8 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit", type=int, default=None, help="only the first N questions")
     g.add_argument("--model-id", default=None, help="name recorded with the answers (default: the model folder name)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed base (turn k of question q uses seed + 10q + k)")
-    g.add_argument("--device", default=None)
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weight dtype (auto: bfloat16 on a CUDA device that has it, else float32)")
 
     j = sub.add_parser("judge", help="grade answers with an LLM judge over HTTP")
     j.add_argument("--answers", required=True, help="answers JSONL from `mmpo eval mtbench generate`")

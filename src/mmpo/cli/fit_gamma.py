@@ -24,10 +24,15 @@ OUTCOME_CANDIDATES = ("p_chosen", "original_p_chosen", "label", "outcome", "vote
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="pair file (.jsonl/.json/.parquet/.csv) with a margin and an outcome per row")
-    p.add_argument("--margin", default=None, help="column holding the margin (default: see above)")
+    p.add_argument("--margin", default=None, help=f"column holding the margin (default: the first present of {_names(MARGIN_CANDIDATES)})")
     p.add_argument("--scores", default=None, help="two columns A,B: margin = A - B (instead of --margin)")
-    p.add_argument("--outcome", default=None, help="column holding the outcome in [0, 1] (default: see above)")
+    p.add_argument("--outcome", default=None, help=f"column holding the outcome in [0, 1] (default: the first present of {_names(OUTCOME_CANDIDATES)})")
     p.add_argument("--out", default="fit-gamma.json", help="where to write the fit (JSON); the plot goes beside it (.png)")
+
+
+def _names(candidates: tuple[Any, ...]) -> str:
+    """``(("a", "b"), "c")`` -> ``"a - b, c"``: the candidate columns as --help lists them."""
+    return ", ".join(" - ".join(c) if isinstance(c, tuple) else c for c in candidates)
 
 
 def _number(value: Any) -> float | None:

@@ -9,6 +9,7 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Iterator
 
 # (subcommand, module under mmpo.cli). Modules are imported lazily so `mmpo --help` stays fast.
 COMMANDS = [
@@ -18,7 +19,7 @@ COMMANDS = [
     ("online", "mmpo.cli.online", "on-policy MMPO: sample from the policy, grade the samples, train on their margins, repeat"),
     ("eval", "mmpo.cli.evaluate", "evaluate models: pairs, rewardbench, mtbench"),
     ("report", "mmpo.cli.report", "compare finished runs: calibration, accuracy by margin, training curves"),
-    ("compare", "mmpo.cli.compare", "train one recipe with several losses and seeds; differences with 95% intervals"),
+    ("compare", "mmpo.cli.compare", "train one recipe with several losses and seeds; differences with 95%% intervals"),
     ("sweep", "mmpo.cli.sweep", "train one recipe for several gammas and pick the lowest held-out NLL"),
     ("data", "mmpo.cli.data", "read a preference data set and print its report"),
     ("make-data", "mmpo.cli.make_data", "write the graded-tasks preference set (checkable prompts, graded responses)"),
@@ -31,13 +32,41 @@ COMMANDS = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmpo", description="Margin Matching Preference Optimization")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    parser.add_argument("--version", action="version", version=f"mmpo {mmpo_version()}", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module, help_text in COMMANDS:
         p = sub.add_parser(name, help=help_text, add_help=True)
         p.set_defaults(_module=module, _name=name)
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for user errors")
         importlib.import_module(module).add_arguments(name, p)
+    for p in iter_parsers(parser):
+        if p is parser:
+            continue
+        # Every (sub-)subcommand takes --debug after its name too, and names itself in its errors (`mmpo eval
+        # pairs: error: ...`): argparse copies the innermost parser's defaults last, so its `_command` wins.
+        p.set_defaults(_command=p.prog)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for user errors")
     return parser
+
+
+def iter_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """``parser`` and every parser below it (subcommands, and their subcommands), depth first."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser once
+                yield from iter_parsers(child)
+
+
+def mmpo_version() -> str:
+    """The installed distribution's version, else the package's ``__version__``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mmpo")
+    except PackageNotFoundError:
+        import mmpo
+
+        return getattr(mmpo, "__version__", "unknown")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,14 +96,14 @@ def _run_command(parser: argparse.ArgumentParser, args: argparse.Namespace, extr
         if debug:
             raise
         _close_progress_bars()
-        print(f"mmpo {args._name}: error: {e}", file=sys.stderr)
+        print(f"{args._command}: error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:
         # A diverged run (see PairTrainer.compute_loss): the message names the step and batch rows.
         if debug:
             raise
         _close_progress_bars()
-        print(f"mmpo {args._name}: stopped: {e}", file=sys.stderr)
+        print(f"{args._command}: stopped: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)

@@ -22,7 +22,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one; the URL is printed)")
     p.add_argument("--served-model-name", default=None, help="model id reported by /v1/models (default: the folder name)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="chat model weight dtype (auto: bfloat16 on a CUDA device that has it, else float32)")
     p.add_argument(
         "--api-key",
         default=os.environ.get("MMPO_SERVE_API_KEY"),

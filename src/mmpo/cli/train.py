@@ -15,7 +15,17 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.usage = f"mmpo {name} [CONFIG.yaml] [--key value ...]"
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.description = help_listing(RMConfig if name == "rm" else DPOConfig)
-    p.epilog = "CONFIG.yaml is a recipe file or a packaged recipe name (embedded/rm, paper/rm-gemma-2b-ultrafeedback, ...). Any config key can be given as --key value, e.g. --gamma 2.2 --max_steps 100 --lora_r 8"
+    p.epilog = EPILOGS[name]
+
+
+EPILOGS = {
+    "rm": "CONFIG.yaml is a recipe file or a packaged reward-model recipe name (embedded/rm, "
+          "paper/rm-gemma-2b-ultrafeedback, ...). Any config key can be given as --key value, e.g. "
+          "--loss bt --gamma 2.2 --max_steps 100 --lora_r 8",
+    "dpo": "CONFIG.yaml is a recipe file or a packaged policy recipe name (embedded/dpo, "
+           "paper/dpo-gemma-2b-ultrafeedback, ...). Any config key can be given as --key value, e.g. "
+           "--loss dpo --beta 0.05 --max_steps 100 --lora_r 8",
+}
 
 
 def split_recipe(tokens: list[str]) -> tuple[str | None, list[str]]:
@@ -27,7 +37,11 @@ def split_recipe(tokens: list[str]) -> tuple[str | None, list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     from mmpo.config import DPOConfig, RMConfig, load_config
+    from mmpo.recipes import check_recipe_kind
 
+    recipe, _ = split_recipe(args.extra)
+    if recipe is not None:
+        check_recipe_kind(recipe, f"mmpo {args._name}", (args._name,))
     if args._name == "rm":
         from mmpo.training.rm import train_reward_model
 

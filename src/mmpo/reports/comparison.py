@@ -74,6 +74,42 @@ def infer_kind(losses: list[str]) -> str:
     return "dpo" if any(loss in POLICY_ONLY_LOSSES for loss in losses) else "rm"
 
 
+def choose_kind(explicit: str | None, recipe: str | Path | None, losses: list[str]) -> tuple[str, str]:
+    """``(kind, reason)`` for `mmpo compare`: what every loss of the comparison trains, and why.
+
+    ``--kind`` decides when given. Else the recipe's kind (:func:`mmpo.recipes.recipe_kind`) decides, and a
+    loss that kind does not train is refused; else :func:`infer_kind` from the losses, refusing a mix of
+    reward-model-only and policy-only losses.
+    """
+    from mmpo.recipes import KIND_NAMES, recipe_kind
+    from mmpo.training.dpo import POLICY_LOSSES
+    from mmpo.training.rm import RM_LOSSES
+
+    if explicit:
+        return explicit, f"--kind {explicit}"
+    trains = {"rm": RM_LOSSES, "dpo": POLICY_LOSSES, "online": POLICY_LOSSES}
+    models = {"rm": "reward models", "dpo": "policies"}
+    kind, why = recipe_kind(recipe) if recipe is not None else (None, "")
+    if kind is not None:
+        for loss in losses:
+            if loss not in trains[kind]:
+                other = next((k for k in ("rm", "dpo") if loss in trains[k]), None)
+                hint = f"; pass --kind {other} to train {models[other]} from this recipe anyway" if other else ""
+                raise UserError(f"{recipe} is {KIND_NAMES[kind]} ({why}); loss {loss} is not one of its losses "
+                                f"({', '.join(trains[kind])}){hint}")
+        return kind, f"{recipe} is {KIND_NAMES[kind]} ({why})"
+    rm_only = [loss for loss in losses if loss not in POLICY_LOSSES]
+    policy_only = [loss for loss in losses if loss in POLICY_ONLY_LOSSES]
+    if rm_only and policy_only:
+        raise UserError(f"losses {rm_only[0]} (reward models only) and {policy_only[0]} (policies only) train "
+                        "different kinds of model: compare losses of one kind")
+    kind = infer_kind(losses)
+    source = f"{recipe} fits either kind" if recipe is not None else "no recipe"
+    if kind == "dpo":
+        return kind, f"{source}, and loss {policy_only[0]} trains policies only"
+    return kind, f"{source}, and every loss trains a reward model (pass --kind dpo for policies)"
+
+
 def run_name(loss: str, seed: int) -> str:
     return f"{loss}-seed{seed}"
 
