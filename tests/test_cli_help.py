@@ -168,6 +168,7 @@ def test_compare_kind_comes_from_the_recipe_then_the_losses(tmp_path):
 def test_compare_says_its_kind_and_refuses_a_loss_of_another_kind(tmp_path, monkeypatch, capsys):
     import mmpo.reports.comparison as comparison
     from mmpo.errors import UserError
+    from mmpo.losses import losses_for
 
     monkeypatch.delenv("MMPO_DEBUG", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -175,7 +176,7 @@ def test_compare_says_its_kind_and_refuses_a_loss_of_another_kind(tmp_path, monk
     captured = capsys.readouterr()
     assert captured.err.strip().splitlines() == [
         "mmpo compare: error: embedded/rm is a reward-model recipe (packaged as embedded/rm); loss dpo is not one of its "
-        "losses (mmpo, bt, margin, label_smoothing); pass --kind dpo to train policies from this recipe anyway"]
+        f"losses ({', '.join(losses_for('rm'))}); pass --kind dpo to train policies from this recipe anyway"]
     assert list(tmp_path.iterdir()) == []
 
     seen = []

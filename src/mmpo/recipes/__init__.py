@@ -60,9 +60,8 @@ def recipe_kind(name_or_path: str | Path) -> tuple[str | None, str]:
     ``paper/dpo-gemma-7b-shp``) is that kind. ``reason`` says which rule applied, for messages.
     """
     from mmpo.config import DPOConfig, RMConfig, read_recipe
-    from mmpo.training.dpo import POLICY_LOSSES
+    from mmpo.losses import losses_for
     from mmpo.training.online import OnlineConfig
-    from mmpo.training.rm import RM_LOSSES
 
     keys = read_recipe(name_or_path)
     rm_keys = {f.name for f in dataclasses.fields(RMConfig)}
@@ -73,9 +72,10 @@ def recipe_kind(name_or_path: str | Path) -> tuple[str | None, str]:
         if found:
             return kind, f"it sets {found[0]}"
     loss = keys.get("loss")
-    if loss in set(RM_LOSSES) - set(POLICY_LOSSES):
+    rm_losses, policy_losses = set(losses_for("rm")), set(losses_for("policy"))
+    if loss in rm_losses - policy_losses:
         return "rm", f"its loss {loss} is a reward-model loss"
-    if loss in set(POLICY_LOSSES) - set(RM_LOSSES):
+    if loss in policy_losses - rm_losses:
         return "dpo", f"its loss {loss} is a policy loss"
     given = Path(name_or_path).expanduser()
     if not given.is_file():  # a packaged recipe, by name

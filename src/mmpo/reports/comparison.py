@@ -82,12 +82,10 @@ def choose_kind(explicit: str | None, recipe: str | Path | None, losses: list[st
     reward-model-only and policy-only losses.
     """
     from mmpo.recipes import KIND_NAMES, recipe_kind
-    from mmpo.training.dpo import POLICY_LOSSES
-    from mmpo.training.rm import RM_LOSSES
 
     if explicit:
         return explicit, f"--kind {explicit}"
-    trains = {"rm": RM_LOSSES, "dpo": POLICY_LOSSES, "online": POLICY_LOSSES}
+    trains = {"rm": losses_for("rm"), "dpo": losses_for("policy"), "online": losses_for("policy")}
     models = {"rm": "reward models", "dpo": "policies"}
     kind, why = recipe_kind(recipe) if recipe is not None else (None, "")
     if kind is not None:
@@ -98,7 +96,7 @@ def choose_kind(explicit: str | None, recipe: str | Path | None, losses: list[st
                 raise UserError(f"{recipe} is {KIND_NAMES[kind]} ({why}); loss {loss} is not one of its losses "
                                 f"({', '.join(trains[kind])}){hint}")
         return kind, f"{recipe} is {KIND_NAMES[kind]} ({why})"
-    rm_only = [loss for loss in losses if loss not in POLICY_LOSSES]
+    rm_only = [loss for loss in losses if loss not in trains["dpo"]]
     policy_only = [loss for loss in losses if loss in POLICY_ONLY_LOSSES]
     if rm_only and policy_only:
         raise UserError(f"losses {rm_only[0]} (reward models only) and {policy_only[0]} (policies only) train "
