@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from mmpo.graders import ScoreItem
-from mmpo.training.online import OnlineConfig, graded_pairs, grade_with_retries, read_jsonl, train_online
+from mmpo.io import read_jsonl
+from mmpo.training.online import OnlineConfig, OnlineRun, graded_pairs, grade_with_retries, train_online
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -84,6 +85,28 @@ def test_failing_grader_is_retried_then_counted_missing():
 
     grades, failed = grade_with_retries(down, reqs, retries=1, wait_s=0.0)
     assert grades == [None, None, None] and failed == 2
+
+
+def test_grading_after_a_torn_last_line_keeps_every_row(tmp_path):
+    """A crash mid-append leaves half a line; the rerun appends after cutting it, so every graded prompt is read
+    back and a second rerun grades nothing again."""
+    samples = [{"batch": 0, "i": i, "prompt": f"q{i}", "meta": {}, "answers": ["ab", "abc"]} for i in range(4)]
+    path = tmp_path / "graded.jsonl"
+    path.write_text("".join(json.dumps({**s, "grades": [2.0, 3.0]}) + "\n" for s in samples[:2])
+                    + json.dumps({**samples[2], "grades": [2.0, 3.0]})[:25])  # the crash cut this line short
+    calls = []
+
+    def grader(requests):
+        calls.append(len(requests))
+        return [float(len(r.response)) for r in requests]
+
+    run = OnlineRun(OnlineConfig(prompts="unused", grader_retry_wait=0.0), grader, [], [], tmp_path)
+    graded, _ = run.grade(samples, path, "grade")
+    assert [g["i"] for g in graded] == [0, 1, 2, 3] and calls == [2, 2]  # prompts 2 and 3 graded, once each
+    assert [g["i"] for g in read_jsonl(path)] == [0, 1, 2, 3]
+    calls.clear()
+    run.grade(samples, path, "grade")
+    assert calls == []
 
 
 def test_two_rounds_end_to_end_pairs_carry_grade_margins(tiny_model_dir, tmp_path, monkeypatch):

@@ -431,7 +431,7 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
 
 def save_config(config: Any, path: str | Path) -> None:
     """Write ``config`` as YAML (atomically), loadable again with :func:`load_config`."""
-    from mmpo.paths import atomic_write_text
+    from mmpo.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 

@@ -38,6 +38,7 @@ from mmpo.data.records import Message
 from mmpo.errors import UserError
 from mmpo.graders import ScoreItem
 from mmpo.host_memory import prepare_host
+from mmpo.io import append_jsonl, atomic_write_text, read_jsonl, write_jsonl_atomic
 
 LOG_FILE = "log.jsonl"
 PAIRINGS = ("all", "best_worst")
@@ -178,37 +179,6 @@ def grade_with_retries(grader: GradeFn, requests: Sequence[ScoreItem], retries: 
 
 
 # --- files ---------------------------------------------------------------------------------------------
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Complete lines of ``path`` (none if it does not exist); a torn last line from a crash is ignored."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # only the last line can be torn: it was being appended when the process died
-    return rows
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def append_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 GRADED_TASKS = {"graded-tasks": "prompts_train.jsonl", "graded-tasks-eval": "prompts_eval.jsonl"}
@@ -421,7 +391,7 @@ class OnlineRun:
             _carry_over(self.policy_of(r - 1), rd / "policy")
         self._say(r, "evaluate")
         record.update(self.evaluate(r, rd / "eval.jsonl"))
-        write_atomic(done, json.dumps(record, indent=2))
+        atomic_write_text(done, json.dumps(record, indent=2))
         return record
 
     def _say(self, r: int, phase: str) -> None:
@@ -498,7 +468,7 @@ def train_online(config: OnlineConfig, grader: GradeFn | None = None) -> list[di
         (out / "round-0").mkdir(exist_ok=True)
         run._say(0, "evaluate the starting model")
         rec = {"round": 0, **(run.evaluate(0, out / "round-0" / "eval.jsonl") if eval_rows else {})}
-        write_atomic(base, json.dumps(rec, indent=2))
+        atomic_write_text(base, json.dumps(rec, indent=2))
         records.append(rec)
     for r in range(1, config.rounds + 1):
         t0 = time.time()
