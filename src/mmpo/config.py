@@ -220,6 +220,11 @@ class DPOConfig(TrainConfig):
             self.reference = "none"
         if self.reference not in ("auto", "model", "adapter", "precomputed", "none"):
             raise UserError(f"reference must be auto, model, adapter, precomputed or none (got {self.reference!r})")
+        from mmpo.models.reference import resolve_reference_mode
+
+        # Impossible reference settings (adapter without LoRA or with a ref_model, none with a reference loss) are
+        # refused here, before any data or model is loaded.
+        resolve_reference_mode(self.loss, self.reference, self.lora_r, self.ref_model)
 
 
 def _parse_value(text: str) -> Any:

@@ -12,7 +12,9 @@ command continues where a crash left off (finished phases are read back, unfinis
    ``rejected``, ``score_chosen``, ``score_rejected``): MMPO's target is ``sigmoid(gamma * grade margin)``.
 4. ``policy/``        ``mmpo dpo`` on those pairs for ``steps_per_round`` steps, starting from the previous
    round's policy, against the initial model or the previous policy (``round_reference``); resumes from its
-   own checkpoints.
+   own checkpoints. ``reference: adapter`` (the LoRA base with the adapter off) is the round's starting policy,
+   so it goes with ``round_reference: previous`` only; ``auto`` uses it while the reference is the starting
+   policy and precomputes the initial model's log-probs otherwise.
 5. ``eval.jsonl``     greedy answers to the held-out prompts, graded; ``round.json`` closes the round.
 
 ``output_dir/log.jsonl`` has one line per finished round: the samples' mean grade, the share of candidate
@@ -79,6 +81,13 @@ class OnlineConfig(DPOConfig):
             raise UserError(f"pairing must be one of {', '.join(PAIRINGS)} (got {self.pairing!r})")
         if self.round_reference not in ROUND_REFERENCES:
             raise UserError(f"round_reference must be one of {', '.join(ROUND_REFERENCES)} (got {self.round_reference!r})")
+        if self.ref_model is not None and self.round_reference == "previous":
+            raise UserError("ref_model is the reference of round_reference: initial only; with round_reference: previous "
+                            "each round's reference is the last round's policy: drop ref_model or use round_reference: initial")
+        if self.reference == "adapter" and self.round_reference == "initial":
+            # From round 2 on, the LoRA base with its adapter off is the last round's policy, not the initial model.
+            raise UserError("reference: adapter with round_reference: initial: from round 2 on the adapter's base is the "
+                            "previous round's policy; use round_reference: previous, or reference: auto, precomputed or model")
         if self.grader_retries < 0:
             raise UserError(f"grader_retries must be >= 0 (got {self.grader_retries})")
 
@@ -327,7 +336,8 @@ class OnlineRun:
         values = {k: v for k, v in dataclasses.asdict(cfg).items() if k in names}
         start = self.policy_of(r - 1)
         # The reference is the initial model (or the recipe's ref_model) or this round's starting policy;
-        # ref_model None means "the starting model itself".
+        # ref_model None means "the starting model itself". `reference: auto` resolves per round: the LoRA base
+        # (adapter) while the reference is the starting model, precomputed log-probs of the other model otherwise.
         ref = (cfg.ref_model or cfg.model) if cfg.round_reference == "initial" else start
         values.update(
             model=start,
@@ -345,7 +355,7 @@ class OnlineRun:
         logs = [x for x in read_jsonl(metrics_file) if "loss" in x]
         last = logs[-1] if logs else {}
         return {"train_loss": last.get("loss"), "train_accuracy": last.get("train_accuracy"),
-                "train_steps": summary.get("global_step", last.get("step"))}
+                "train_steps": summary.get("global_step", last.get("step")), "reference": summary.get("reference")}
 
     def run_round(self, r: int) -> dict[str, Any]:
         cfg = self.config
