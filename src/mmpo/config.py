@@ -96,6 +96,7 @@ class TrainConfig:
     data: Any = field(default=None, metadata={"help": "training pairs: a file, a hub data set or source name, or a mapping (see docs)"})
     eval_data: Any = field(default=None, metadata={"help": "held-out pairs, in the same forms as data (none = split eval_split off data)"})
     eval_split: float = field(default=0.05, metadata={"help": "held-out share of data when eval_data is not given"})
+    allow_eval_overlap: bool = field(default=False, metadata={"help": "accept held-out prompts that also occur in training (eval_data vs data; eval_prompts vs prompts in mmpo online): false refuses them. Their count is in the data report either way; held-out data identical to the training data is always refused"})
     data_columns: dict[str, str] = field(default_factory=dict, metadata={"help": "column renames, e.g. {prompt: question, score_chosen: rating_a}"})
     max_pairs: int | None = field(default=None, metadata={"help": "a seeded sample of this many training pairs (none = all)"})
     max_eval_pairs: int | None = field(default=None, metadata={"help": "a seeded sample of this many held-out pairs (none = all)"})

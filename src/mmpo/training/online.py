@@ -18,7 +18,8 @@ command continues where a crash left off (finished phases are read back, unfinis
 5. ``eval.jsonl``     greedy answers to the held-out prompts, graded; ``round.json`` closes the round.
 
 ``output_dir/log.jsonl`` has one line per finished round: the samples' mean grade, the share of candidate
-pairs kept, the training metrics and the held-out mean grade (round 0 = the starting model).
+pairs kept, the training metrics and the held-out mean grade (round 0 = the starting model, with the count of
+held-out prompts that also occur in the training prompts: any is refused unless ``allow_eval_overlap``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from mmpo.config import DPOConfig
-from mmpo.data.records import Message
+from mmpo.data.records import Message, prompt_overlap
 from mmpo.errors import UserError
 from mmpo.graders import ScoreItem
 from mmpo.host_memory import prepare_host
@@ -193,18 +194,22 @@ def grade_with_retries(grader: GradeFn, requests: Sequence[ScoreItem], retries: 
 GRADED_TASKS = {"graded-tasks": "prompts_train.jsonl", "graded-tasks-eval": "prompts_eval.jsonl"}
 
 
-def load_prompt_rows(spec: Any, what: str) -> list[dict[str, Any]]:
-    """Prompt rows from a JSONL file: ``prompt`` as text or a message list, other fields kept for the grader.
-
-    ``graded-tasks`` / ``graded-tasks-eval`` name the training / held-out prompts of the graded-tasks set
-    (seed 0; written to the cache on first use, as ``mmpo make-data`` does).
-    """
+def prompt_file(spec: Any) -> Path:
+    """The file a ``prompts`` / ``eval_prompts`` value names. ``graded-tasks`` / ``graded-tasks-eval`` name the
+    training / held-out prompts of the graded-tasks set (seed 0; written to the cache on first use, as
+    ``mmpo make-data`` does)."""
     if spec in GRADED_TASKS:
         from mmpo.data.synthetic import SyntheticConfig, make_dataset
 
         data_dir, _ = make_dataset(SyntheticConfig(seed=0), reuse=True)
         spec = data_dir / GRADED_TASKS[spec]
-    path = Path(os.path.expandvars(os.path.expanduser(str(spec))))
+    return Path(os.path.expandvars(os.path.expanduser(str(spec))))
+
+
+def load_prompt_rows(spec: Any, what: str) -> list[dict[str, Any]]:
+    """Prompt rows from a JSONL file (see :func:`prompt_file`): ``prompt`` as text or a message list, other fields
+    kept for the grader."""
+    path = prompt_file(spec)
     if not path.is_file():
         hint = " (run `mmpo make-data` for the graded-tasks prompts)" if "graded-tasks" in str(path) else ""
         raise UserError(f"{what} file not found: {path}{hint}")
@@ -227,6 +232,21 @@ def load_prompt_rows(spec: Any, what: str) -> list[dict[str, Any]]:
     if not rows:
         raise UserError(f"{path}: no prompts")
     return rows
+
+
+def check_eval_prompts(config: OnlineConfig, train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]]) -> int:
+    """How many distinct held-out prompts also occur among the training prompts. The same file for both is
+    refused, and so is any overlap unless ``allow_eval_overlap``: the held-out grade would score trained prompts."""
+    if config.eval_prompts is not None and prompt_file(config.prompts).resolve() == prompt_file(config.eval_prompts).resolve():
+        raise UserError(f"eval_prompts names the training prompts ({prompt_file(config.prompts)}): give held-out prompts "
+                        "in another file")
+    shared, distinct = prompt_overlap([r["messages"] for r in train_rows], [r["messages"] for r in eval_rows])
+    if shared and not config.allow_eval_overlap:
+        raise UserError(f"{shared} of {distinct} held-out prompts in eval_prompts also occur in prompts: the held-out grade "
+                        "would score trained prompts; remove them, or set allow_eval_overlap: true to accept them")
+    if eval_rows:
+        print(f"held-out prompts: {distinct}, of which {shared} also in the training prompts", flush=True)
+    return shared
 
 
 def _seed(*parts: Any) -> int:
@@ -459,12 +479,13 @@ def train_online(config: OnlineConfig, grader: GradeFn | None = None) -> list[di
     """
     config.validate()
     prepare_host(config)
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     train_rows = load_prompt_rows(config.prompts, "prompts")
     eval_rows = load_prompt_rows(config.eval_prompts, "eval_prompts") if config.eval_prompts is not None else []
     if config.max_eval_prompts is not None:
         eval_rows = eval_rows[: config.max_eval_prompts]
+    overlap = check_eval_prompts(config, train_rows, eval_rows)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     run = OnlineRun(config, grader or load_grader(config.grader), train_rows, eval_rows, out)
     from mmpo.config import save_config
 
@@ -477,7 +498,8 @@ def train_online(config: OnlineConfig, grader: GradeFn | None = None) -> list[di
     else:
         (out / "round-0").mkdir(exist_ok=True)
         run._say(0, "evaluate the starting model")
-        rec = {"round": 0, **(run.evaluate(0, out / "round-0" / "eval.jsonl") if eval_rows else {})}
+        rec = {"round": 0, "eval_prompts_in_training": overlap,
+               **(run.evaluate(0, out / "round-0" / "eval.jsonl") if eval_rows else {})}
         atomic_write_text(base, json.dumps(rec, indent=2))
         records.append(rec)
     for r in range(1, config.rounds + 1):
