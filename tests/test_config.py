@@ -85,7 +85,7 @@ def test_numbers_written_as_text_still_load_as_their_field_type():
                                           "--eval_split", "0", "--lora_r", "8"])
     assert (config.max_steps, config.learning_rate, config.eval_split, config.lora_r) == (1000, 2e-5, 0.0, 8)
     assert isinstance(config.eval_split, float) and isinstance(config.max_steps, int)
-    assert load_config(DPOConfig, None, ["--data", "x.jsonl", "--reference", "none"]).reference == "none"
+    assert load_config(DPOConfig, None, ["--data", "x.jsonl", "--loss", "simpo", "--reference", "none"]).reference == "none"
 
 
 def test_bare_lora_r_on_the_cli_exits_with_one_line(capsys):

@@ -132,7 +132,9 @@ def test_eval_data_defaults_to_the_sources_test_split(monkeypatch, tmp_path, tin
           "chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "good"}],
           "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "bad"}]}
     calls = fake_hub(monkeypatch, [uf])
-    config = load_config(RMConfig, overrides={"data": "ultrafeedback", "eval_data": "ultrafeedback", "output_dir": str(tmp_path)})
+    # The fake hub serves the same row for both splits: its prompt is on both sides.
+    config = load_config(RMConfig, overrides={"data": "ultrafeedback", "eval_data": "ultrafeedback", "output_dir": str(tmp_path),
+                                              "allow_eval_overlap": True})
     prepare_data(config, tiny_tokenizer)
     assert calls == [("allenai/ultrafeedback_binarized_cleaned", "train_prefs"), ("allenai/ultrafeedback_binarized_cleaned", "test_prefs")]
     named = load_config(RMConfig, overrides={"data": "x.jsonl", "eval_data": {"source": "shp", "split": "validation"}})
@@ -141,7 +143,7 @@ def test_eval_data_defaults_to_the_sources_test_split(monkeypatch, tmp_path, tin
 
 def test_eval_data_directory_reads_its_test_files(tmp_path, write_jsonl, tiny_tokenizer):
     write_jsonl(tmp_path / "d" / "train.jsonl", [GOOD] * 3)
-    write_jsonl(tmp_path / "d" / "test.jsonl", [GOOD] * 2)
+    write_jsonl(tmp_path / "d" / "test.jsonl", [{**GOOD, "prompt": "What is 3 + 3?"}] * 2)
     config = load_config(RMConfig, overrides={"data": str(tmp_path / "d"), "eval_data": str(tmp_path / "d"), "output_dir": str(tmp_path)})
     data = prepare_data(config, tiny_tokenizer)
     assert (data.reports["train"].read, data.reports["eval"].read) == (3, 2)

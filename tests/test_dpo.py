@@ -107,6 +107,15 @@ def test_reference_mode_resolution():
         resolve_reference_mode("dpo", "none", lora_r=0)
     with pytest.raises(UserError, match="needs LoRA"):
         resolve_reference_mode("mmpo", "adapter", lora_r=0)
+    # The LoRA base is the starting model: another ref_model is precomputed under auto, refused under adapter.
+    assert resolve_reference_mode("mmpo", "auto", lora_r=8, ref_model="other") == "precomputed"
+    with pytest.raises(UserError, match="ref_model cannot be used"):
+        resolve_reference_mode("mmpo", "adapter", lora_r=8, ref_model="other")
+    # The config refuses these before any data or model is loaded.
+    with pytest.raises(UserError, match="needs LoRA"):
+        DPOConfig(data="pairs.jsonl", reference="adapter").validate()
+    with pytest.raises(UserError, match="ref_model cannot be used"):
+        DPOConfig(data="pairs.jsonl", reference="adapter", lora_r=8, ref_model="other").validate()
 
 
 def test_trainer_loss_equals_formula_with_a_live_reference_model(tmp_path, tiny_model_dir, other_model_dir, pair_file):

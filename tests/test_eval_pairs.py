@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -154,9 +155,9 @@ def test_eval_pairs_reproduces_the_trainers_own_evaluation(tiny_model_dir, tiny_
     data = pair_file(n=6, seed=6)
     out = tmp_path / "run"
     config = load_config(RMConfig, None, dict(
-        model=str(tiny_model_dir), data=str(data), eval_data=str(data), output_dir=str(out), max_length=96,
-        max_prompt_length=12, over_length=over_length, max_steps=2, per_device_train_batch_size=2,
-        per_device_eval_batch_size=6, learning_rate=5e-3, lora_r=4, logging_steps=1, bf16="auto",
+        model=str(tiny_model_dir), data=str(data), eval_data=str(shutil.copy(data, tmp_path / "held-out.jsonl")),
+        allow_eval_overlap=True, output_dir=str(out), max_length=96, max_prompt_length=12, over_length=over_length,
+        max_steps=2, per_device_train_batch_size=2, per_device_eval_batch_size=6, learning_rate=5e-3, lora_r=4, logging_steps=1, bf16="auto",
     ))
     pairs, _ = load_pairs(str(data), PairOptions(gamma=1.0))
     whole = [tokenize_pair(tiny_tokenizer, p, 96, 12, over_length="drop") for p in pairs]

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from mmpo.graders import ScoreItem
-from mmpo.training.online import OnlineConfig, graded_pairs, grade_with_retries, read_jsonl, train_online
+from mmpo.io import read_jsonl
+from mmpo.training.online import OnlineConfig, OnlineRun, graded_pairs, grade_with_retries, train_online
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -84,6 +85,98 @@ def test_failing_grader_is_retried_then_counted_missing():
 
     grades, failed = grade_with_retries(down, reqs, retries=1, wait_s=0.0)
     assert grades == [None, None, None] and failed == 2
+
+
+def test_grading_after_a_torn_last_line_keeps_every_row(tmp_path):
+    """A crash mid-append leaves half a line; the rerun appends after cutting it, so every graded prompt is read
+    back and a second rerun grades nothing again."""
+    samples = [{"batch": 0, "i": i, "prompt": f"q{i}", "meta": {}, "answers": ["ab", "abc"]} for i in range(4)]
+    path = tmp_path / "graded.jsonl"
+    path.write_text("".join(json.dumps({**s, "grades": [2.0, 3.0]}) + "\n" for s in samples[:2])
+                    + json.dumps({**samples[2], "grades": [2.0, 3.0]})[:25])  # the crash cut this line short
+    calls = []
+
+    def grader(requests):
+        calls.append(len(requests))
+        return [float(len(r.response)) for r in requests]
+
+    run = OnlineRun(OnlineConfig(prompts="unused", grader_retry_wait=0.0), grader, [], [], tmp_path)
+    graded, _ = run.grade(samples, path, "grade")
+    assert [g["i"] for g in graded] == [0, 1, 2, 3] and calls == [2, 2]  # prompts 2 and 3 graded, once each
+    assert [g["i"] for g in read_jsonl(path)] == [0, 1, 2, 3]
+    calls.clear()
+    run.grade(samples, path, "grade")
+    assert calls == []
+
+
+def _index_grades(requests):
+    return [float(j) for j in range(len(requests))]  # every prompt's answers graded 0, 1, ...: always a pair
+
+
+# (reference, round_reference, lora_r) -> the mode round 1 and round 2 train with.
+REFERENCE_CASES = {
+    ("auto", "initial", 0): ("precomputed", "precomputed"),
+    ("auto", "previous", 0): ("precomputed", "precomputed"),
+    ("auto", "initial", 4): ("adapter", "precomputed"),  # round 2: the adapter's base is round 1's policy
+    ("auto", "previous", 4): ("adapter", "adapter"),
+    ("model", "initial", 0): ("model", "model"),
+    ("model", "previous", 0): ("model", "model"),
+    ("model", "initial", 4): ("model", "model"),
+    ("model", "previous", 4): ("model", "model"),
+    ("precomputed", "initial", 0): ("precomputed", "precomputed"),
+    ("precomputed", "previous", 0): ("precomputed", "precomputed"),
+    ("precomputed", "initial", 4): ("precomputed", "precomputed"),
+    ("precomputed", "previous", 4): ("precomputed", "precomputed"),
+    ("adapter", "previous", 4): ("adapter", "adapter"),
+}
+
+
+@pytest.mark.parametrize("reference,round_reference,lora_r", list(REFERENCE_CASES))
+def test_every_reference_trains_two_rounds(tiny_model_dir, tmp_path, monkeypatch, reference, round_reference, lora_r):
+    monkeypatch.setenv("MMPO_CACHE", str(tmp_path / "cache"))
+    from mmpo.config import load_config
+
+    out = tmp_path / "run"
+    overrides = {**_overrides(tiny_model_dir, tmp_path, out), "eval_prompts": None, "prompts_per_round": 1,
+                 "samples_per_prompt": 2, "max_new_tokens": 4, "steps_per_round": 1, "save_steps": None,
+                 "reference": reference, "round_reference": round_reference, "lora_r": lora_r}
+    records = train_online(load_config(OnlineConfig, None, overrides), grader=_index_grades)
+    assert [r.get("train_steps") for r in records[1:]] == [1, 1]
+    assert (records[1]["reference"], records[2]["reference"]) == REFERENCE_CASES[(reference, round_reference, lora_r)]
+    import yaml
+
+    cfg2 = yaml.safe_load((out / "round-2" / "policy" / "config.yaml").read_text())
+    assert cfg2["model"] == str(out / "round-1" / "policy")
+    # initial: round 2 is scored against the starting model; previous: against round 1's policy (its own start).
+    assert cfg2["ref_model"] == (str(tiny_model_dir) if round_reference == "initial" else None)
+
+
+@pytest.mark.parametrize("keys,problem", [
+    ({"reference": "adapter", "round_reference": "initial", "lora_r": 4}, "round_reference: previous"),
+    ({"reference": "adapter", "round_reference": "previous", "lora_r": 0}, "needs LoRA"),
+    ({"reference": "adapter", "round_reference": "initial", "lora_r": 0}, "needs LoRA"),
+    ({"reference": "none", "loss": "mmpo"}, "reference-free losses"),
+    ({"reference": "adapter", "round_reference": "initial", "lora_r": 4, "ref_model": "other"}, "ref_model"),
+    ({"round_reference": "previous", "ref_model": "other"}, "ref_model"),
+])
+def test_impossible_reference_settings_are_refused_before_any_work(tmp_path, keys, problem):
+    from mmpo.errors import UserError
+
+    config = OnlineConfig(prompts=str(tmp_path / "never-read.jsonl"), output_dir=str(tmp_path / "run"), **keys)
+    with pytest.raises(UserError, match=problem):
+        train_online(config, grader=_index_grades)
+    assert not (tmp_path / "run").exists()
+
+
+def test_reference_free_loss_trains_rounds_without_a_reference(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MMPO_CACHE", str(tmp_path / "cache"))
+    from mmpo.config import load_config
+
+    overrides = {**_overrides(tiny_model_dir, tmp_path, tmp_path / "run"), "eval_prompts": None, "prompts_per_round": 1,
+                 "samples_per_prompt": 2, "max_new_tokens": 4, "steps_per_round": 1, "save_steps": None,
+                 "reference": "none", "loss": "simpo_mmpo", "lora_r": 4}
+    records = train_online(load_config(OnlineConfig, None, overrides), grader=_index_grades)
+    assert [(r["train_steps"], r["reference"]) for r in records[1:]] == [(1, "none"), (1, "none")]
 
 
 def test_two_rounds_end_to_end_pairs_carry_grade_margins(tiny_model_dir, tmp_path, monkeypatch):

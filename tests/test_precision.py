@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -67,7 +68,8 @@ def test_bf16_reward_model_run_autocasts_and_saves_float32(tiny_model_dir, pair_
     try:
         data = pair_file(n=12, seed=3)
         config = load_config(RMConfig, None, dict(
-            model=str(tiny_model_dir), data=str(data), eval_data=str(data), output_dir=str(tmp_path / "out"),
+            model=str(tiny_model_dir), data=str(data), eval_data=str(shutil.copy(data, tmp_path / "held-out.jsonl")),
+            allow_eval_overlap=True, output_dir=str(tmp_path / "out"),
             max_length=96, per_device_train_batch_size=4, per_device_eval_batch_size=8, max_steps=2,
             logging_steps=1, learning_rate=1e-3, bf16=True,
         ))

@@ -87,7 +87,8 @@ def trained_run(tiny_model_dir, graded_rows, write_jsonl, tmp_path_factory):
     root = tmp_path_factory.mktemp("rm-run")
     data = write_jsonl(root / "train.jsonl", graded_rows(16, seed=1))
     out = root / "out"
-    config = rm_config(tiny_model_dir, data, out, eval_data=str(data), max_steps=30, eval_steps=15, save_steps=15)
+    config = rm_config(tiny_model_dir, data, out, eval_data=str(shutil.copy(data, root / "held-out.jsonl")), allow_eval_overlap=True,
+                       max_steps=30, eval_steps=15, save_steps=15)
     results = train_reward_model(config)
     return config, results, out
 
@@ -146,7 +147,8 @@ def test_lora_run_saves_a_merged_model(tiny_model_dir, tiny_tokenizer, pair_file
 
     data = pair_file(n=12, seed=2)
     out = tmp_path / "lora"
-    config = rm_config(tiny_model_dir, data, out, eval_data=str(data), lora_r=4, lora_alpha=8, max_steps=6)
+    config = rm_config(tiny_model_dir, data, out, eval_data=str(shutil.copy(data, tmp_path / "held-out.jsonl")), allow_eval_overlap=True,
+                       lora_r=4, lora_alpha=8, max_steps=6)
     results = train_reward_model(config)
     assert not (out / "adapter_config.json").exists()
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
@@ -205,7 +207,8 @@ def test_embedded_reward_model_trains_and_evaluates(pair_file, tmp_path):
     data = pair_file(n=6, seed=6)
     out = tmp_path / "embedded-rm"
     config = load_config(RMConfig, None, dict(
-        model="embedded", data=str(data), eval_data=str(data), output_dir=str(out), max_length=64, max_steps=2,
+        model="embedded", data=str(data), eval_data=str(shutil.copy(data, tmp_path / "held-out.jsonl")), allow_eval_overlap=True,
+        output_dir=str(out), max_length=64, max_steps=2,
         per_device_train_batch_size=2, per_device_eval_batch_size=6, learning_rate=1e-4, lora_r=4, logging_steps=1,
     ))
     results = train_reward_model(config)

@@ -94,6 +94,7 @@ class TrainConfig:
     data: Any = field(default=None, metadata={"help": "training pairs: a file, a hub data set or source name, or a mapping (see docs)"})
     eval_data: Any = field(default=None, metadata={"help": "held-out pairs, in the same forms as data (none = split eval_split off data)"})
     eval_split: float = field(default=0.05, metadata={"help": "held-out share of data when eval_data is not given"})
+    allow_eval_overlap: bool = field(default=False, metadata={"help": "accept held-out prompts that also occur in training (eval_data vs data; eval_prompts vs prompts in mmpo online): false refuses them. Their count is in the data report either way; held-out data identical to the training data is always refused"})
     data_columns: dict[str, str] = field(default_factory=dict, metadata={"help": "column renames, e.g. {prompt: question, score_chosen: rating_a}"})
     max_pairs: int | None = field(default=None, metadata={"help": "a seeded sample of this many training pairs (none = all)"})
     max_eval_pairs: int | None = field(default=None, metadata={"help": "a seeded sample of this many held-out pairs (none = all)"})
@@ -233,6 +234,11 @@ class DPOConfig(TrainConfig):
             self.reference = "none"
         if self.reference not in ("auto", "model", "adapter", "precomputed", "none"):
             raise UserError(f"reference must be auto, model, adapter, precomputed or none (got {self.reference!r})")
+        from mmpo.models.reference import resolve_reference_mode
+
+        # Impossible reference settings (adapter without LoRA or with a ref_model, none with a reference loss) are
+        # refused here, before any data or model is loaded.
+        resolve_reference_mode(self.loss, self.reference, self.lora_r, self.ref_model)
 
 
 def _parse_value(text: str) -> Any:
@@ -444,7 +450,7 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
 
 def save_config(config: Any, path: str | Path) -> None:
     """Write ``config`` as YAML (atomically), loadable again with :func:`load_config`."""
-    from mmpo.paths import atomic_write_text
+    from mmpo.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 

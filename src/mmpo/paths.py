@@ -51,22 +51,6 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file beside it and a rename: readers see the old file or the
-    whole new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def fetch_url(url: str, failure: str, timeout: float = 60.0) -> bytes:
     """The body at ``url``. Unreachable (or any transport error): one ``UserError`` line, ``failure`` with
     ``{url}`` and ``{reason}`` filled in, which should say where else the data can come from."""

@@ -22,7 +22,6 @@ training loss and gamma; only then do the training pairs drop the ties their los
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -30,10 +29,21 @@ from typing import Any, Iterator
 from tqdm.auto import tqdm
 
 from mmpo.data.pairs import PairOptions, make_pair, retarget
-from mmpo.data.records import PreferencePair
+from mmpo.data.records import PreferencePair, prompt_key, prompt_overlap
 from mmpo.data.report import DataReport
 from mmpo.data.selection import select_pairs
-from mmpo.data.sources import SOURCES, RowRef, Source, check_columns, held_out_split, normalize_spec, read_rows, rename_columns
+from mmpo.data.sources import (
+    SOURCES,
+    RowRef,
+    Source,
+    check_columns,
+    held_out_split,
+    normalize_spec,
+    read_rows,
+    rename_columns,
+    source_identity,
+    split_to_read,
+)
 from mmpo.data.tokenize import OVER_LENGTH, TruncationStats, tokenize_pair
 from mmpo.errors import UserError
 from mmpo.losses import uses_soft_targets
@@ -67,7 +77,7 @@ def load_pairs(spec: Any, options: PairOptions | None = None) -> tuple[list[Pref
     spec = normalize_spec(spec)
     source = SOURCES[spec["source"]]
     columns = {**options.columns, **spec.get("columns", {})}
-    label, raw_rows = read_rows(source, spec, spec.get("split") or options.split or source.default_split)
+    label, raw_rows = read_rows(source, spec, split_to_read(spec, options.split))
     report = DataReport(source=label)
     pairs = []
     rows = canonical_rows(source, spec, tqdm(raw_rows, desc=f"reading {label}", unit=" rows", disable=None, leave=False), columns, report)
@@ -109,6 +119,7 @@ class DataPlan:
     max_length: int
     max_prompt_length: int
     over_length: str
+    allow_eval_overlap: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> "DataPlan":
@@ -131,6 +142,7 @@ class DataPlan:
             max_length=config.max_length,
             max_prompt_length=config.prompt_budget,
             over_length=getattr(config, "over_length", "truncate"),
+            allow_eval_overlap=bool(getattr(config, "allow_eval_overlap", False)),
         )
 
 
@@ -146,7 +158,7 @@ class PreparedData:
 
 def _prompt_bucket(pair: PreferencePair, seed: int) -> float:
     """A stable number in [0, 1) per prompt, so all pairs of a prompt land on the same side of the split."""
-    key = json.dumps(pair.prompt, sort_keys=True) + f"|{seed}"
+    key = prompt_key(pair.prompt) + f"|{seed}"
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32
 
 
@@ -160,11 +172,15 @@ def split_by_prompt(pairs: list[PreferencePair], fraction: float, seed: int) -> 
 
 def split_stage(plan: DataPlan, pairs: list[PreferencePair], report: DataReport) -> tuple[list[PreferencePair], list[PreferencePair], DataReport]:
     """Training pairs (targets under the training ``gamma``; ties dropped under hard labels or when the loss
-    ignores ``p``, counted in ``report``), held-out pairs (targets under ``eval_gamma``) and the held-out report.
+    ignores ``p``, counted in ``report``), held-out pairs (targets under ``eval_gamma``) and the held-out report,
+    which counts the held-out prompts that also occur in training (see :func:`check_held_out`).
 
     The split comes first, on pairs that still hold every tie, so the held-out pairs never depend on the
     training loss or gamma."""
     if plan.eval_spec is not None:
+        if source_identity(plan.train_spec, plan.train_options.split) == source_identity(plan.eval_spec, plan.eval_options.split):
+            raise UserError(f"eval_data reads the same data as data ({report.source}): held-out metrics would score training "
+                            "pairs; name other held-out data, or drop eval_data to hold out eval_split of the prompts")
         held, eval_report = load_pairs(plan.eval_spec, plan.eval_options)
         train = pairs
     else:
@@ -173,7 +189,20 @@ def split_stage(plan: DataPlan, pairs: list[PreferencePair], report: DataReport)
         eval_report.read = len(held)
         report.dropped["held out for evaluation"] += len(held)
         held = retarget(held, plan.eval_gamma, eval_report)
+    # A split of one source keeps each prompt on one side, so it counts none here.
+    check_held_out(train, held, eval_report, plan.allow_eval_overlap)
     return retarget(train, plan.train_gamma, report, drop_ties=plan.train_tie_rule), held, eval_report
+
+
+def check_held_out(train: list[PreferencePair], held: list[PreferencePair], eval_report: DataReport, allow_overlap: bool) -> None:
+    """Count the distinct held-out prompts and those that also occur in training into ``eval_report``; refuse any
+    overlap unless ``allow_overlap`` (``allow_eval_overlap: true``)."""
+    shared, distinct = prompt_overlap([p.prompt for p in train], [p.prompt for p in held])
+    eval_report.prompts, eval_report.prompts_in_training = distinct, shared
+    if shared and not allow_overlap:
+        raise UserError(f"{shared} of {distinct} held-out prompts ({eval_report.source}) also occur in the training data: "
+                        "held-out metrics would score training prompts; hold out other prompts, or set "
+                        "allow_eval_overlap: true to accept them (the count stays in the data report)")
 
 
 def tokenize_pairs(pairs: list[PreferencePair], tokenizer: Any, max_length: int, max_prompt_length: int, report: DataReport,

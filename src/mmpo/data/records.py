@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 Message = dict[str, str]  # {"role": ..., "content": ...}
+
+
+def prompt_key(prompt: list[Message]) -> str:
+    """The text that identifies a prompt (a chat): equal keys are the same prompt, for the held-out split and for
+    counting held-out prompts that also occur in training."""
+    return json.dumps(prompt, sort_keys=True)
+
+
+def prompt_overlap(train: list[list[Message]], held_out: list[list[Message]]) -> tuple[int, int]:
+    """``(shared, distinct)``: how many of the ``distinct`` held-out prompts also occur among the training prompts."""
+    seen = {prompt_key(p) for p in train}
+    held = {prompt_key(p) for p in held_out}
+    return len(held & seen), len(held)
 
 
 @dataclass

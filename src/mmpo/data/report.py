@@ -28,6 +28,9 @@ class DataReport:
     margins: list[float] = field(default_factory=list)
     targets: list[float] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Held-out side only: distinct held-out prompts, and how many of them also occur among the training prompts.
+    prompts: int | None = None
+    prompts_in_training: int | None = None
 
     @property
     def kept(self) -> int:
@@ -56,6 +59,8 @@ class DataReport:
             "dropped": dict(self.dropped),
             "fixed": dict(self.fixed),
             "warnings": list(self.warnings),
+            "prompts": self.prompts,
+            "prompts_in_training": self.prompts_in_training,
             "truncation": dict(self.truncation),
             "margin": _summary(self.margins),
             "margin_counts": _value_counts(self.margins),
@@ -68,6 +73,8 @@ class DataReport:
         lines += [f"  WARNING: {w}" for w in self.warnings]
         lines += [f"  dropped {n}: {reason}" for reason, n in sorted(self.dropped.items())]
         lines += [f"  fixed {n}: {reason}" for reason, n in sorted(self.fixed.items())]
+        if self.prompts_in_training is not None:
+            lines.append(f"  held-out prompts also in the training data: {self.prompts_in_training} of {self.prompts}")
         lines += [f"  {key.replace('_', ' ')}: {n}" for key, n in sorted(self.truncation.items()) if n and key != "pairs"]
         if self.margins:
             lines.append("  margin: " + _render_margins(self.margins))

@@ -352,6 +352,27 @@ def held_out_split(spec: Any) -> str | None:
     return spec.get("split") or SOURCES[spec["source"]].test_split
 
 
+def split_to_read(spec: dict[str, Any], requested: str | None) -> str | None:
+    """The split a load reads: the spec's own, else the one asked for (a held-out load's test split), else the
+    source's default."""
+    return spec.get("split") or requested or SOURCES[spec["source"]].default_split
+
+
+def source_identity(spec: Any, requested_split: str | None = None) -> tuple[str, str | None]:
+    """What a load of ``spec`` reads, comparable across specs: the resolved file or directory (or hub id) and
+    the split where that picks rows (as :func:`read_rows` does). Equal identities read the same rows."""
+    spec = normalize_spec(spec)
+    source = SOURCES[spec["source"]]
+    split = split_to_read(spec, requested_split)
+    if "path" not in spec and source.locate is not None:
+        spec = {**spec, "path": str(source.locate())}
+    if "path" in spec:
+        path = Path(spec["path"]).expanduser()
+        picks_rows = source.split_column is not None or not path.is_file()
+        return str(path.resolve()), split if picks_rows else None
+    return spec.get("hub_id") or source.hub_ids[0], split
+
+
 def read_rows(source: Source, spec: dict[str, Any], split: str | None) -> tuple[str, Iterator[RawRow]]:
     """A label for the report and the raw rows: from the local copy when ``path`` is given (or the source
     knows where its data is, ``Source.locate``), else from the Hub."""

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mmpo.errors import DataError, UserError
-from mmpo.evaluation.jsonl_cache import JsonlAppender, read_records
+from mmpo.io import JsonlAppender, read_jsonl
 from mmpo.paths import cache_dir
 
 FASTCHAT_SOURCE = "https://github.com/lm-sys/FastChat/tree/main/fastchat/llm_judge/data"
@@ -319,7 +319,7 @@ def generate_answers(
     from tqdm.auto import tqdm
 
     selected = questions[:limit] if limit is not None else questions
-    done = {rec.get("question_id") for rec in read_records(out_path)}
+    done = {rec.get("question_id") for rec in read_jsonl(out_path)}
     todo = [q for q in selected if q.question_id not in done]
     n_turns = sum(len(q.turns) for q in todo)
     if progress and todo:
@@ -486,7 +486,7 @@ def judge_answers(
         if len(a.turns) < len(q.turns):
             raise DataError(a.source, a.line, "choices", f"question {q.question_id} has {len(q.turns)} turns but the answer has {len(a.turns)}")
     judge_model = client.model
-    latest = {_key(r): r for r in read_records(judgments_path) if {"model_id", "judge_model", "question_id", "turn"} <= r.keys()}
+    latest = {_key(r): r for r in read_jsonl(judgments_path) if {"model_id", "judge_model", "question_id", "turn"} <= r.keys()}
     redo = {STATUS_FAILED} | ({STATUS_UNPARSEABLE} if retry_unparseable else set())
 
     tasks = []

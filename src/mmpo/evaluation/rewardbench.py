@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from mmpo.data.records import Message, PreferencePair
 from mmpo.errors import DataError, UserError
-from mmpo.evaluation.jsonl_cache import JsonlAppender, read_records
+from mmpo.io import JsonlAppender, read_jsonl
 
 REWARDBENCH_HUB_ID = "allenai/reward-bench"
 REWARDBENCH_SPLIT = "filtered"
@@ -262,7 +262,7 @@ def score_rows(
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1 (got {batch_size})")
     cache_path = Path(cache_path)
-    records = read_records(cache_path)
+    records = read_jsonl(cache_path)
     if records:
         header = records[0].get("setup")
         if header != setup:

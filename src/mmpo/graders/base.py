@@ -16,7 +16,7 @@ to False and says how it compares.
 
 Without a ``cache_path`` nothing is kept between calls (equal items within one call are graded once).
 Every result is cached on disk when the grader has a ``cache_path``: one JSON line per finished item,
-``{"key", "value"}``, appended as soon as its batch is done (:mod:`mmpo.evaluation.jsonl_cache`), keyed by a
+``{"key", "value"}``, appended as soon as its batch is done (:mod:`mmpo.io`), keyed by a
 hash of the grader's ``fingerprint`` and the item. A rerun reads the file and grades only what is missing;
 missing values are not cached, so a rerun retries them.
 """
@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 from tqdm.auto import tqdm
 
 from mmpo.data.records import Message
-from mmpo.evaluation.jsonl_cache import JsonlAppender, read_records
+from mmpo.io import JsonlAppender, read_jsonl
 
 
 @dataclass
@@ -144,7 +144,7 @@ class Grader:
         if self._cache is None:
             self._cache = {}
             if self.cache_path is not None:
-                for record in read_records(self.cache_path):
+                for record in read_jsonl(self.cache_path):
                     if "key" in record and record.get("value") is not None:
                         self._cache[record["key"]] = record["value"]
         return self._cache

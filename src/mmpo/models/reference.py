@@ -8,7 +8,8 @@ Modes (``reference:`` in a `mmpo dpo` recipe):
 * ``precomputed``  ``log pi_ref(y|x)`` for every chosen and rejected response, computed once before training
                    and stored in the cache directory; training then needs no reference forward pass at all.
 * ``none``         reference-free losses (SimPO and its soft-target variant) only.
-* ``auto``         ``none`` for reference-free losses, else ``adapter`` with LoRA, else ``precomputed``.
+* ``auto``         ``none`` for reference-free losses, else ``adapter`` with LoRA and no other ``ref_model``,
+                   else ``precomputed``.
 
 The precomputed cache lives in ``cache_dir()/reference_logps/<key>``. The key hashes (1) the reference model's
 identity (resolved path, Hub revision, quantisation, config.json contents, and name/size/mtime of every
@@ -44,19 +45,26 @@ _VALUES = "reference_logps.pt"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
-def resolve_reference_mode(loss: str, reference: str, lora_r: int) -> str:
-    """The reference mode a run actually uses (``auto`` resolved), or a UserError for an impossible combination."""
+def resolve_reference_mode(loss: str, reference: str, lora_r: int, ref_model: str | None = None) -> str:
+    """The reference mode a run actually uses (``auto`` resolved), or a UserError for an impossible combination.
+
+    ``adapter`` scores the starting model (the LoRA base), so it cannot serve another ``ref_model``: ``auto``
+    then resolves to ``precomputed``, and an explicit ``adapter`` is refused.
+    """
     if reference not in REFERENCE_MODES:
         raise UserError(f"reference must be one of {', '.join(REFERENCE_MODES)} (got {reference!r})")
     if reference == "auto":
         if not needs_reference(loss):
             return "none"
-        return "adapter" if lora_r > 0 else "precomputed"
+        return "adapter" if lora_r > 0 and ref_model is None else "precomputed"
     if reference == "none" and needs_reference(loss):
         free = [name for name in losses_for("policy") if not needs_reference(name)]
         raise UserError(f"reference: none only works with the reference-free losses {', '.join(free)}, not {loss!r}")
     if reference == "adapter" and lora_r <= 0:
         raise UserError("reference: adapter needs LoRA (lora_r > 0); use reference: precomputed or model for full fine-tuning")
+    if reference == "adapter" and ref_model is not None:
+        raise UserError("ref_model cannot be used with reference: adapter (the reference is the LoRA base itself); "
+                        "use reference: precomputed or model")
     return reference
 
 

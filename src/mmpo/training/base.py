@@ -24,6 +24,7 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from mmpo.data.sampler import LengthGroupedPairSampler, pair_tokens
 from mmpo.evaluation.metrics import pair_metrics
+from mmpo.io import append_jsonl, write_jsonl_atomic
 from mmpo.models.trunk_cache import Forward, TrunkCache
 # Checkpoints are written under STAGING_DIR, then renamed into place.
 from mmpo.training.run_dir import METRICS_FILE, METRICS_LINES_FILE, STAGING_DIR, metrics_lines
@@ -49,9 +50,7 @@ class MetricsJsonlCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         record = {"step": state.global_step, "epoch": state.epoch, **logs}
-        os.makedirs(args.output_dir, exist_ok=True)
-        with open(os.path.join(args.output_dir, METRICS_FILE), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(os.path.join(args.output_dir, METRICS_FILE), [record])
 
 
 def format_log_line(step: int, logs: dict[str, Any]) -> str:
@@ -304,10 +303,8 @@ class PairTrainer(Trainer):
             preds = np.asarray(out.predictions)
             h = preds[:, 0] if preds.ndim == 2 else preds.reshape(-1)
             labels = np.asarray(out.label_ids).reshape(len(h), -1)
-            with open(path, "w") as f:
-                for hi, (p, margin, row) in zip(h, labels):
-                    rec = {"row": int(row), "h": float(hi), "p": float(p), "margin": None if np.isnan(margin) else float(margin)}
-                    f.write(json.dumps(rec) + "\n")
+            write_jsonl_atomic(path, [{"row": int(row), "h": float(hi), "p": float(p), "margin": None if np.isnan(margin) else float(margin)}
+                                      for hi, (p, margin, row) in zip(h, labels)])
         return out.metrics
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -361,9 +361,7 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
     config.validate()
     prepare_host(config)
     set_seed(config.seed)
-    mode = resolve_reference_mode(config.loss, config.reference, config.lora_r)
-    if config.ref_model is not None and mode == "adapter":
-        raise UserError("ref_model cannot be used with reference: adapter (the reference is the LoRA base itself)")
+    mode = resolve_reference_mode(config.loss, config.reference, config.lora_r, config.ref_model)
     bf16 = use_bf16(config.bf16)
     tokenizer = load_tokenizer(config.tokenizer or config.model, config.revision if not config.tokenizer else None, config.trust_remote_code)
     data = prepare_data(config, tokenizer)

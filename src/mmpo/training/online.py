@@ -12,11 +12,14 @@ command continues where a crash left off (finished phases are read back, unfinis
    ``rejected``, ``score_chosen``, ``score_rejected``): MMPO's target is ``sigmoid(gamma * grade margin)``.
 4. ``policy/``        ``mmpo dpo`` on those pairs for ``steps_per_round`` steps, starting from the previous
    round's policy, against the initial model or the previous policy (``round_reference``); resumes from its
-   own checkpoints.
+   own checkpoints. ``reference: adapter`` (the LoRA base with the adapter off) is the round's starting policy,
+   so it goes with ``round_reference: previous`` only; ``auto`` uses it while the reference is the starting
+   policy and precomputes the initial model's log-probs otherwise.
 5. ``eval.jsonl``     greedy answers to the held-out prompts, graded; ``round.json`` closes the round.
 
 ``output_dir/log.jsonl`` has one line per finished round: the samples' mean grade, the share of candidate
-pairs kept, the training metrics and the held-out mean grade (round 0 = the starting model).
+pairs kept, the training metrics and the held-out mean grade (round 0 = the starting model, with the count of
+held-out prompts that also occur in the training prompts: any is refused unless ``allow_eval_overlap``).
 """
 
 from __future__ import annotations
@@ -34,10 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from mmpo.config import DPOConfig
-from mmpo.data.records import Message
+from mmpo.data.records import Message, prompt_overlap
 from mmpo.errors import UserError
 from mmpo.graders import ScoreItem
 from mmpo.host_memory import prepare_host
+from mmpo.io import append_jsonl, atomic_write_text, read_jsonl, write_jsonl_atomic
 
 LOG_FILE = "log.jsonl"
 PAIRINGS = ("all", "best_worst")
@@ -78,6 +82,13 @@ class OnlineConfig(DPOConfig):
             raise UserError(f"pairing must be one of {', '.join(PAIRINGS)} (got {self.pairing!r})")
         if self.round_reference not in ROUND_REFERENCES:
             raise UserError(f"round_reference must be one of {', '.join(ROUND_REFERENCES)} (got {self.round_reference!r})")
+        if self.ref_model is not None and self.round_reference == "previous":
+            raise UserError("ref_model is the reference of round_reference: initial only; with round_reference: previous "
+                            "each round's reference is the last round's policy: drop ref_model or use round_reference: initial")
+        if self.reference == "adapter" and self.round_reference == "initial":
+            # From round 2 on, the LoRA base with its adapter off is the last round's policy, not the initial model.
+            raise UserError("reference: adapter with round_reference: initial: from round 2 on the adapter's base is the "
+                            "previous round's policy; use round_reference: previous, or reference: auto, precomputed or model")
         if self.grader_retries < 0:
             raise UserError(f"grader_retries must be >= 0 (got {self.grader_retries})")
 
@@ -180,52 +191,25 @@ def grade_with_retries(grader: GradeFn, requests: Sequence[ScoreItem], retries: 
 # --- files ---------------------------------------------------------------------------------------------
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Complete lines of ``path`` (none if it does not exist); a torn last line from a crash is ignored."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # only the last line can be torn: it was being appended when the process died
-    return rows
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def append_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 GRADED_TASKS = {"graded-tasks": "prompts_train.jsonl", "graded-tasks-eval": "prompts_eval.jsonl"}
 
 
-def load_prompt_rows(spec: Any, what: str) -> list[dict[str, Any]]:
-    """Prompt rows from a JSONL file: ``prompt`` as text or a message list, other fields kept for the grader.
-
-    ``graded-tasks`` / ``graded-tasks-eval`` name the training / held-out prompts of the graded-tasks set
-    (seed 0; written to the cache on first use, as ``mmpo make-data`` does).
-    """
+def prompt_file(spec: Any) -> Path:
+    """The file a ``prompts`` / ``eval_prompts`` value names. ``graded-tasks`` / ``graded-tasks-eval`` name the
+    training / held-out prompts of the graded-tasks set (seed 0; written to the cache on first use, as
+    ``mmpo make-data`` does)."""
     if spec in GRADED_TASKS:
         from mmpo.data.synthetic import SyntheticConfig, make_dataset
 
         data_dir, _ = make_dataset(SyntheticConfig(seed=0), reuse=True)
         spec = data_dir / GRADED_TASKS[spec]
-    path = Path(os.path.expandvars(os.path.expanduser(str(spec))))
+    return Path(os.path.expandvars(os.path.expanduser(str(spec))))
+
+
+def load_prompt_rows(spec: Any, what: str) -> list[dict[str, Any]]:
+    """Prompt rows from a JSONL file (see :func:`prompt_file`): ``prompt`` as text or a message list, other fields
+    kept for the grader."""
+    path = prompt_file(spec)
     if not path.is_file():
         hint = " (run `mmpo make-data` for the graded-tasks prompts)" if "graded-tasks" in str(path) else ""
         raise UserError(f"{what} file not found: {path}{hint}")
@@ -248,6 +232,21 @@ def load_prompt_rows(spec: Any, what: str) -> list[dict[str, Any]]:
     if not rows:
         raise UserError(f"{path}: no prompts")
     return rows
+
+
+def check_eval_prompts(config: OnlineConfig, train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]]) -> int:
+    """How many distinct held-out prompts also occur among the training prompts. The same file for both is
+    refused, and so is any overlap unless ``allow_eval_overlap``: the held-out grade would score trained prompts."""
+    if config.eval_prompts is not None and prompt_file(config.prompts).resolve() == prompt_file(config.eval_prompts).resolve():
+        raise UserError(f"eval_prompts names the training prompts ({prompt_file(config.prompts)}): give held-out prompts "
+                        "in another file")
+    shared, distinct = prompt_overlap([r["messages"] for r in train_rows], [r["messages"] for r in eval_rows])
+    if shared and not config.allow_eval_overlap:
+        raise UserError(f"{shared} of {distinct} held-out prompts in eval_prompts also occur in prompts: the held-out grade "
+                        "would score trained prompts; remove them, or set allow_eval_overlap: true to accept them")
+    if eval_rows:
+        print(f"held-out prompts: {distinct}, of which {shared} also in the training prompts", flush=True)
+    return shared
 
 
 def _seed(*parts: Any) -> int:
@@ -357,7 +356,8 @@ class OnlineRun:
         values = {k: v for k, v in dataclasses.asdict(cfg).items() if k in names}
         start = self.policy_of(r - 1)
         # The reference is the initial model (or the recipe's ref_model) or this round's starting policy;
-        # ref_model None means "the starting model itself".
+        # ref_model None means "the starting model itself". `reference: auto` resolves per round: the LoRA base
+        # (adapter) while the reference is the starting model, precomputed log-probs of the other model otherwise.
         ref = (cfg.ref_model or cfg.model) if cfg.round_reference == "initial" else start
         values.update(
             model=start,
@@ -375,7 +375,7 @@ class OnlineRun:
         logs = [x for x in read_jsonl(metrics_file) if "loss" in x]
         last = logs[-1] if logs else {}
         return {"train_loss": last.get("loss"), "train_accuracy": last.get("train_accuracy"),
-                "train_steps": summary.get("global_step", last.get("step"))}
+                "train_steps": summary.get("global_step", last.get("step")), "reference": summary.get("reference")}
 
     def run_round(self, r: int) -> dict[str, Any]:
         cfg = self.config
@@ -421,7 +421,7 @@ class OnlineRun:
             _carry_over(self.policy_of(r - 1), rd / "policy")
         self._say(r, "evaluate")
         record.update(self.evaluate(r, rd / "eval.jsonl"))
-        write_atomic(done, json.dumps(record, indent=2))
+        atomic_write_text(done, json.dumps(record, indent=2))
         return record
 
     def _say(self, r: int, phase: str) -> None:
@@ -479,12 +479,13 @@ def train_online(config: OnlineConfig, grader: GradeFn | None = None) -> list[di
     """
     config.validate()
     prepare_host(config)
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     train_rows = load_prompt_rows(config.prompts, "prompts")
     eval_rows = load_prompt_rows(config.eval_prompts, "eval_prompts") if config.eval_prompts is not None else []
     if config.max_eval_prompts is not None:
         eval_rows = eval_rows[: config.max_eval_prompts]
+    overlap = check_eval_prompts(config, train_rows, eval_rows)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     run = OnlineRun(config, grader or load_grader(config.grader), train_rows, eval_rows, out)
     from mmpo.config import save_config
 
@@ -497,8 +498,9 @@ def train_online(config: OnlineConfig, grader: GradeFn | None = None) -> list[di
     else:
         (out / "round-0").mkdir(exist_ok=True)
         run._say(0, "evaluate the starting model")
-        rec = {"round": 0, **(run.evaluate(0, out / "round-0" / "eval.jsonl") if eval_rows else {})}
-        write_atomic(base, json.dumps(rec, indent=2))
+        rec = {"round": 0, "eval_prompts_in_training": overlap,
+               **(run.evaluate(0, out / "round-0" / "eval.jsonl") if eval_rows else {})}
+        atomic_write_text(base, json.dumps(rec, indent=2))
         records.append(rec)
     for r in range(1, config.rounds + 1):
         t0 = time.time()

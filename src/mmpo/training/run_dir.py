@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from mmpo.errors import UserError
-from mmpo.paths import atomic_write_text
+from mmpo.io import atomic_write_text
 
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "eval_results.json"
