@@ -319,8 +319,10 @@ def test_odpo_policy_trains_through_mmpo_dpo(tmp_path, monkeypatch, tiny_model_d
 
     monkeypatch.setenv("MMPO_CACHE", str(tmp_path / "cache"))
     rows = graded_rows(16, seed=1)
-    data = write_jsonl(tmp_path / "train.jsonl", rows)  # held out = trained on, so learning shows
-    values = {"model": str(tiny_model_dir), "data": str(data), "eval_data": str(data), "loss": "odpo", "odpo_alpha": 0.5,
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    held = write_jsonl(tmp_path / "held.jsonl", rows)  # held out = trained on, so learning shows
+    values = {"model": str(tiny_model_dir), "data": str(data), "eval_data": str(held), "allow_eval_overlap": True,
+              "loss": "odpo", "odpo_alpha": 0.5,
               "beta": 0.5, "learning_rate": 1e-3, "max_prompt_length": 64, "reference": "precomputed"}
     # Before training the policy is its reference (h = 0): the trainer's loss is ODPO's with h = 0, which
     # reads each pair's score margin.
@@ -346,8 +348,10 @@ def test_scaled_bt_reward_model_trains_through_mmpo_rm(tmp_path, tiny_model_dir,
     from mmpo.models.reward import load_reward_model
 
     data = write_jsonl(tmp_path / "train.jsonl", graded_rows(16, seed=1))
+    held = write_jsonl(tmp_path / "held.jsonl", graded_rows(16, seed=1))  # held out = trained on, so learning shows
     out = tmp_path / "scaled_bt"
-    argv = ["rm", "--model", str(tiny_model_dir), "--data", str(data), "--eval_data", str(data), "--output_dir", str(out),
+    argv = ["rm", "--model", str(tiny_model_dir), "--data", str(data), "--eval_data", str(held), "--allow_eval_overlap", "true",
+            "--output_dir", str(out),
             "--loss", "scaled_bt", "--learning_rate", "5e-3", "--max_steps", "20", *TINY]
     assert main(argv) == 0
     results = json.loads((out / "eval_results.json").read_text())
