@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmpo.config import DPOConfig
+from mmpo.config import DPOConfig, check_ranges
 from mmpo.data.records import Message
 from mmpo.errors import UserError
 from mmpo.graders import ScoreItem
@@ -72,14 +72,26 @@ class OnlineConfig(DPOConfig):
         if self.data is None:
             self.data = "(each round's pairs)"  # filled in per round; DPOConfig's check wants a value
         super().validate()
-        if self.rounds < 1 or self.samples_per_prompt < 2 or self.steps_per_round < 1:
-            raise UserError("rounds and steps_per_round must be >= 1 and samples_per_prompt >= 2")
+        check_ranges(self, ONLINE_RANGES)
         if self.pairing not in PAIRINGS:
             raise UserError(f"pairing must be one of {', '.join(PAIRINGS)} (got {self.pairing!r})")
         if self.round_reference not in ROUND_REFERENCES:
             raise UserError(f"round_reference must be one of {', '.join(ROUND_REFERENCES)} (got {self.round_reference!r})")
-        if self.grader_retries < 0:
-            raise UserError(f"grader_retries must be >= 0 (got {self.grader_retries})")
+
+
+ONLINE_RANGES = {
+    "rounds": (">= 1", {"low": 1}),
+    "prompts_per_round": (">= 1 or none", {"low": 1, "optional": True}),
+    "max_eval_prompts": (">= 1 or none", {"low": 1, "optional": True}),
+    "samples_per_prompt": (">= 2", {"low": 2}),
+    "temperature": (">= 0", {"low": 0}),
+    "top_p": ("in (0, 1]", {"low": 0, "low_open": True, "high": 1}),
+    "max_new_tokens": (">= 1", {"low": 1}),
+    "generation_batch_size": (">= 1", {"low": 1}),
+    "grader_retries": (">= 0", {"low": 0}),
+    "grader_retry_wait": (">= 0", {"low": 0}),
+    "steps_per_round": (">= 1", {"low": 1}),
+}
 
 
 # --- pairs from graded samples (pure) --------------------------------------------------------------------
