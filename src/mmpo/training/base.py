@@ -25,6 +25,7 @@ from transformers.trainer_utils import rotate_checkpoints
 from mmpo.data.sampler import LengthGroupedPairSampler, pair_tokens
 from mmpo.evaluation.metrics import pair_metrics
 from mmpo.models.trunk_cache import Forward, TrunkCache
+from mmpo.paths import apply_umask
 # Checkpoints are written under STAGING_DIR, then renamed into place.
 from mmpo.training.run_dir import METRICS_FILE, METRICS_LINES_FILE, STAGING_DIR, metrics_lines
 
@@ -211,6 +212,7 @@ class PairTrainer(Trainer):
             # A resume from this checkpoint cuts metrics.jsonl back to this length (see run_dir.rewind_metrics).
             with open(os.path.join(staging_root, name, METRICS_LINES_FILE), "w") as f:
                 json.dump({"lines": metrics_lines(run_dir)}, f)
+            apply_umask(os.path.join(staging_root, name))  # safetensors writes its files 0600
             final = os.path.join(run_dir, name)
             if os.path.isdir(final):
                 shutil.rmtree(final)
