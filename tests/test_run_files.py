@@ -78,3 +78,23 @@ def test_an_unfinished_run_keeps_its_optimizer_state(tmp_path, tiny_model_dir, p
     with pytest.raises(KeyboardInterrupt):
         train_reward_model(config)
     assert (out / "checkpoint-2" / "optimizer.pt").is_file() and not (out / "eval_results.json").exists()
+
+
+def test_compare_keeps_lora_adapters_not_merged_copies(tiny_model_dir, pair_file, tmp_path):
+    import json
+
+    from mmpo.cli.main import main
+    from mmpo.reports.comparison import compare_saving
+
+    out = tmp_path / "cmp"
+    argv = ["compare", "--losses", "mmpo,dpo", "--seeds", "0,1", "--out", str(out), "--model", str(tiny_model_dir),
+            "--data", str(pair_file(24)), "--eval_split", "0.3", "--max_steps", "2", "--per_device_train_batch_size", "4",
+            "--max_length", "96", "--max_prompt_length", "64", "--lora_r", "4", "--bf16", "false", "--logging_steps", "1"]
+    assert main(argv) == 0
+    for run in ("mmpo-seed0", "dpo-seed1"):
+        names = {p.name for p in (out / run).iterdir()}
+        assert "adapter_config.json" in names and "model.safetensors" not in names
+    assert set(json.loads((out / "comparison.json").read_text())["metrics"]) >= {"nll", "accuracy"}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("merge_lora: true\n")
+    assert compare_saving("dpo", recipe) == {} and compare_saving("rm", None) == {}

@@ -12,7 +12,8 @@ command continues where a crash left off (finished phases are read back, unfinis
    ``rejected``, ``score_chosen``, ``score_rejected``): MMPO's target is ``sigmoid(gamma * grade margin)``.
 4. ``policy/``        ``mmpo dpo`` on those pairs for ``steps_per_round`` steps, starting from the previous
    round's policy, against the initial model or the previous policy (``round_reference``); resumes from its
-   own checkpoints.
+   own checkpoints. A round without pairs trains nothing and writes no ``policy/``: the policy is carried over
+   as it is (no copy), and the next round starts from the last round's that trained.
 5. ``eval.jsonl``     greedy answers to the held-out prompts, graded; ``round.json`` closes the round.
 
 ``output_dir/log.jsonl`` has one line per finished round: the samples' mean grade, the share of candidate
@@ -140,6 +141,25 @@ def graded_pairs(responses: Sequence[str], grades: Sequence[float | None], pairi
         pairs.append((a, b) if grades[a] > grades[b] else (b, a))
         counts.kept += 1
     return pairs, counts
+
+
+def round_training_stats(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A round's training numbers from its ``metrics.jsonl``: ``train_loss``, Trainer's mean loss over every step of
+    the run (its end-of-training line), and ``train_accuracy``, the mean over the logged steps: each logging line
+    holds the mean since the previous one, so it is weighted by the steps it covers,
+    ``sum_i acc_i * (step_i - step_{i-1}) / step_last``. ``last_step``: the last logged training step."""
+    logs = [x for x in records if "loss" in x and "step" in x]
+    final = [x for x in records if "train_loss" in x]
+    out: dict[str, Any] = {"train_loss": final[-1]["train_loss"] if final else None, "train_accuracy": None}
+    weighted, previous = 0.0, 0
+    for x in logs:
+        if x.get("train_accuracy") is not None and x["step"] > previous:
+            weighted += x["train_accuracy"] * (x["step"] - previous)
+            previous = x["step"]
+    if previous:
+        out["train_accuracy"] = weighted / previous
+        out["last_step"] = previous
+    return out
 
 
 # --- graders ---------------------------------------------------------------------------------------------
@@ -282,8 +302,13 @@ class OnlineRun:
         return self.out / f"round-{r}"
 
     def policy_of(self, r: int) -> str:
-        """The policy after round ``r`` (round 0 = the starting model)."""
-        return self.config.model if r == 0 else str(self.round_dir(r) / "policy")
+        """The policy after round ``r`` (round 0 = the starting model): the last round's up to ``r`` that trained
+        (its ``policy/`` finished), since a round without pairs carries the policy over without a copy."""
+        for k in range(r, 0, -1):
+            policy = self.round_dir(k) / "policy"
+            if (policy / "eval_results.json").exists():
+                return str(policy)
+        return self.config.model
 
     # ---- phases ----
     def round_prompts(self, r: int) -> list[dict[str, Any]]:
@@ -383,11 +408,9 @@ class OnlineRun:
         )
         results = self.round_dir(r) / "policy" / "eval_results.json"
         summary = train_policy(DPOConfig(**values)) if not results.exists() else {"resumed_from": "finished"}
-        metrics_file = self.round_dir(r) / "policy" / "metrics.jsonl"
-        logs = [x for x in read_jsonl(metrics_file) if "loss" in x]
-        last = logs[-1] if logs else {}
-        return {"train_loss": last.get("loss"), "train_accuracy": last.get("train_accuracy"),
-                "train_steps": summary.get("global_step", last.get("step"))}
+        stats = round_training_stats(read_jsonl(self.round_dir(r) / "policy" / "metrics.jsonl"))
+        last_step = stats.pop("last_step", None)
+        return {**stats, "train_steps": summary.get("global_step", last_step)}
 
     def run_round(self, r: int) -> dict[str, Any]:
         cfg = self.config
@@ -429,8 +452,8 @@ class OnlineRun:
             record.update(self.train(r, rd / "pairs.jsonl"))
         else:
             # Nothing to learn from: the policy is carried over unchanged (said, and recorded).
-            print(f"round {r}: no pairs with different grades; the policy is carried over", flush=True)
-            _carry_over(self.policy_of(r - 1), rd / "policy")
+            print(f"round {r}: no pairs with different grades; the policy is carried over ({self.policy_of(r - 1)})",
+                  flush=True)
         self._say(r, "evaluate")
         record.update(self.evaluate(r, rd / "eval.jsonl"))
         write_atomic(done, json.dumps(record, indent=2))
@@ -447,19 +470,6 @@ def _meta(row: dict[str, Any]) -> dict[str, Any]:
 
 def _messages(prompt: Any) -> list[Message]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-
-
-def _carry_over(model: str, target: Path) -> None:
-    """Save the unchanged policy as this round's, so the next round starts from a directory like any other."""
-    from transformers import AutoModelForCausalLM
-
-    from mmpo.models.embedded import resolve_model_path
-    from mmpo.models.loading import load_tokenizer
-
-    if (target / "config.json").exists():
-        return
-    AutoModelForCausalLM.from_pretrained(resolve_model_path(model)).save_pretrained(target)
-    load_tokenizer(model).save_pretrained(target)
 
 
 # Keys an online run may change and still continue in its directory: more rounds extend it.

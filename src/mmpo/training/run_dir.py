@@ -52,6 +52,7 @@ BOOKKEEPING_KEYS = frozenset({
     "output_dir", "resume", "overwrite_output_dir", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
     "per_device_eval_batch_size", "dataloader_num_workers", "gradient_checkpointing", "torch_compile", "debug",
     "report_to",
+    "merge_lora",  # how the final model is saved, not what it is
     "trunk_cache",  # the same numbers to float rounding (mmpo.models.trunk_cache)
 })
 
