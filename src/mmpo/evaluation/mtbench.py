@@ -318,7 +318,7 @@ def generate_answers(
     done = {rec.get("question_id") for rec in read_records(out_path)}
     todo = [q for q in selected if q.question_id not in done]
     with JsonlAppender(out_path) as log:
-        for q in tqdm(todo, desc="MT-bench answers", unit="question", disable=not progress):
+        for q in tqdm(todo, desc="MT-bench answers", unit="question", disable=None if progress else True):
             temperature = category_temperature(q.category)
             messages: list[dict[str, str]] = []
             turns: list[str] = []
@@ -506,7 +506,7 @@ def judge_answers(
         return {**record, "score": score, "status": status, "error": error, "judgment": text, "tstamp": time.time()}
 
     consecutive_failures = 0
-    bar = tqdm(total=len(tasks), desc="MT-bench judgments", unit="turn", disable=not progress)
+    bar = tqdm(total=len(tasks), desc="MT-bench judgments", unit="turn", disable=None if progress else True)
     with JsonlAppender(judgments_path) as log, ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         pending: set[Future] = set()
         queue = iter(tasks)

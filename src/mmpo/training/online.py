@@ -344,7 +344,7 @@ class OnlineRun:
             # Sampling and held-out answers run in the precision training runs in (bf16: auto).
             autocast = torch.bfloat16 if use_bf16(cfg.bf16) else None
             chat = ChatModel.load(model)
-            for b in tqdm(todo, desc=desc, unit="batch"):
+            for b in tqdm(todo, desc=desc, unit="batch", disable=None):
                 batch = rows[b * bs:(b + 1) * bs]
                 texts = generate_batch(chat, [x["messages"] for x in batch], num, max_new_tokens=cfg.max_new_tokens,
                                        temperature=temperature, top_p=cfg.top_p, seed=_seed(cfg.seed, seed_key, b),
@@ -362,7 +362,7 @@ class OnlineRun:
         done = {x["i"]: x for x in read_jsonl(path)}
         failed_calls = 0
         todo = [s for s in samples if s["i"] not in done]
-        for s in tqdm(todo, desc=desc, unit="prompt", disable=not todo):
+        for s in tqdm(todo, desc=desc, unit="prompt", disable=None if todo else True):
             messages = _messages(s["prompt"])
             requests = [ScoreItem(messages, a, s["meta"]) for a in s["answers"]]
             grades, failed = grade_with_retries(self.grader, requests, self.config.grader_retries, self.config.grader_retry_wait)
