@@ -39,3 +39,20 @@ def test_training_log_to_a_pipe_has_no_control_characters_or_long_lines(tiny_mod
     assert not long_lines
     steps = [line for line in log.splitlines() if line.startswith("step ") and "held-out" not in line and "trained" not in line]
     assert [line.split(":")[0] for line in steps] == ["step 1/3", "step 2/3", "step 3/3"]
+
+
+def test_data_report_counts_rows_and_pairs_apart(tmp_path, write_jsonl):
+    from mmpo.data.pipeline import PairOptions, load_pairs
+
+    def row(i):
+        return {"instruction": f"Name colour {i}.", "models": ["a", "b", "c", "d"], "completions": [
+            {"model": m, "response": f"{m} {i}", "overall_score": s, "fine-grained_score": s / 2}
+            for m, s in zip("abcd", (9.0, 7.0, 5.0, 3.0))]}
+
+    path = write_jsonl(tmp_path / "uf_raw.jsonl", [row(0), row(1)])
+    pairs, report = load_pairs({"source": "ultrafeedback_raw", "path": str(path)}, PairOptions(max_pairs=3))
+    assert (report.read, report.pairs, report.kept) == (2, 12, 3)
+    assert report.pairs - sum(report.dropped.values()) == report.kept  # drops count pairs, as kept does
+    text = report.render()
+    assert text.splitlines()[0].endswith("read 2 rows -> 12 pairs, kept 3 pairs")
+    assert "  dropped 9 pairs: over max_pairs=3" in text
