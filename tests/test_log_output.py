@@ -56,3 +56,15 @@ def test_data_report_counts_rows_and_pairs_apart(tmp_path, write_jsonl):
     text = report.render()
     assert text.splitlines()[0].endswith("read 2 rows -> 12 pairs, kept 3 pairs")
     assert "  dropped 9 pairs: over max_pairs=3" in text
+
+
+@pytest.mark.parametrize("extra", [[], ["--batch-size", "0"]])
+def test_eval_pairs_checks_its_arguments_before_printing_the_data_report(tiny_model_dir, pair_file, tmp_path, capsys, extra):
+    from mmpo.cli.main import main
+
+    model = tmp_path / "nope" if not extra else tiny_model_dir
+    rc = main(["eval", "pairs", "--model", str(model), "--data", str(pair_file(n=4)), "--ref-model", "none",
+               "--out", str(tmp_path / "m.json"), *extra])
+    captured = capsys.readouterr()
+    assert rc == 2 and len(captured.err.strip().splitlines()) == 1
+    assert "data " not in captured.out  # no data report before the error
