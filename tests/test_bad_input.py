@@ -134,7 +134,7 @@ def test_dropped_rows_are_counted(tmp_path, write_jsonl, capsys, bad, reason):
     pairs, report = load_pairs(str(path))
     assert len(pairs) == 2 and report.read == 3 and report.dropped == {reason: 1}
     assert main(["data", str(path)]) == 0
-    assert f"dropped 1: {reason}" in capsys.readouterr().out
+    assert f"dropped 1 pair: {reason}" in capsys.readouterr().out
 
 
 # --- a prompt that leaves no room for the response at max_length -----------------------------------------

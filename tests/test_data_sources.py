@@ -397,7 +397,8 @@ def test_report_counts_render_and_json(tmp_path, write_jsonl, capsys):
     assert sum(out["p_histogram"]["counts"]) == 3 and out["p"]["max"] == pytest.approx(sigmoid(2.0), rel=1e-6)
     assert main(["data", str(path), "--ties", "drop"]) == 0
     text = capsys.readouterr().out
-    assert "read 4, kept 2" in text and "dropped 1: tie (no preference)" in text and "fixed 1: chosen rated below" in text
+    assert "read 4 rows -> 4 pairs, kept 2 pairs" in text and "dropped 1 pair: tie (no preference)" in text
+    assert "fixed 1 pair: chosen rated below" in text
 
 
 def test_report_render_lists_truncation_and_pairs_without_margin():
@@ -405,7 +406,7 @@ def test_report_render_lists_truncation_and_pairs_without_margin():
     report.keep([1.0, 0.9, 0.6], [None, 2.0, 0.5])
     text = report.render()
     assert "prompt truncated: 2" in text and "response truncated" not in text
-    assert "no margin (judged p or hard label): 1" in text and "kept 3" in text
+    assert "no margin (judged p or hard label): 1" in text and "kept 3 pairs" in text
 
 
 def test_hub_data_set_with_hf_hub_offline_fails_at_once_in_one_line(monkeypatch):

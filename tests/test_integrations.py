@@ -198,7 +198,7 @@ def test_console_output_is_clean(rm_run):
     console = stdout + stderr
     assert "LOAD REPORT" not in console and "Consider training" not in console
     assert "FutureWarning" not in console and "Warning" not in console
-    log_lines = [line for line in console.replace("\r", "\n").splitlines() if "step 1: loss" in line]
+    log_lines = [line for line in console.replace("\r", "\n").splitlines() if "step 1/3: loss" in line]
     assert log_lines and "'" not in log_lines[0]  # numbers, not quoted strings
     assert f"held-out ({results['n']} pairs, step 3): " in stdout
     assert f"saved the reward model to {out} (card: README.md" in stdout

@@ -72,11 +72,13 @@ def test_config_key_sets_the_strategy_and_trainer_uses_the_pair_sampler(tiny_mod
         rm_config(tiny_model_dir, data, tmp_path / "o4", trainer_args={"train_sampling_strategy": "batch_rebalance"})
 
 
-def test_grouped_run_resumed_mid_epoch_logs_what_an_uninterrupted_run_logs(tiny_model_dir, pair_file, tmp_path):
+def test_grouped_run_resumed_mid_epoch_logs_what_an_uninterrupted_run_logs(tiny_model_dir, pair_file, tmp_path, monkeypatch):
     data = pair_file(n=12, seed=6)  # 3 steps an epoch at 4 pairs a step: the resume lands inside epoch 2
     common = dict(max_steps=6, save_steps=2, eval_split=0.0, save_total_limit=4, group_by_length=True)
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     train_reward_model(rm_config(tiny_model_dir, data, whole, **common))
+    # The kill below is made by deleting files of a finished run: keep its optimizer state, as a killed run would.
+    monkeypatch.setattr("mmpo.training.run_dir.drop_optimizer_state", lambda output_dir: 0)
     train_reward_model(rm_config(tiny_model_dir, data, cut, **common))
     for name in ("model.safetensors", "config.json", "eval_results.json"):
         (cut / name).unlink()

@@ -138,6 +138,13 @@ class TrainConfig:
     trainer_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "any other transformers.TrainingArguments key (optim, adam_beta2, push_to_hub, ...); also accepted at the top level"})
 
     def validate(self) -> None:
+        check_ranges(self, TRAIN_RANGES)
+        if not (isinstance(self.bf16, bool) or str(self.bf16).lower() in ("auto", "true", "false")):
+            raise UserError(f"bf16 must be auto, true or false (got {self.bf16!r})")
+        if not isinstance(self.bf16, bool) and str(self.bf16).lower() != "auto":
+            self.bf16 = str(self.bf16).lower() == "true"
+        if self.max_steps != -1 and self.max_steps < 1:
+            raise UserError(f"max_steps must be >= 1, or -1 for num_train_epochs (got {self.max_steps})")
         if self.gamma is not None and not self.gamma > 0:
             raise UserError(f"gamma must be > 0 (got {self.gamma}); use 'gamma: none' for hard labels")
         if self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
@@ -183,6 +190,59 @@ def check_loss(loss: str, kind: str, what: str) -> None:
     """A UserError naming the choices unless ``loss`` is a registered loss for ``kind`` (rm / policy)."""
     if loss not in losses_for(kind):
         raise UserError(f"unknown {what} loss {loss!r}: choose {', '.join(losses_for(kind))}")
+
+
+def in_range(value: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+             high_open: bool = False, optional: bool = False) -> bool:
+    """Whether ``value`` is a number (not a bool, not NaN) in the interval ``[low, high]`` (``(`` / ``)`` where
+    ``low_open`` / ``high_open``; no bound where ``None``); ``None`` passes where ``optional``."""
+    if value is None:
+        return optional
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return False
+    if low is not None and (value <= low if low_open else value < low):
+        return False
+    return high is None or (value < high if high_open else value <= high)
+
+
+# key -> (what the error says it must be, the in_range arguments). Checked before any work by validate().
+Range = tuple[str, dict[str, Any]]
+TRAIN_RANGES: dict[str, Range] = {
+    "lora_r": (">= 0 (0 = full fine-tuning)", {"low": 0}),
+    "lora_alpha": ("> 0", {"low": 0, "low_open": True}),
+    "lora_dropout": ("in [0, 1)", {"low": 0, "high": 1, "high_open": True}),
+    "lora_layers": (">= 1 or none", {"low": 1, "optional": True}),
+    "eval_split": ("in [0, 1)", {"low": 0, "high": 1, "high_open": True}),
+    "max_pairs": (">= 1 or none", {"low": 1, "optional": True}),
+    "max_eval_pairs": (">= 0 or none", {"low": 0, "optional": True}),
+    "pairs_per_prompt": (">= 0 or none (0 or none = no cap)", {"low": 0, "optional": True}),
+    "margin_bins": (">= 0", {"low": 0}),
+    "max_length": (">= 2", {"low": 2}),
+    "max_prompt_length": (">= 1 or none", {"low": 1, "optional": True}),
+    "label_smoothing": ("in [0, 0.5)", {"low": 0, "high": 0.5, "high_open": True}),
+    "learning_rate": ("> 0", {"low": 0, "low_open": True}),
+    "num_train_epochs": ("> 0", {"low": 0, "low_open": True}),
+    "per_device_train_batch_size": (">= 1", {"low": 1}),
+    "per_device_eval_batch_size": (">= 1", {"low": 1}),
+    "gradient_accumulation_steps": (">= 1", {"low": 1}),
+    "weight_decay": (">= 0", {"low": 0}),
+    "max_grad_norm": (">= 0", {"low": 0}),
+    "seed": (">= 0", {"low": 0}),
+    "logging_steps": (">= 1", {"low": 1}),
+    "eval_steps": (">= 1 or none", {"low": 1, "optional": True}),
+    "save_steps": (">= 1 or none", {"low": 1, "optional": True}),
+    "save_total_limit": (">= 1 or none", {"low": 1, "optional": True}),
+    "dataloader_num_workers": (">= 0", {"low": 0}),
+}
+
+
+def check_ranges(config: Any, ranges: dict[str, Range]) -> None:
+    """A one-line UserError naming the first key of ``ranges`` whose value on ``config`` is out of its range."""
+    for key, (rule, bounds) in ranges.items():
+        value = getattr(config, key)
+        if not in_range(value, **bounds):
+            shown = str(value).lower() if isinstance(value, bool) else repr(value)
+            raise UserError(f"{key} must be {rule} (got {shown})")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mmpo.errors import DataError
+from mmpo.paths import apply_umask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -30,6 +31,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        apply_umask(tmp)  # mkstemp creates 0600; the file gets what any other file of the user's would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -32,6 +32,37 @@ def expand_cache_variable(value: str) -> str:
     return _CACHE_VARIABLE.sub(lambda _: str(cache_dir()), value)
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` (a file, or a directory and everything under it) the permissions ``open`` and ``mkdir``
+    would: files ``0o666 & ~umask``, directories ``0o777 & ~umask``.
+
+    ``tempfile.mkstemp`` / ``mkdtemp`` create 0600 files and 0700 directories, and safetensors writes its files
+    0600; what mmpo writes for the user (models, configs, results) should be readable as the user's umask says.
+    """
+    mask = current_umask()
+    path = Path(path)
+    if path.is_file():
+        os.chmod(path, 0o666 & ~mask)
+        return
+    if not path.is_dir():
+        return
+    os.chmod(path, 0o777 & ~mask)
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            full = os.path.join(root, name)
+            if not os.path.islink(full):
+                os.chmod(full, 0o666 & ~mask)
+
+
 @contextmanager
 def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory beside ``final``; rename it into place only if the block succeeds.
@@ -43,6 +74,7 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
+        apply_umask(tmp)  # mkdtemp made it 0700; what was written inside may be 0600 (safetensors)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

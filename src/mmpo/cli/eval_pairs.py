@@ -55,6 +55,19 @@ def _gamma(value: Any, trained: dict[str, Any]) -> float | None:
     return gamma
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """A one-line UserError naming the first option out of its range."""
+    from mmpo.errors import UserError
+
+    limits = (("--batch-size", args.batch_size, 1), ("--max-length", args.max_length, 2),
+              ("--max-prompt-length", args.max_prompt_length, 1), ("--max-pairs", args.max_pairs, 1))
+    for flag, value, low in limits:
+        if value is not None and value < low:
+            raise UserError(f"{flag} must be >= {low} (got {value})")
+    if args.beta is not None and not args.beta > 0:
+        raise UserError(f"--beta must be > 0 (got {args.beta})")
+
+
 def _is_none(value: str | None) -> bool:
     return value is None or value.strip().lower() in ("none", "null")
 
@@ -68,14 +81,10 @@ def run(args: argparse.Namespace) -> int:
     from mmpo.evaluation.metrics import pair_metrics
     from mmpo.evaluation.scoring import DEFAULT_BETA, load_scoring_model, model_kind, score_with_models, trained_over_length, training_config
 
+    # Every argument is checked before the data is read or a model loads.
+    check_numbers(args)
     trained = training_config(args.model)
     gamma = _gamma(args.gamma, trained)
-    # A data set named without a split is scored on its test split (a local file is read whole).
-    pairs, report = load_pairs(args.data, PairOptions(gamma=gamma, max_pairs=args.max_pairs, split=held_out_split(args.data)))
-    print(report.render())
-    if not pairs:
-        raise UserError(f"{args.data}: no pairs to score")
-
     # The model's kind comes from its config.json; the choice of reference is checked before weights load.
     kind = model_kind(args.model)
     ref_name = None if _is_none(args.ref_model) else args.ref_model
@@ -90,6 +99,11 @@ def run(args: argparse.Namespace) -> int:
         )
     if kind == "reward" and (args.ref_model is not None or args.beta is not None):
         raise UserError(f"{args.model} is a reward model: --ref-model and --beta only apply to a policy")
+    # A data set named without a split is scored on its test split (a local file is read whole).
+    pairs, report = load_pairs(args.data, PairOptions(gamma=gamma, max_pairs=args.max_pairs, split=held_out_split(args.data)))
+    print(report.render())
+    if not pairs:
+        raise UserError(f"{args.data}: no pairs to score")
     model, tokenizer, kind = load_scoring_model(args.model, kind=kind)
     ref = None
     beta = None

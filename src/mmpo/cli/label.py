@@ -15,6 +15,10 @@ prompt/chosen/rejected) are not written there: they go, with a ``label_error`` f
 ``OUT_STEM.unlabeled.jsonl``, and their count is printed. A summary (counts, grader, judge statistics) goes to
 ``OUT_STEM.label.json``. Grades are cached in ``OUT_STEM.cache.jsonl`` as they are made: rerunning the same
 command after a crash grades only what is missing (and retries the missing rows).
+
+An existing ``--out`` is replaced only by a rerun of the same labelling (its ``OUT_STEM.label.json`` names the same
+``--data`` and grader: it resumes through the cache) or with ``--overwrite``; anything else is refused, so a
+labelled file is never silently replaced by one from other data.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     which.add_argument("--reward-model", help="a saved reward model directory (any AutoModelForSequenceClassification)")
     which.add_argument("--judge-url", help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (key: $MMPO_JUDGE_API_KEY or $OPENAI_API_KEY)")
     which.add_argument("--checker", help="graded-tasks, or module:function called as fn(row, response) -> grade")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out made from other data or by another grader (a rerun of the same "
+                        "labelling resumes without it)")
     p.add_argument("--judge-model", help="model name at --judge-url")
     p.add_argument("--verdict-from", default="auto", choices=["auto", "logprobs", "samples"],
                    help="judge: verdict-token log-probabilities, repeated verdicts, or logprobs when the endpoint gives them (auto)")
@@ -94,6 +101,38 @@ def relabel(raw: dict[str, Any], added: dict[str, float]) -> dict[str, Any]:
     return row
 
 
+def earlier_labelling(out: str | Path, summary_path: Path) -> dict[str, Any] | None:
+    """The summary of the labelling that wrote ``out`` (``{}`` when ``out`` exists without a readable one), or
+    None when there is no ``out``."""
+    if not Path(out).exists():
+        return None
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def check_replacing(out: str | Path, data: str | Path, earlier: dict[str, Any] | None, grader: str | None,
+                    overwrite: bool) -> str | None:
+    """Refuse (UserError) to replace ``out`` unless ``overwrite`` or ``earlier`` (its summary) names the same
+    ``data`` and, when given, the same ``grader`` fingerprint: a rerun, which resumes. Returns the line to print."""
+    from mmpo.errors import UserError
+
+    if earlier is None:
+        return None
+    same_data = "data" in earlier and Path(str(earlier["data"])).resolve() == Path(data).resolve()
+    same_grader = grader is None or earlier.get("grader") == grader
+    rows = earlier.get("labeled", "?")
+    if same_data and same_grader:
+        return f"{out} holds this labelling ({rows} rows): resuming (grades already made are read from the cache)"
+    if overwrite:
+        return f"--overwrite: replacing {out} ({rows} rows labelled from {earlier.get('data', 'unknown data')})"
+    what = (f"labels of {earlier['data']}" if not same_data and "data" in earlier else
+            "labels by another grader" if "data" in earlier else "a file without its .label.json summary")
+    raise UserError(f"{out} exists and holds {what} ({rows} rows): pass --overwrite to replace it, or choose another --out")
+
+
 def run(args: argparse.Namespace) -> int:
     from mmpo.data.hub import read_local
     from mmpo.data.pairs import _prompt_and_responses
@@ -106,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
     files = side_files(args.out)
     if Path(args.out).resolve() == Path(args.data).resolve():
         raise UserError("--out must differ from --data")
+    earlier = earlier_labelling(args.out, files["summary"])
+    check_replacing(args.out, args.data, earlier, None, args.overwrite)  # before a model or endpoint is touched
     common = {"cache_path": files["cache"], "progress": True}
     if args.reward_model:
         grader = load_grader({"kind": "reward_model", "path": args.reward_model, "batch_size": args.batch_size,
@@ -118,6 +159,10 @@ def run(args: argparse.Namespace) -> int:
                               "max_retries": args.max_retries, "batch_size": max(args.judge_concurrency, 1), **common})
     else:
         grader = load_grader({"kind": "checker", "checker": args.checker, **common})
+
+    said = check_replacing(args.out, args.data, earlier, grader.fingerprint, args.overwrite)
+    if said:
+        print(said)
 
     raws: list[dict[str, Any]] = []
     items: list[PairItem | None] = []

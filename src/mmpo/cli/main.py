@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.extra = extra
     debug = bool(getattr(args, "debug", False)) or os.environ.get("MMPO_DEBUG") == "1"
+    if not sys.stderr.isatty():
+        _no_library_progress_bars()
     try:
         return _run_command(parser, args, extra, debug)
     finally:
@@ -124,6 +126,20 @@ def _leave_process_group() -> None:
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _no_library_progress_bars() -> None:
+    """Output to a file or pipe: transformers' and huggingface_hub's bars (loading and writing weights) stay off,
+    as mmpo's own do there (tqdm's ``disable=None``); a bar's redraws would fill the log with ``\r`` lines."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub is imported
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
 
 
 def _close_progress_bars() -> None:

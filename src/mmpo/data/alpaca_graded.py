@@ -32,7 +32,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mmpo.errors import UserError
-from mmpo.paths import cache_dir
+from mmpo.paths import apply_umask, cache_dir
 
 FILE_NAME = "responses.jsonl.gz"
 URL_ENV = "MMPO_ALPACA_EVAL_URL"
@@ -163,6 +163,7 @@ def download(target: Path, base_url: str | None = None) -> Path:
         with os.fdopen(fd, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8") as f:
             for rec in records:
                 f.write(json.dumps(rec) + "\n")  # ASCII escapes, as the development copy is written
+        apply_umask(tmp)  # mkstemp creates 0600
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -63,6 +63,7 @@ def canonical_rows(source: Source, spec: dict[str, Any], raw_rows: Iterator, col
         check_columns(raw, source, columns, ref)
         converted = source.convert(raw, ref, spec)
         for canonical in converted if isinstance(converted, list) else [converted]:
+            report.pairs += 1
             yield ref, canonical
 
 
@@ -186,7 +187,7 @@ def split_stage(plan: DataPlan, pairs: list[PreferencePair], report: DataReport)
     else:
         train, held = split_by_prompt(pairs, plan.eval_fraction, plan.seed) if plan.eval_fraction > 0 else (pairs, [])
         eval_report = DataReport(source=f"{report.source} (held-out {plan.eval_fraction:.0%} of prompts)")
-        eval_report.read = len(held)
+        eval_report.pairs = len(held)  # pairs split off the training data: no rows of its own
         report.dropped["held out for evaluation"] += len(held)
         held = retarget(held, plan.eval_gamma, eval_report)
     # A split of one source keeps each prompt on one side, so it counts none here.

@@ -16,12 +16,15 @@ _MAX_LISTED_MARGINS = 12
 class DataReport:
     """Counts for one data source. ``dropped`` and ``fixed`` map a reason to how many pairs it hit.
 
-    ``read`` counts input rows; ``kept`` the pairs that survive every drop (``read - sum(dropped)``);
+    ``read`` counts input rows and ``pairs`` the candidate pairs made from them (a row with several rated
+    responses gives several; 0 = one per row, as for a report built by hand); ``kept`` the pairs that survive
+    every drop (``pairs - sum(dropped)``);
     ``truncation`` holds the tokenizer's cut counts; ``margins`` / ``targets`` are the kept pairs' values.
     """
 
     source: str
     read: int = 0
+    pairs: int = 0
     dropped: Counter = field(default_factory=Counter)
     fixed: Counter = field(default_factory=Counter)
     truncation: dict[str, int] = field(default_factory=dict)
@@ -35,6 +38,11 @@ class DataReport:
     @property
     def kept(self) -> int:
         return len(self.targets)
+
+    @property
+    def candidates(self) -> int:
+        """Pairs before any drop: ``pairs``, or ``read`` when the pairs were not counted (one per row)."""
+        return self.pairs or self.read
 
     def drop(self, reason: str) -> None:
         self.dropped[reason] += 1
@@ -55,6 +63,7 @@ class DataReport:
         return {
             "source": self.source,
             "read": self.read,
+            "pairs": self.candidates,
             "kept": self.kept,
             "dropped": dict(self.dropped),
             "fixed": dict(self.fixed),
@@ -69,10 +78,12 @@ class DataReport:
         }
 
     def render(self) -> str:
-        lines = [f"data {self.source}: read {self.read}, kept {self.kept}"]
+        # Rows and pairs are counted apart: a row with several rated responses gives several pairs.
+        made = f"read {_count(self.read, 'row')} -> {_count(self.candidates, 'pair')}" if self.read else _count(self.candidates, "pair")
+        lines = [f"data {self.source}: {made}, kept {_count(self.kept, 'pair')}"]
         lines += [f"  WARNING: {w}" for w in self.warnings]
-        lines += [f"  dropped {n}: {reason}" for reason, n in sorted(self.dropped.items())]
-        lines += [f"  fixed {n}: {reason}" for reason, n in sorted(self.fixed.items())]
+        lines += [f"  dropped {_count(n, 'pair')}: {reason}" for reason, n in sorted(self.dropped.items())]
+        lines += [f"  fixed {_count(n, 'pair')}: {reason}" for reason, n in sorted(self.fixed.items())]
         if self.prompts_in_training is not None:
             lines.append(f"  held-out prompts also in the training data: {self.prompts_in_training} of {self.prompts}")
         lines += [f"  {key.replace('_', ' ')}: {n}" for key, n in sorted(self.truncation.items()) if n and key != "pairs"]
@@ -88,6 +99,11 @@ class DataReport:
             if sum(counts[:5]):
                 lines.append(f"  p below 0.5: {sum(counts[:5])}")
         return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 pair``, ``91,649 pairs``."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def _render_margins(margins: list[float]) -> str:

@@ -22,7 +22,6 @@ Facts kept from FastChat's protocol (the code is our own):
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -326,7 +325,7 @@ def generate_answers(
         print(f"MT-bench: {len(todo)} questions to answer ({n_turns} turns), up to {max_new_tokens} new tokens a turn: "
               f"up to {n_turns * max_new_tokens} tokens in all (--max-new-tokens sets the budget)", file=sys.stderr, flush=True)
     # A turn can take minutes on a CPU: redraw on every turn, not on a timer.
-    bar = tqdm(total=n_turns, desc="MT-bench answers", unit="turn", disable=not progress, mininterval=0, miniters=1)
+    bar = tqdm(total=n_turns, desc="MT-bench answers", unit="turn", disable=None if progress else True, mininterval=0, miniters=1)
     with bar, JsonlAppender(out_path) as log:
         for number, q in enumerate(todo, start=1):
             temperature = category_temperature(q.category)
@@ -519,7 +518,7 @@ def judge_answers(
         return {**record, "score": score, "status": status, "error": error, "judgment": text, "tstamp": time.time()}
 
     consecutive_failures = 0
-    bar = tqdm(total=len(tasks), desc="MT-bench judgments", unit="turn", disable=not progress)
+    bar = tqdm(total=len(tasks), desc="MT-bench judgments", unit="turn", disable=None if progress else True)
     with JsonlAppender(judgments_path) as log, ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         pending: set[Future] = set()
         queue = iter(tasks)

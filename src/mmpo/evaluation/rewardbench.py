@@ -277,7 +277,7 @@ def score_rows(
     with JsonlAppender(cache_path) as log:
         if not records:
             log.write({"setup": setup})
-        bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="RewardBench", unit="pair", disable=not progress)
+        bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="RewardBench", unit="pair", disable=None if progress else True)
         try:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]

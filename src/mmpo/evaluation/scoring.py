@@ -214,7 +214,7 @@ def score_with_models(
     )
     scores: list[tuple[float, float]] = [(float("nan"), float("nan"))] * len(tokenized)
     starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=f"scoring pairs ({kind})", unit="batch", disable=not progress):
+    for start in tqdm(starts, desc=f"scoring pairs ({kind})", unit="batch", disable=None if progress else True):
         idx = order[start : start + batch_size]
         batch = collate([tokenized[i].__dict__ for i in idx])
         batch = {k: v.to(device) for k, v in batch.items()}

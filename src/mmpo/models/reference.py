@@ -160,7 +160,7 @@ def compute_reference_logps(
     model.eval()
     try:
         batches = list(_length_sorted_batches(features, batch_size))
-        for idx in tqdm(batches, desc=desc, unit="batch"):
+        for idx in tqdm(batches, desc=desc, unit="batch", disable=None):
             batch = collate([features[i] for i in idx])
             batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):

@@ -251,7 +251,7 @@ class TrunkCache:
         model.eval()
         computed: dict[bytes, torch.Tensor] = {}
         try:
-            for idx in tqdm(list(_length_sorted_batches(features, batch_size)), desc=desc, unit="batch"):
+            for idx in tqdm(list(_length_sorted_batches(features, batch_size)), desc=desc, unit="batch", disable=None):
                 batch = {k: v.to(device) for k, v in collate([features[i] for i in idx]).items()}
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     hidden = capture_trunk(model, forward, batch, layers, self.depth)

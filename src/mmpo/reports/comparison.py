@@ -371,6 +371,17 @@ def summarize(run_dirs: dict[str, dict[int, Path]], losses: list[str], seeds: li
     return comparison
 
 
+def compare_saving(kind: str, recipe: str | Path | None) -> dict[str, Any]:
+    """How a comparison's policies are saved unless the recipe says: a LoRA run keeps its adapter
+    (``merge_lora: false``), not a merged copy of the whole model; the comparison reads only each run's
+    ``eval_scores.jsonl``, and the adapter loads with ``AutoModelForCausalLM.from_pretrained`` (peft) when wanted."""
+    from mmpo.config import read_recipe
+
+    if kind != "dpo" or (recipe is not None and "merge_lora" in read_recipe(recipe)):
+        return {}
+    return {"merge_lora": False}
+
+
 def run_compare(kind: str | None, recipe: str | Path | None, losses: list[str], seeds: list[int],
                 overrides: dict[str, Any], out: str | Path, title: str = "") -> dict[str, Any]:
     """Train (or reuse) every loss x seed of ``recipe`` under ``out`` and write the comparison (see module doc)."""
@@ -381,6 +392,7 @@ def run_compare(kind: str | None, recipe: str | Path | None, losses: list[str], 
     for key in ("loss", "seed", "output_dir"):
         if key in overrides:
             raise UserError(f"--{key} is set by mmpo compare itself (use --losses / --seeds / --out)")
+    overrides = {**compare_saving(kind, recipe), **overrides}
     run_dirs: dict[str, dict[int, Path]] = {loss: {} for loss in losses}
     for seed in seeds:  # seed-major: a stopped comparison has whole seeds done
         for loss in losses:

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections import defaultdict
 from typing import Any
@@ -26,6 +27,7 @@ from mmpo.data.sampler import LengthGroupedPairSampler, pair_tokens
 from mmpo.evaluation.metrics import pair_metrics
 from mmpo.io import append_jsonl, write_jsonl_atomic
 from mmpo.models.trunk_cache import Forward, TrunkCache
+from mmpo.paths import apply_umask
 # Checkpoints are written under STAGING_DIR, then renamed into place.
 from mmpo.training.run_dir import METRICS_FILE, METRICS_LINES_FILE, STAGING_DIR, metrics_lines
 
@@ -77,6 +79,41 @@ class PairProgressCallback(ProgressCallback):
             self.training_bar.write(format_log_line(state.global_step, logs))
 
 
+# What one plain log line shows (logged key, shown name); every key goes to metrics.jsonl.
+PLAIN_TRAIN_KEYS = (("loss", "loss"), ("train_accuracy", "accuracy"), ("train_margin", "margin"),
+                    ("grad_norm", "grad_norm"), ("learning_rate", "lr"))
+PLAIN_EVAL_KEYS = (("eval_loss", "loss"), ("eval_accuracy", "accuracy"), ("eval_nll", "nll"), ("eval_ece", "ece"))
+
+
+def plain_log_line(step: int, max_steps: int, logs: dict[str, Any]) -> str | None:
+    """One short line for a log that goes to a file: ``step 20/100: loss 0.6931  accuracy 0.625  margin 0.1234
+    grad_norm 0.1302  lr 1e-05``, ``step 20/100 held-out: loss ...`` or ``step 100/100: trained in 12.3 s, mean
+    loss 0.6012``; None for a log with none of those numbers."""
+    where = f"step {step}/{max_steps}" if max_steps > 0 else f"step {step}"
+    if "train_runtime" in logs:
+        mean = logs.get("train_loss")
+        return f"{where}: trained in {logs['train_runtime']:.1f} s" + (f", mean loss {mean:.4g}" if mean is not None else "")
+    keys, label = (PLAIN_EVAL_KEYS, " held-out") if any(k.startswith("eval_") for k in logs) else (PLAIN_TRAIN_KEYS, "")
+    shown = [f"{name} {logs[key]:.4g}" for key, name in keys
+             if isinstance(logs.get(key), (int, float)) and not isinstance(logs.get(key), bool)]
+    return f"{where}{label}: " + "  ".join(shown) if shown else None
+
+
+class PlainLogCallback(TrainerCallback):
+    """For output that is not a terminal (a log file, a pipe): no progress bar, one plain line per log."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            line = plain_log_line(state.global_step, state.max_steps, logs)
+            if line:
+                print(line, flush=True)
+
+
+def interactive() -> bool:
+    """Whether progress bars have a terminal to draw on (they write to stderr)."""
+    return sys.stderr.isatty()
+
+
 class FinalEvalByCaller(TrainerCallback):
     """Drop Trainer's own evaluation at the last step: the caller evaluates once more right after training
     (:meth:`PairTrainer.save_eval_scores`, with per-pair scores), and on a CPU one pass over the held-out
@@ -120,9 +157,13 @@ def final_results(metrics: dict[str, float], step: int) -> dict[str, float]:
     return {**{k: v for k, v in plain.items() if k not in _RUNTIME_KEYS and k != "epoch"}, "step": step}
 
 
+SUMMARY_METRICS = ("loss", "accuracy", "ece", "soft_ece", "nll", "brier")
+
+
 def run_summary(what: str, output_dir: str, results: dict[str, Any], saved_as: str | None = None) -> str:
     """The end-of-run lines both ``mmpo rm`` and ``mmpo dpo`` print: the held-out metrics, then where the model is."""
-    shown = {k: v for k, v in results.items() if k not in ("n", "step") and isinstance(v, (int, float))}
+    # The pair metrics only; every other number (log-probs, reward means) is in eval_results.json.
+    shown = {k: results[k] for k in SUMMARY_METRICS if isinstance(results.get(k), (int, float))}
     if results:
         head = f"held-out ({results.get('n', '?')} pairs, step {results.get('step', '?')}): "
         lines = [head + "  ".join(f"{k} {v:.4g}" for k, v in shown.items())]
@@ -147,7 +188,7 @@ class PairTrainer(Trainer):
         self.add_callback(MetricsJsonlCallback())
         if any(isinstance(cb, ProgressCallback) for cb in self.callback_handler.callbacks):
             self.remove_callback(ProgressCallback)
-            self.add_callback(PairProgressCallback)
+            self.add_callback(PairProgressCallback if interactive() else PlainLogCallback)
         if self.eval_dataset is not None:
             self.add_callback(FinalEvalByCaller())
 
@@ -210,6 +251,7 @@ class PairTrainer(Trainer):
             # A resume from this checkpoint cuts metrics.jsonl back to this length (see run_dir.rewind_metrics).
             with open(os.path.join(staging_root, name, METRICS_LINES_FILE), "w") as f:
                 json.dump({"lines": metrics_lines(run_dir)}, f)
+            apply_umask(os.path.join(staging_root, name))  # safetensors writes its files 0600
             final = os.path.join(run_dir, name)
             if os.path.isdir(final):
                 shutil.rmtree(final)

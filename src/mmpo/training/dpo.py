@@ -81,7 +81,7 @@ from mmpo.models.trunk_cache import build_trunk_cache
 from mmpo.training.args import training_arguments, use_bf16
 from mmpo.training.base import PairTrainer, final_results, run_summary
 from mmpo.training.card import push_final_model, write_model_card
-from mmpo.training.run_dir import RESULTS_FILE, plan_run, save_run_config, write_results
+from mmpo.training.run_dir import RESULTS_FILE, finish_run_dir, plan_run, save_run_config, write_results
 
 EVAL_RESULTS_FILE = RESULTS_FILE
 DATA_REPORT_FILE = "data_report.json"
@@ -482,5 +482,8 @@ def train_policy(config: DPOConfig) -> dict[str, Any]:
         write_model_card(config.output_dir, config, "policy", results)
         write_results(config.output_dir, results)  # last: marks the run finished
         print(run_summary("policy", config.output_dir, results, saved))
+        freed = finish_run_dir(config.output_dir)
+        if freed:
+            print(freed)
     push_final_model(trainer, config.output_dir)
     return summary

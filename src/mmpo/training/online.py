@@ -15,6 +15,8 @@ command continues where a crash left off (finished phases are read back, unfinis
    own checkpoints. ``reference: adapter`` (the LoRA base with the adapter off) is the round's starting policy,
    so it goes with ``round_reference: previous`` only; ``auto`` uses it while the reference is the starting
    policy and precomputes the initial model's log-probs otherwise.
+   A round without pairs trains nothing and writes no ``policy/``: the policy is carried over as it is (no
+   copy), and the next round starts from the last round's that trained.
 5. ``eval.jsonl``     greedy answers to the held-out prompts, graded; ``round.json`` closes the round.
 
 ``output_dir/log.jsonl`` has one line per finished round: the samples' mean grade, the share of candidate
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmpo.config import DPOConfig
+from mmpo.config import DPOConfig, check_ranges
 from mmpo.data.records import Message, prompt_overlap
 from mmpo.errors import UserError
 from mmpo.graders import ScoreItem
@@ -76,8 +78,7 @@ class OnlineConfig(DPOConfig):
         if self.data is None:
             self.data = "(each round's pairs)"  # filled in per round; DPOConfig's check wants a value
         super().validate()
-        if self.rounds < 1 or self.samples_per_prompt < 2 or self.steps_per_round < 1:
-            raise UserError("rounds and steps_per_round must be >= 1 and samples_per_prompt >= 2")
+        check_ranges(self, ONLINE_RANGES)
         if self.pairing not in PAIRINGS:
             raise UserError(f"pairing must be one of {', '.join(PAIRINGS)} (got {self.pairing!r})")
         if self.round_reference not in ROUND_REFERENCES:
@@ -89,8 +90,21 @@ class OnlineConfig(DPOConfig):
             # From round 2 on, the LoRA base with its adapter off is the last round's policy, not the initial model.
             raise UserError("reference: adapter with round_reference: initial: from round 2 on the adapter's base is the "
                             "previous round's policy; use round_reference: previous, or reference: auto, precomputed or model")
-        if self.grader_retries < 0:
-            raise UserError(f"grader_retries must be >= 0 (got {self.grader_retries})")
+
+
+ONLINE_RANGES = {
+    "rounds": (">= 1", {"low": 1}),
+    "prompts_per_round": (">= 1 or none", {"low": 1, "optional": True}),
+    "max_eval_prompts": (">= 1 or none", {"low": 1, "optional": True}),
+    "samples_per_prompt": (">= 2", {"low": 2}),
+    "temperature": (">= 0", {"low": 0}),
+    "top_p": ("in (0, 1]", {"low": 0, "low_open": True, "high": 1}),
+    "max_new_tokens": (">= 1", {"low": 1}),
+    "generation_batch_size": (">= 1", {"low": 1}),
+    "grader_retries": (">= 0", {"low": 0}),
+    "grader_retry_wait": (">= 0", {"low": 0}),
+    "steps_per_round": (">= 1", {"low": 1}),
+}
 
 
 # --- pairs from graded samples (pure) --------------------------------------------------------------------
@@ -139,6 +153,25 @@ def graded_pairs(responses: Sequence[str], grades: Sequence[float | None], pairi
         pairs.append((a, b) if grades[a] > grades[b] else (b, a))
         counts.kept += 1
     return pairs, counts
+
+
+def round_training_stats(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A round's training numbers from its ``metrics.jsonl``: ``train_loss``, Trainer's mean loss over every step of
+    the run (its end-of-training line), and ``train_accuracy``, the mean over the logged steps: each logging line
+    holds the mean since the previous one, so it is weighted by the steps it covers,
+    ``sum_i acc_i * (step_i - step_{i-1}) / step_last``. ``last_step``: the last logged training step."""
+    logs = [x for x in records if "loss" in x and "step" in x]
+    final = [x for x in records if "train_loss" in x]
+    out: dict[str, Any] = {"train_loss": final[-1]["train_loss"] if final else None, "train_accuracy": None}
+    weighted, previous = 0.0, 0
+    for x in logs:
+        if x.get("train_accuracy") is not None and x["step"] > previous:
+            weighted += x["train_accuracy"] * (x["step"] - previous)
+            previous = x["step"]
+    if previous:
+        out["train_accuracy"] = weighted / previous
+        out["last_step"] = previous
+    return out
 
 
 # --- graders ---------------------------------------------------------------------------------------------
@@ -269,8 +302,13 @@ class OnlineRun:
         return self.out / f"round-{r}"
 
     def policy_of(self, r: int) -> str:
-        """The policy after round ``r`` (round 0 = the starting model)."""
-        return self.config.model if r == 0 else str(self.round_dir(r) / "policy")
+        """The policy after round ``r`` (round 0 = the starting model): the last round's up to ``r`` that trained
+        (its ``policy/`` finished), since a round without pairs carries the policy over without a copy."""
+        for k in range(r, 0, -1):
+            policy = self.round_dir(k) / "policy"
+            if (policy / "eval_results.json").exists():
+                return str(policy)
+        return self.config.model
 
     # ---- phases ----
     def round_prompts(self, r: int) -> list[dict[str, Any]]:
@@ -306,7 +344,7 @@ class OnlineRun:
             # Sampling and held-out answers run in the precision training runs in (bf16: auto).
             autocast = torch.bfloat16 if use_bf16(cfg.bf16) else None
             chat = ChatModel.load(model)
-            for b in tqdm(todo, desc=desc, unit="batch"):
+            for b in tqdm(todo, desc=desc, unit="batch", disable=None):
                 batch = rows[b * bs:(b + 1) * bs]
                 texts = generate_batch(chat, [x["messages"] for x in batch], num, max_new_tokens=cfg.max_new_tokens,
                                        temperature=temperature, top_p=cfg.top_p, seed=_seed(cfg.seed, seed_key, b),
@@ -324,7 +362,7 @@ class OnlineRun:
         done = {x["i"]: x for x in read_jsonl(path)}
         failed_calls = 0
         todo = [s for s in samples if s["i"] not in done]
-        for s in tqdm(todo, desc=desc, unit="prompt", disable=not todo):
+        for s in tqdm(todo, desc=desc, unit="prompt", disable=None if todo else True):
             messages = _messages(s["prompt"])
             requests = [ScoreItem(messages, a, s["meta"]) for a in s["answers"]]
             grades, failed = grade_with_retries(self.grader, requests, self.config.grader_retries, self.config.grader_retry_wait)
@@ -371,11 +409,9 @@ class OnlineRun:
         )
         results = self.round_dir(r) / "policy" / "eval_results.json"
         summary = train_policy(DPOConfig(**values)) if not results.exists() else {"resumed_from": "finished"}
-        metrics_file = self.round_dir(r) / "policy" / "metrics.jsonl"
-        logs = [x for x in read_jsonl(metrics_file) if "loss" in x]
-        last = logs[-1] if logs else {}
-        return {"train_loss": last.get("loss"), "train_accuracy": last.get("train_accuracy"),
-                "train_steps": summary.get("global_step", last.get("step")), "reference": summary.get("reference")}
+        stats = round_training_stats(read_jsonl(self.round_dir(r) / "policy" / "metrics.jsonl"))
+        last_step = stats.pop("last_step", None)
+        return {**stats, "train_steps": summary.get("global_step", last_step), "reference": summary.get("reference")}
 
     def run_round(self, r: int) -> dict[str, Any]:
         cfg = self.config
@@ -417,8 +453,8 @@ class OnlineRun:
             record.update(self.train(r, rd / "pairs.jsonl"))
         else:
             # Nothing to learn from: the policy is carried over unchanged (said, and recorded).
-            print(f"round {r}: no pairs with different grades; the policy is carried over", flush=True)
-            _carry_over(self.policy_of(r - 1), rd / "policy")
+            print(f"round {r}: no pairs with different grades; the policy is carried over ({self.policy_of(r - 1)})",
+                  flush=True)
         self._say(r, "evaluate")
         record.update(self.evaluate(r, rd / "eval.jsonl"))
         atomic_write_text(done, json.dumps(record, indent=2))
@@ -435,19 +471,6 @@ def _meta(row: dict[str, Any]) -> dict[str, Any]:
 
 def _messages(prompt: Any) -> list[Message]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-
-
-def _carry_over(model: str, target: Path) -> None:
-    """Save the unchanged policy as this round's, so the next round starts from a directory like any other."""
-    from transformers import AutoModelForCausalLM
-
-    from mmpo.models.embedded import resolve_model_path
-    from mmpo.models.loading import load_tokenizer
-
-    if (target / "config.json").exists():
-        return
-    AutoModelForCausalLM.from_pretrained(resolve_model_path(model)).save_pretrained(target)
-    load_tokenizer(model).save_pretrained(target)
 
 
 # Keys an online run may change and still continue in its directory: more rounds extend it.

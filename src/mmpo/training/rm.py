@@ -40,7 +40,7 @@ from mmpo.precision import without_mixed_precision
 from mmpo.training.args import training_arguments, use_bf16
 from mmpo.training.base import PairTrainer, final_results, run_summary
 from mmpo.training.card import push_final_model, write_model_card
-from mmpo.training.run_dir import RESULTS_FILE, plan_run, save_run_config, write_results
+from mmpo.training.run_dir import RESULTS_FILE, finish_run_dir, plan_run, save_run_config, write_results
 
 EVAL_RESULTS_FILE = RESULTS_FILE
 DATA_REPORT_FILE = "data_report.json"
@@ -189,5 +189,8 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
         write_model_card(config.output_dir, config, "reward_model", results)
         write_results(config.output_dir, results)  # last: marks the run finished
         print(run_summary("reward model", config.output_dir, results))
+        freed = finish_run_dir(config.output_dir)
+        if freed:
+            print(freed)
     push_final_model(trainer, config.output_dir)
     return results

@@ -16,6 +16,10 @@ Rules (:func:`plan_run`), for ``resume: auto``:
 
 ``resume: false`` or ``overwrite_output_dir: true``: a fresh start; the earlier run's checkpoints, metrics and
 results in the directory are deleted first. ``resume: PATH``: that checkpoint, as the user said.
+
+A finished run (:func:`finish_run_dir`) drops the optimizer state from its checkpoints: only an unfinished run
+resumes from it, and for a full fine-tune it is twice the model's size. The checkpoints keep their weights,
+trainer state and schedule; training a finished run further with ``resume: PATH`` starts a fresh optimizer.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import yaml
 
 from mmpo.errors import UserError
 from mmpo.io import atomic_write_text
+from mmpo.paths import apply_umask
 
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "eval_results.json"
@@ -48,6 +53,7 @@ BOOKKEEPING_KEYS = frozenset({
     "output_dir", "resume", "overwrite_output_dir", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
     "per_device_eval_batch_size", "dataloader_num_workers", "gradient_checkpointing", "torch_compile", "debug",
     "report_to",
+    "merge_lora",  # how the final model is saved, not what it is
     "trunk_cache",  # the same numbers to float rounding (mmpo.models.trunk_cache)
 })
 
@@ -182,3 +188,45 @@ def rewind_metrics(output_dir: str, checkpoint: str) -> None:
 def write_results(output_dir: str, results: dict[str, Any]) -> None:
     """``eval_results.json``, atomically and last: its presence marks the run finished."""
     atomic_write_text(os.path.join(output_dir, RESULTS_FILE), json.dumps(results, indent=2))
+
+
+def _is_optimizer_state(name: str) -> bool:
+    # transformers: optimizer.pt / optimizer.bin (accelerate) / optimizer_0/ (FSDP); DeepSpeed: *optim_states.pt
+    return name.startswith("optimizer") or name.endswith("optim_states.pt")
+
+
+def drop_optimizer_state(output_dir: str) -> int:
+    """Delete the optimizer state from every ``checkpoint-N`` in ``output_dir``; returns the bytes freed."""
+    freed = 0
+    if not os.path.isdir(output_dir):
+        return 0
+    for name in os.listdir(output_dir):
+        checkpoint = os.path.join(output_dir, name)
+        if not (name.startswith("checkpoint-") and os.path.isdir(checkpoint)):
+            continue
+        for root, dirs, files in os.walk(checkpoint, topdown=True):
+            for d in [d for d in dirs if _is_optimizer_state(d)]:
+                for sub_root, _, sub_files in os.walk(os.path.join(root, d)):
+                    freed += sum(os.path.getsize(os.path.join(sub_root, f)) for f in sub_files)
+                shutil.rmtree(os.path.join(root, d))
+                dirs.remove(d)
+            for f in files:
+                if _is_optimizer_state(f):
+                    path = os.path.join(root, f)
+                    freed += os.path.getsize(path)
+                    os.remove(path)
+    return freed
+
+
+def finish_run_dir(output_dir: str) -> str | None:
+    """After ``eval_results.json`` is written: the saved files get the user's umask (safetensors writes 0600) and
+    the checkpoints lose their optimizer state. Returns the line to print when something was freed."""
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            apply_umask(path)
+    freed = drop_optimizer_state(output_dir)
+    if not freed:
+        return None
+    return (f"run finished: dropped the checkpoints' optimizer state ({freed / 2**20:.1f} MiB); "
+            "only an unfinished run resumes from it")
