@@ -24,7 +24,7 @@ test: venv
 	$(PY) -m pytest -q
 
 test-fast: venv
-	$(PY) -m pytest -q -m "not integration"
+	$(PY) -m pytest -q -m "not slow and not integration"
 
 demo: venv
 	$(VENV)/bin/mmpo demo

@@ -18,11 +18,19 @@ Fixtures
     ``write_jsonl(path, rows) -> Path``: one JSON object per line.
 ``pair_file``
     ``pair_file(n=32, seed=0, name="pairs.jsonl") -> Path``: ``graded_rows`` written under ``tmp_path``.
+``subprocess_env``
+    The environment for a test that runs mmpo in another process: this one's, with one OpenMP thread and no
+    tokenizer parallelism (the tests share the machine's cores).
+``mt_bench`` (session)
+    The real MT-bench files (:func:`mmpo.evaluation.mtbench.mt_bench_files`: ``$MMPO_MT_BENCH_DIR``, the cache or
+    ``../shared/data/mt_bench`` beside the checkout). Without them the test is skipped, except where ``$CI`` is
+    set: CI puts the shared data beside the checkout, so missing files there fail the test.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any, Callable
@@ -144,3 +152,21 @@ def pair_file(tmp_path: Path) -> Callable[..., Path]:
         return write_jsonl_rows(tmp_path / name, make_graded_rows(n, seed))
 
     return make
+
+
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="session")
+def mt_bench() -> Any:
+    from mmpo.errors import UserError
+    from mmpo.evaluation.mtbench import mt_bench_files
+
+    try:
+        return mt_bench_files()
+    except UserError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"the MT-bench files must be present in CI (shared/data/mt_bench beside the checkout): {e}")
+        pytest.skip(f"no MT-bench files here: {e}")

@@ -163,3 +163,125 @@ def test_one_seed_says_no_interval_and_three_seeds_do_not_warn():
     assert "no interval" in table and "t-interval" not in table and "+-" not in table
     three = compare_values(_two_loss_values([0, 1, 2]), ["mmpo", "bt"], [0, 1, 2], metrics=("accuracy",))
     assert "warning" not in three and "warning" not in render_table(three)
+
+
+def _fake_runs(root, losses, seeds):
+    """Per-run eval_scores.jsonl for each loss x seed: the same held-out targets per seed, logits per loss."""
+    dirs, scores = {}, {}
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        p = rng.uniform(0.55, 0.95, size=12)
+        truth = np.log(p / (1 - p))
+        for i, loss in enumerate(losses):
+            # Loss i scales the true logit by a factor and adds per-seed noise: different, seed-dependent metrics.
+            h = truth * (1.0 - 0.3 * i) + rng.normal(0.0, 0.4 + 0.2 * i, size=p.size)
+            run = root / f"{loss}-seed{seed}"
+            run.mkdir(parents=True)
+            run.joinpath("eval_scores.jsonl").write_text("".join(
+                json.dumps({"row": r, "h": float(h[r]), "p": float(p[r]), "margin": 1.0}) + "\n" for r in range(p.size)))
+            dirs.setdefault(loss, {})[seed] = run
+            scores[loss, seed] = (h, p)
+    return dirs, scores
+
+
+def _by_hand(scores, loss, seeds):
+    """Held-out NLL and accuracy per seed, computed here from the logits (not through pair_metrics)."""
+    nll = [float(np.mean(p * np.logaddexp(0, -h) + (1 - p) * np.logaddexp(0, h))) for h, p in (scores[loss, s] for s in seeds)]
+    acc = [float(np.mean((h > 0) + 0.5 * (h == 0))) for h, _ in (scores[loss, s] for s in seeds)]
+    return {"nll": np.array(nll), "accuracy": np.array(acc)}
+
+
+def _t_interval(x):
+    """mean, low, high of the 95% t-interval (3 seeds: t(0.975, 2) = 4.303)."""
+    half = 4.303 * np.std(x, ddof=1) / math.sqrt(len(x))
+    return x.mean(), x.mean() - half, x.mean() + half
+
+
+def test_three_losses_against_a_baseline_json_ranking_and_plot(tmp_path):
+    from mmpo.reports.comparison import baseline_last, summarize
+
+    losses = baseline_last(["mmpo", "dpo", "odpo"], "dpo")
+    assert losses == ["mmpo", "odpo", "dpo"]
+    seeds = [0, 1, 2]
+    dirs, scores = _fake_runs(tmp_path / "runs", losses, seeds)
+    out = tmp_path / "cmp"
+    summarize(dirs, losses, seeds, out)
+    c = json.loads((out / "comparison.json").read_text())
+    assert c["losses"] == losses and c["baseline"] == "dpo" and "vs" not in c["metrics"]["nll"]
+    by_hand = {loss: _by_hand(scores, loss, seeds) for loss in losses}
+    md = (out / "comparison.md").read_text()
+    assert "Baseline: dpo." in md
+    for metric, label in (("nll", "nll (lower better)"), ("accuracy", "accuracy (higher better)")):
+        entry = c["metrics"][metric]
+        assert set(entry["vs_baseline"]) == {"mmpo", "odpo"}
+        for loss in losses:
+            mean, low, high = _t_interval(by_hand[loss][metric])
+            assert (entry[loss]["mean"], entry[loss]["low"], entry[loss]["high"]) == pytest.approx((mean, low, high))
+        rows = [line for line in md.splitlines() if line.startswith("| ")]
+        start = next(i for i, line in enumerate(rows) if line.startswith(f"| {label} | 1 |"))
+        means = {loss: by_hand[loss][metric].mean() for loss in losses}
+        order = sorted(losses, key=lambda l: means[l], reverse=metric == "accuracy")
+        assert [row.split(" | ")[2] for row in rows[start:start + 3]] == order
+        for rank, loss in enumerate(order, start=1):
+            row = rows[start + rank - 1]
+            if loss == "dpo":
+                assert "| baseline |" in row
+                continue
+            diff, low, high = _t_interval(by_hand[loss][metric] - by_hand["dpo"][metric])
+            d = entry["vs_baseline"][loss]
+            assert (d["diff"], d["low"], d["high"]) == pytest.approx((diff, low, high))
+            assert d["distinguishable"] == (low > 0 or high < 0)
+            better = loss if (diff < 0) == (metric == "nll") else "dpo"
+            verdict = f"yes: {better} better" if (low > 0 or high < 0) else "no"
+            assert row.endswith(f"| {diff:+.3f} [{low:+.3f}, {high:+.3f}] | {verdict} |"), row
+    # The fixture gives both verdicts somewhere, so the marks are not all one way.
+    verdicts = [d["distinguishable"] for m in c["metrics"].values() for d in m["vs_baseline"].values()]
+    assert any(verdicts) and not all(verdicts)
+    assert (out / "comparison.png").stat().st_size > 0 and c["plots"]["comparison"] == str(out / "comparison.png")
+
+
+def test_two_losses_keep_their_json_shape(tmp_path):
+    from mmpo.reports.comparison import summarize
+
+    seeds = [0, 1, 2]
+    dirs, scores = _fake_runs(tmp_path / "runs", ["mmpo", "bt"], seeds)
+    summarize(dirs, ["mmpo", "bt"], seeds, tmp_path / "cmp")
+    c = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert set(c) == {"losses", "seeds", "interval", "metrics", "n_eval_pairs", "runs", "plots"}
+    nll = c["metrics"]["nll"]
+    assert set(nll) == {"mmpo", "bt", "intervals", "diff", "low", "high", "distinguishable", "per_seed"}
+    diff, low, high = _t_interval(_by_hand(scores, "mmpo", seeds)["nll"] - _by_hand(scores, "bt", seeds)["nll"])
+    assert (nll["diff"], nll["low"], nll["high"]) == pytest.approx((diff, low, high))  # first - second
+    assert nll["mmpo"] == pytest.approx(_by_hand(scores, "mmpo", seeds)["nll"].mean())
+    assert "| metric | mmpo | bt | mmpo - bt [95% CI] |" in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
+def test_baseline_option_moves_the_baseline_last_and_refuses_an_unknown_one(tmp_path, capsys):
+    from mmpo.reports.comparison import baseline_last
+
+    assert baseline_last(["mmpo", "bt"], None) == ["mmpo", "bt"]
+    assert baseline_last(["mmpo", "bt"], "mmpo") == ["bt", "mmpo"]  # two losses: bt - mmpo
+    assert main(["compare", "--losses", "mmpo,bt", "--baseline", "dpo", "--out", str(tmp_path / "x")]) == 2
+    assert "--baseline: dpo is not one of --losses (mmpo, bt)" in capsys.readouterr().err
+
+
+def test_online_comparison_of_three_losses(tmp_path):
+    from mmpo.reports.comparison import summarize_online
+
+    finals = {"mmpo": [3.0, 4.0, 5.0], "odpo": [2.2, 2.4, 4.9], "dpo": [2.0, 2.5, 4.5]}
+    dirs = {}
+    for loss, values in finals.items():
+        for seed, final in enumerate(values):
+            run = tmp_path / f"{loss}-seed{seed}"
+            run.mkdir()
+            run.joinpath("log.jsonl").write_text("".join(
+                json.dumps({"round": r, "eval_mean_grade": g, "eval_full_marks": 0.0, "eval_n": 4}) + "\n"
+                for r, g in enumerate([1.0, final])))
+            dirs.setdefault(loss, {})[seed] = run
+    c = summarize_online(dirs, list(finals), [0, 1, 2], tmp_path / "cmp")
+    grade = c["metrics"]["mean_grade"]
+    diff, low, high = _t_interval(np.array(finals["odpo"]) - np.array(finals["dpo"]))  # 0.2, -0.1, 0.4
+    assert (grade["vs_baseline"]["odpo"]["diff"], grade["vs_baseline"]["odpo"]["low"]) == pytest.approx((diff, low))
+    assert set(c["gain_over_base"]) == set(finals) and c["gain_over_base"]["dpo"]["mean"] == pytest.approx(2.0)
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| mean_grade (higher better) | 1 | mmpo |" in md and "- odpo: +2.167" in md

@@ -61,7 +61,7 @@ def test_ultrafeedback_splits_off_the_prompt_turn_and_uses_the_score_difference(
 
 
 def test_ultrafeedback_hub_snapshot_directory_reads_only_the_requested_split(tmp_path):
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
     data = tmp_path / "snapshot" / "data"
     data.mkdir(parents=True)
     pd.DataFrame([uf_row(i, f"c{i}", f"r{i}", 8, 2) for i in range(3)]).to_parquet(data / "train_prefs-00000-of-00001.parquet")
@@ -74,7 +74,7 @@ def test_ultrafeedback_hub_snapshot_directory_reads_only_the_requested_split(tmp
 
 
 def test_save_to_disk_copy_picks_the_split(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets
     saved = tmp_path / "uf_saved"
     datasets.DatasetDict(
         {
@@ -322,7 +322,7 @@ def test_column_remapping_for_a_hub_schema(tmp_path, write_jsonl):
 
 
 def test_csv_parquet_and_json_lines_under_a_json_name(tmp_path):
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
     rows = [{"prompt": "q", "chosen": "a", "rejected": "b", "score_chosen": 5.0, "score_rejected": 2.0}]
     pd.DataFrame(rows).to_csv(tmp_path / "p.csv", index=False)
     pd.DataFrame(rows).to_parquet(tmp_path / "p.parquet")
@@ -346,7 +346,7 @@ def test_csv_parquet_and_json_lines_under_a_json_name(tmp_path):
     ],
 )
 def test_hub_names_go_through_load_dataset(monkeypatch, spec, expected):
-    datasets = pytest.importorskip("datasets")
+    import datasets
     calls = []
     rows = {
         "stanfordnlp/SHP": [shp_row("p", "a", "b", 5, 1)],
@@ -366,7 +366,7 @@ def test_hub_names_go_through_load_dataset(monkeypatch, spec, expected):
 
 
 def test_unreachable_hub_is_one_line_pointing_at_a_local_copy(monkeypatch):
-    datasets = pytest.importorskip("datasets")
+    import datasets
 
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'nvidia/HelpSteer3' on the Hub (OfflineModeIsEnabled)\nmore detail")

@@ -69,13 +69,8 @@ def test_eval_split_holds_out_prompts_with_zero_overlap(tmp_path, write_jsonl, t
     assert report.prompts > 0 and report.prompts_in_training == 0
 
 
-def _prompts(path: Path, prompts: list[str]) -> Path:
-    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    return path
-
-
-def test_online_refuses_eval_prompts_that_are_the_training_prompts(tmp_path):
-    train = _prompts(tmp_path / "prompts.jsonl", ["a", "b", "c"])
+def test_online_refuses_eval_prompts_that_are_the_training_prompts(tmp_path, write_jsonl):
+    train = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in "abc"])
     out = tmp_path / "run"
 
     def never(requests):
@@ -90,9 +85,9 @@ def test_online_refuses_eval_prompts_that_are_the_training_prompts(tmp_path):
     assert not out.exists()  # refused before any work
 
 
-def test_online_counts_shared_prompts_when_allowed(tmp_path):
-    train = _prompts(tmp_path / "prompts.jsonl", ["a", "b", "c"])
-    held = _prompts(tmp_path / "held.jsonl", ["b", "z"])
+def test_online_counts_shared_prompts_when_allowed(tmp_path, write_jsonl):
+    train = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in "abc"])
+    held = write_jsonl(tmp_path / "held.jsonl", [{"prompt": p} for p in "bz"])
     rows, held_rows = load_prompt_rows(str(train), "prompts"), load_prompt_rows(str(held), "eval_prompts")
     allowed = OnlineConfig(prompts=str(train), eval_prompts=str(held), allow_eval_overlap=True)
     assert check_eval_prompts(allowed, rows, held_rows) == 1

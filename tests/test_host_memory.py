@@ -37,6 +37,7 @@ def probe(mode: str) -> dict[str, int]:
     return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_freed_tensor_memory_is_reused_without_page_faults():
     plain, kept = probe("plain"), probe("keep")
@@ -113,6 +114,7 @@ KERNEL_PROBE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallinfo2")
 def test_bounded_kernel_caches_stop_memory_growing_with_new_shapes(monkeypatch):
     for name in host_memory.KERNEL_CACHE_VARIABLES:

@@ -87,7 +87,7 @@ def test_model_loading_keys_reach_from_pretrained(tiny_model_dir, tiny_tokenizer
         load_config(RMConfig, None, {"data": "x", "dtype": "float8"})
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU error only")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only check (the error on a machine without CUDA); skipped on a CUDA machine")
 def test_quantized_loading_on_cpu_is_one_clear_line(tiny_model_dir, pair_file, tmp_path):
     with pytest.raises(UserError, match="set lora_r > 0"):
         load_config(RMConfig, None, {"data": "x", "load_in_4bit": True})

@@ -373,6 +373,7 @@ def test_label_at_a_closed_port_stops_at_once_naming_the_url(tmp_path, write_jso
     assert not out.exists()  # no empty output file
 
 
+@pytest.mark.slow
 def test_mmpo_serve_command_detects_a_reward_model(rm_dir, tmp_path):
     import subprocess
     import sys

@@ -9,8 +9,6 @@ import pytest
 
 from mmpo.training.base import plain_log_line
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
 
 def test_plain_log_lines_show_a_few_numbers():
     logs = {"loss": 0.69314, "grad_norm": 0.13, "learning_rate": 1e-5, "epoch": 0.5, "train_accuracy": 0.625,
@@ -23,14 +21,16 @@ def test_plain_log_lines_show_a_few_numbers():
     assert plain_log_line(3, 3, {"total_flos": 5}) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["dpo", "rm"])
-def test_training_log_to_a_pipe_has_no_control_characters_or_long_lines(tiny_model_dir, pair_file, tmp_path, command):
+def test_training_log_to_a_pipe_has_no_control_characters_or_long_lines(tiny_model_dir, pair_file, tmp_path, command,
+                                                                          subprocess_env):
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "mmpo.cli.main", command, "--model", str(tiny_model_dir), "--data", str(pair_file(24)),
             "--output_dir", str(out), "--max_steps", "3", "--logging_steps", "1", "--eval_steps", "2",
             "--per_device_train_batch_size", "4", "--max_length", "96", "--eval_split", "0.25", "--bf16", "false"]
     src = Path(__file__).resolve().parents[1] / "src"
-    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(src), ENV.get("PYTHONPATH", "")])}
+    env = {**subprocess_env, "PYTHONPATH": os.pathsep.join([str(src), subprocess_env.get("PYTHONPATH", "")])}
     done = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     log = done.stdout
     assert done.returncode == 0, log[-2000:]

@@ -27,7 +27,6 @@ from mmpo.evaluation.mtbench import (
     load_judge_prompts,
     load_questions,
     load_reference_answers,
-    mt_bench_files,
     parse_rating,
     radar_plot,
     summarize_judgments,
@@ -35,12 +34,9 @@ from mmpo.evaluation.mtbench import (
 
 
 @pytest.fixture(scope="module")
-def bench():
+def bench(mt_bench):
     """The real MT-bench files from the shared data directory (read in place, never copied)."""
-    try:
-        files = mt_bench_files()
-    except UserError as e:
-        pytest.skip(str(e))
+    files = mt_bench
     return {
         "files": files,
         "questions": load_questions(files.questions),

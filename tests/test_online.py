@@ -17,7 +17,6 @@ from mmpo.graders import ScoreItem
 from mmpo.io import read_jsonl
 from mmpo.training.online import OnlineConfig, OnlineRun, graded_pairs, grade_with_retries, train_online
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 # A checker the subprocess runs import by name: the grade is the number of distinct characters (0..10), so
 # random answers of the tiny model get different grades; an answer without letters gets no grade.
@@ -223,10 +222,11 @@ def _cli_args(overrides: dict) -> list[str]:
     return [tok for k, v in overrides.items() for tok in (f"--{k}", str(v))]
 
 
-def test_kill_mid_round_and_rerun_matches_uninterrupted(tiny_model_dir, tmp_path):
+@pytest.mark.slow
+def test_kill_mid_round_and_rerun_matches_uninterrupted(tiny_model_dir, tmp_path, subprocess_env):
     (tmp_path / "checkers").mkdir()
     (tmp_path / "checkers" / "online_test_checker.py").write_text(CHECKER)
-    env = {**ENV, "MMPO_CACHE": str(tmp_path / "cache"),
+    env = {**subprocess_env, "MMPO_CACHE": str(tmp_path / "cache"),
            "PYTHONPATH": os.pathsep.join([str(tmp_path / "checkers"), os.environ.get("PYTHONPATH", "")])}
     common = {"grader": "checker:online_test_checker:grade", "grader_retries": 0}
 

@@ -183,6 +183,7 @@ def _clean_env(work: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_wheel_runs_outside_the_repository(installed_wheel, fastchat_server):
     python, mmpo, work = installed_wheel
     env = _clean_env(work, MMPO_MT_BENCH_URL=fastchat_server.url)

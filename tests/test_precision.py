@@ -44,7 +44,8 @@ def test_cpu_bf16_detection_and_settings(monkeypatch, tmp_path, cpu_only, flags,
 
 
 needs_native_bf16 = pytest.mark.skipif(
-    torch.cuda.is_available() or not precision.cpu_has_native_bf16(), reason="needs a CPU with native bfloat16"
+    torch.cuda.is_available() or not precision.cpu_has_native_bf16(),
+    reason="needs a CPU with native bfloat16 (hardware); checks the CPU path, so skipped on a CUDA machine",
 )
 
 

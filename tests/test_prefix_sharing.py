@@ -274,7 +274,7 @@ def test_the_block_mask_holds_the_dense_mask():
     assert visited[q // 128, k // 128].all()
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU-only: needs a CUDA device")
 
 
 @pytest.fixture
@@ -381,7 +381,7 @@ def test_packing_to_a_token_budget_balances_the_rows():
     assert first_fit.shape[1] == max(lengths) and first_fit.shape[0] > rows
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the budget applies where training runs on the CPU")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only check (the budget applies where training runs on the CPU); skipped on a CUDA machine")
 def test_the_cpu_span_path_packs_to_its_token_budget():
     from mmpo.models.shared_prefix import SPAN_PACK_TOKENS
 
@@ -485,7 +485,7 @@ def test_reward_trainer_step_agrees_across_layouts(tmp_path, tiny_model_dir, pai
         assert_rel_close(losses[0], loss)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only check (the error without CUDA); skipped on a CUDA machine")
 def test_flex_attention_training_on_a_cpu_is_a_one_line_error(tmp_path):
     from mmpo.config import RMConfig, load_config
     from mmpo.errors import UserError

@@ -4,7 +4,6 @@ partial checkpoints are never loaded; a non-finite loss stops the run with the s
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,8 +13,6 @@ from pathlib import Path
 import pytest
 
 from mmpo.training.args import last_complete_checkpoint
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def _mmpo(*args: str) -> list[str]:
@@ -31,8 +28,9 @@ def _train_losses(run_dir: Path) -> dict[int, float]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["rm", "dpo"])
-def test_two_gloo_processes_match_one_process(kind, tiny_model_dir, pair_file, tmp_path):
+def test_two_gloo_processes_match_one_process(kind, tiny_model_dir, pair_file, tmp_path, subprocess_env):
     data = pair_file(64)
     common = [kind, "--model", str(tiny_model_dir), "--data", str(data), "--eval_split", "0", "--max_steps", "3",
               "--logging_steps", "1", "--save_steps", "100", "--learning_rate", "1e-3", "--max_length", "128",
@@ -42,11 +40,11 @@ def test_two_gloo_processes_match_one_process(kind, tiny_model_dir, pair_file, t
     one, two = tmp_path / "one", tmp_path / "two"
     # Separate caches, so the 2-process run computes its reference log-probs in shards, one per rank.
     single_run = subprocess.run(_mmpo(*common, "--per_device_train_batch_size", "4", "--output_dir", str(one)),
-                                env={**ENV, "MMPO_CACHE": str(tmp_path / "cache-one")}, capture_output=True, text=True, timeout=300)
+                                env={**subprocess_env, "MMPO_CACHE": str(tmp_path / "cache-one")}, capture_output=True, text=True, timeout=300)
     assert single_run.returncode == 0, single_run.stderr
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mmpo.cli.main"]
     done = subprocess.run(torchrun + [*common, "--per_device_train_batch_size", "2", "--output_dir", str(two)],
-                          env={**ENV, "MMPO_CACHE": str(tmp_path / "cache-two")}, capture_output=True, text=True, timeout=300)
+                          env={**subprocess_env, "MMPO_CACHE": str(tmp_path / "cache-two")}, capture_output=True, text=True, timeout=300)
     # On failure keep the children's whole output: torchrun interleaves both ranks' stderr, and the first
     # rank's fault (a C++ abort message, a Python traceback) can be far from the end.
     assert done.returncode == 0, f"torchrun exited {done.returncode}\n--- stdout ---\n{done.stdout}\n--- stderr ---\n{done.stderr}"
@@ -83,16 +81,17 @@ def test_the_cli_leaves_the_process_group_before_the_interpreter_exits(pair_file
             dist.destroy_process_group()
 
 
-def test_kill_9_then_rerun_ends_like_an_uninterrupted_run(tiny_model_dir, pair_file, tmp_path):
+@pytest.mark.slow
+def test_kill_9_then_rerun_ends_like_an_uninterrupted_run(tiny_model_dir, pair_file, tmp_path, subprocess_env):
     data = pair_file(96)
     common = ["rm", "--model", str(tiny_model_dir), "--data", str(data), "--eval_split", "0.2", "--max_steps", "150",
               "--save_steps", "5", "--save_total_limit", "2", "--logging_steps", "5", "--learning_rate", "3e-3",
               "--per_device_train_batch_size", "4", "--max_length", "96", "--eval_steps", "1000"]
     straight = tmp_path / "straight"
-    subprocess.run(_mmpo(*common, "--output_dir", str(straight)), env=ENV, check=True, capture_output=True, timeout=600)
+    subprocess.run(_mmpo(*common, "--output_dir", str(straight)), env=subprocess_env, check=True, capture_output=True, timeout=600)
 
     crashed = tmp_path / "crashed"
-    proc = subprocess.Popen(_mmpo(*common, "--output_dir", str(crashed)), env=ENV,
+    proc = subprocess.Popen(_mmpo(*common, "--output_dir", str(crashed)), env=subprocess_env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not (crashed / "checkpoint-10").exists():
@@ -103,7 +102,7 @@ def test_kill_9_then_rerun_ends_like_an_uninterrupted_run(tiny_model_dir, pair_f
     killed_at = last_complete_checkpoint(str(crashed))
     assert killed_at is not None and not (crashed / "eval_results.json").exists()
 
-    rerun = subprocess.run(_mmpo(*common, "--output_dir", str(crashed)), env=ENV, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(_mmpo(*common, "--output_dir", str(crashed)), env=subprocess_env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"resuming from {killed_at}" in rerun.stdout
     a = json.loads((straight / "eval_results.json").read_text())

@@ -317,15 +317,11 @@ def _wait_ready(proc: subprocess.Popen, url: str, deadline_s: float) -> None:
 
 
 @pytest.mark.integration
-def test_serve_embedded_model_and_judge_mt_bench_over_http(tmp_path):
+def test_serve_embedded_model_and_judge_mt_bench_over_http(tmp_path, mt_bench):
     from mmpo.cli.main import main
-    from mmpo.evaluation.mtbench import load_questions, mt_bench_files
-    from mmpo.errors import UserError
+    from mmpo.evaluation.mtbench import load_questions
 
-    try:
-        files = mt_bench_files()
-    except UserError as e:
-        pytest.skip(str(e))
+    files = mt_bench
     questions = {q.question_id: q for q in load_questions(files.questions)}
     # A humanities question (general prompts) and a reasoning one (reference-guided prompts), chosen as the
     # two with the shortest judge prompts: a 135M model on a shared CPU reads ~25 tokens/s.

@@ -3,11 +3,15 @@
 Layout under ``out``: one run per loss and seed (``<loss>-seed<seed>/``, a normal `mmpo rm` / `mmpo dpo` run
 directory), and
 
-* ``comparison.json``: ``{"losses", "seeds", "interval", "metrics": {metric: {<loss>: mean, ..., "diff",
-  "low", "high", "distinguishable", "per_seed": {<loss>: [...]}, "intervals": {<loss>: {mean, low, high}}}}}``
-  where ``diff`` is the mean over seeds of ``first - second`` (the first two losses) with its 95% interval
-  (:mod:`mmpo.reports.intervals`); with more than two losses ``vs`` holds the first against each other one;
-* ``comparison.md``: the same as a table; ``comparison.png``: each metric's means with error bars;
+* ``comparison.json``: ``{"losses", "seeds", "interval", "metrics": {metric: ...}}``. The baseline is the last
+  loss listed (`mmpo compare --baseline` moves the one it names there); every other loss is compared with it by
+  the paired difference ``loss - baseline`` over seeds with a 95% interval (:mod:`mmpo.reports.intervals`).
+  With two losses a metric is ``{<loss>: mean, ..., "diff", "low", "high", "distinguishable", "per_seed":
+  {<loss>: [...]}, "intervals": {<loss>: {mean, low, high, n}}}``, ``diff`` being first - second. With more,
+  a metric is ``{<loss>: {mean, low, high}, ..., "vs_baseline": {<loss>: {diff, low, high, distinguishable}},
+  "per_seed"}`` and the top level names the ``"baseline"``;
+* ``comparison.md``: the same as a table (with more than two losses: ranked per metric, best first);
+  ``comparison.png``: each metric's means with error bars;
 * ``curves.png``: held-out NLL, ECE and accuracy against training progress (every evaluation the runs logged
   to ``metrics.jsonl``), one line per loss (the mean over seeds) with a band from the lowest to the highest seed.
 
@@ -108,6 +112,16 @@ def choose_kind(explicit: str | None, recipe: str | Path | None, losses: list[st
     return kind, f"{source}, and every loss trains a reward model (pass --kind dpo for policies)"
 
 
+def baseline_last(losses: list[str], baseline: str | None) -> list[str]:
+    """``losses`` with ``baseline`` moved to the end (the comparison's baseline is its last loss); unchanged for
+    None. A baseline that is not one of the losses is a UserError."""
+    if baseline is None:
+        return list(losses)
+    if baseline not in losses:
+        raise UserError(f"--baseline: {baseline} is not one of --losses ({', '.join(losses)})")
+    return [loss for loss in losses if loss != baseline] + [baseline]
+
+
 def run_name(loss: str, seed: int) -> str:
     return f"{loss}-seed{seed}"
 
@@ -182,62 +196,121 @@ def run_metrics(run_dir: Path) -> dict[str, float]:
 
 def compare_values(values: dict[str, dict[int, dict[str, float]]], losses: list[str], seeds: list[int],
                    metrics: tuple[str, ...] = METRICS) -> dict[str, Any]:
-    """The comparison from recorded metrics ``values[loss][seed][metric]``: means, per-loss intervals, and the
-    paired difference ``first - second`` (and first against every other loss under ``vs``) with 95% intervals."""
-    first, others = losses[0], losses[1:]
+    """The comparison from recorded metrics ``values[loss][seed][metric]`` (shapes in the module doc).
+
+    Each loss: ``mean +- t * sd / sqrt(n)`` over seeds. The baseline is ``losses[-1]``; each other loss gets the
+    paired difference ``d_s = loss_s - baseline_s`` with the same interval on ``d``, distinguishable from zero
+    when that interval excludes 0.
+    """
+    baseline, others = losses[-1], losses[:-1]
     out: dict[str, Any] = {}
     for metric in metrics:
         per_seed = {loss: [float(values[loss][s][metric]) for s in seeds] for loss in losses}
-        entry: dict[str, Any] = {loss: float(np.mean(per_seed[loss])) for loss in losses}
-        entry["intervals"] = {loss: mean_interval(per_seed[loss]) for loss in losses}
+        intervals = {loss: mean_interval(per_seed[loss]) for loss in losses}
         vs = {}
         for other in others:
-            d = paired_difference(per_seed[first], per_seed[other])
-            d["distinguishable"] = distinguishable(d["low"], d["high"])
-            vs[other] = d
-        if others:
-            head = vs[others[0]]
-            entry.update({"diff": head["diff"], "low": head["low"], "high": head["high"], "distinguishable": head["distinguishable"]})
-        if len(others) > 1:
-            entry["vs"] = vs
+            d = paired_difference(per_seed[other], per_seed[baseline])
+            vs[other] = {"diff": d["diff"], "low": d["low"], "high": d["high"],
+                         "distinguishable": distinguishable(d["low"], d["high"])}
+        if len(losses) <= 2:
+            entry: dict[str, Any] = {loss: intervals[loss]["mean"] for loss in losses}
+            entry["intervals"] = intervals
+            if others:
+                entry.update(vs[others[0]])
+        else:
+            entry = {loss: {k: intervals[loss][k] for k in ("mean", "low", "high")} for loss in losses}
+            entry["vs_baseline"] = vs
         entry["per_seed"] = per_seed
         out[metric] = entry
-    result = {"losses": list(losses), "seeds": list(seeds), "interval": method_for(len(seeds)), "metrics": out}
+    result: dict[str, Any] = {"losses": list(losses), "seeds": list(seeds), "interval": method_for(len(seeds))}
+    if len(losses) > 2:
+        result["baseline"] = baseline
+    result["metrics"] = out
     warning = few_seeds_warning(len(seeds))
     if warning:
         result["warning"] = warning
     return result
 
 
+def loss_intervals(entry: dict[str, Any], losses: list[str]) -> dict[str, dict[str, Any]]:
+    """Each loss's ``{mean, low, high}`` from one metric of a comparison, of either shape."""
+    if "intervals" in entry:
+        return entry["intervals"]
+    return {loss: entry[loss] for loss in losses}
+
+
+def baseline_differences(entry: dict[str, Any], losses: list[str]) -> dict[str, dict[str, Any]]:
+    """``{loss: {diff, low, high, distinguishable}}``: each loss but the baseline (the last) minus the baseline."""
+    if "vs_baseline" in entry:
+        return entry["vs_baseline"]
+    if "diff" in entry:
+        return {losses[0]: {k: entry[k] for k in ("diff", "low", "high", "distinguishable")}}
+    return {}
+
+
+def ranking(metric: str, means: dict[str, float]) -> list[str]:
+    """The losses best first: by mean, descending for :data:`HIGHER_IS_BETTER` metrics, else ascending."""
+    sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
+    return sorted(means, key=lambda loss: sign * means[loss])
+
+
 def better_loss(metric: str, diff: float, first: str, second: str) -> str:
-    """Which loss the difference favours (higher accuracy; lower ECE, NLL, Brier)."""
+    """Which loss the difference ``first - second`` favours (higher accuracy; lower ECE, NLL, Brier)."""
     first_better = diff > 0 if metric in HIGHER_IS_BETTER else diff < 0
     return first if first_better else second
 
 
-def render_table(comparison: dict[str, Any], title: str | None = None) -> str:
-    """Markdown: per metric, each loss's mean +- half-width, the paired difference with its interval, a verdict."""
-    losses, seeds = comparison["losses"], comparison["seeds"]
-    first = losses[0]
-    lines = [f"### {title}", ""] if title else []
+def _difference_cells(metric: str, d: dict[str, Any], loss: str, baseline: str) -> list[str]:
+    """``["+0.012 [-0.003, +0.027]", "no"]`` for the difference ``loss - baseline``."""
+    if d["low"] is None:
+        return [f"{d['diff']:+.3f}", "no interval (one seed)"]
+    verdict = f"yes: {better_loss(metric, d['diff'], loss, baseline)} better" if d["distinguishable"] else "no"
+    return [f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]", verdict]
+
+
+def _pair_table(comparison: dict[str, Any]) -> list[str]:
+    """One row per metric: each loss's mean +- half-width, then the difference first - second and a verdict."""
+    losses = comparison["losses"]
+    baseline = losses[-1]
     header = ["metric", *losses]
-    for other in losses[1:]:
-        header += [f"{first} - {other} [95% CI]", "distinguishable from 0?"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for other in losses[:-1]:
+        header += [f"{other} - {baseline} [95% CI]", "distinguishable from 0?"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for metric, entry in comparison["metrics"].items():
-        cells = [metric]
-        for loss in losses:
-            iv = entry["intervals"][loss]
-            cells.append(format_interval(iv["mean"], iv["low"], iv["high"]))
-        for other in losses[1:]:
-            d = entry["vs"][other] if "vs" in entry else entry
-            if d["low"] is None:
-                cells += [f"{d['diff']:+.3f}", "no interval (one seed)"]
-                continue
-            cells.append(f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
-            verdict = f"yes: {better_loss(metric, d['diff'], first, other)} better" if d["distinguishable"] else "no"
-            cells.append(verdict)
+        intervals = loss_intervals(entry, losses)
+        cells = [metric] + [format_interval(intervals[l]["mean"], intervals[l]["low"], intervals[l]["high"]) for l in losses]
+        for other, d in baseline_differences(entry, losses).items():
+            cells += _difference_cells(metric, d, other, baseline)
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _ranked_table(comparison: dict[str, Any]) -> list[str]:
+    """Per metric, the losses best first: mean +- half-width and the difference from the baseline with a verdict."""
+    losses = comparison["losses"]
+    baseline = losses[-1]
+    lines = [f"Baseline: {baseline}. Each difference is the loss minus {baseline}, paired by seed; "
+             "the rank is by mean, best first.", "",
+             "| metric | rank | loss | mean | minus " + baseline + " [95% CI] | distinguishable from 0? |",
+             "|---|---|---|---|---|---|"]
+    for metric, entry in comparison["metrics"].items():
+        intervals = loss_intervals(entry, losses)
+        diffs = baseline_differences(entry, losses)
+        label = metric + (" (higher better)" if metric in HIGHER_IS_BETTER else " (lower better)")
+        for rank, loss in enumerate(ranking(metric, {l: intervals[l]["mean"] for l in losses}), start=1):
+            iv = intervals[loss]
+            cells = [label if rank == 1 else "", str(rank), loss, format_interval(iv["mean"], iv["low"], iv["high"])]
+            cells += ["baseline", ""] if loss == baseline else _difference_cells(metric, diffs[loss], loss, baseline)
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_table(comparison: dict[str, Any], title: str | None = None) -> str:
+    """Markdown: each loss's mean +- half-width, its paired difference from the baseline with an interval, and a
+    verdict; two losses in one row per metric, more ranked per metric (best first)."""
+    losses, seeds = comparison["losses"], comparison["seeds"]
+    lines = [f"### {title}", ""] if title else []
+    lines += _pair_table(comparison) if len(losses) <= 2 else _ranked_table(comparison)
     if comparison.get("kind") == "online":
         lines += ["", f"Starting model (round 0, greedy): mean grade {comparison['base_grade']:.3f} on "
                   f"{comparison['n_eval_prompts']} held-out prompts. Gain over it, per loss:"]
@@ -271,20 +344,29 @@ def plot_comparison(comparison: dict[str, Any], path: Path, title: str = "") -> 
     metrics = list(comparison["metrics"])
     fig, axes = plt.subplots(1, len(metrics), figsize=(2.7 * len(metrics) + 0.6, 3.6))
     axes = np.atleast_1d(axes)
+    baseline = losses[-1]
     for ax, metric in zip(axes, metrics):
         entry = comparison["metrics"][metric]
+        intervals, diffs = loss_intervals(entry, losses), baseline_differences(entry, losses)
         for i, loss in enumerate(losses):
-            iv = entry["intervals"][loss]
+            iv = intervals[loss]
             err = None if iv["low"] is None else [[iv["mean"] - iv["low"]], [iv["high"] - iv["mean"]]]
             ax.errorbar([i], [iv["mean"]], yerr=err, fmt="o", color=f"C{i}", capsize=6, ms=8, lw=2)
             seeds = entry["per_seed"][loss]
             ax.plot(i + np.linspace(-0.12, 0.12, len(seeds)), seeds, "x", color=f"C{i}", alpha=0.6)
-        ax.set_xticks(range(len(losses)), losses)
-        ax.set_xlim(-0.6, len(losses) - 0.4)
         sub = metric + (" (higher better)" if metric in HIGHER_IS_BETTER else " (lower better)")
-        if "diff" in entry and entry.get("low") is not None:
-            mark = "distinguishable" if entry["distinguishable"] else "not distinguishable"
-            sub += f"\n{losses[0]}-{losses[1]}: {entry['diff']:+.3f} [{entry['low']:+.3f}, {entry['high']:+.3f}]\n{mark}"
+        if len(losses) <= 2:
+            ticks = losses
+            d = diffs.get(losses[0])
+            if d is not None and d["low"] is not None:
+                mark = "distinguishable" if d["distinguishable"] else "not distinguishable"
+                sub += f"\n{losses[0]}-{baseline}: {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]\n{mark}"
+        else:  # * marks a loss whose difference from the baseline is distinguishable from zero
+            ticks = [f"{loss}\n(baseline)" if loss == baseline else loss + ("*" if diffs[loss]["distinguishable"] else "")
+                     for loss in losses]
+            sub += f"\n* = differs from {baseline}"
+        ax.set_xticks(range(len(losses)), ticks, **({"fontsize": 8} if len(losses) > 3 else {}))
+        ax.set_xlim(-0.6, len(losses) - 0.4)
         ax.set_title(sub, fontsize=8.5)
         ax.grid(axis="y", alpha=0.3)
     n_seeds = len(comparison["seeds"])
@@ -450,7 +532,7 @@ def summarize_online(run_dirs: dict[str, dict[int, Path]], losses: list[str], se
     comparison["kind"] = "online"
     comparison["base_grade"] = bases.pop()
     comparison["n_eval_prompts"] = values[losses[0]][seeds[0]]["n"]
-    gain = comparison["metrics"]["gain"]["intervals"]
+    gain = loss_intervals(comparison["metrics"]["gain"], losses)
     comparison["gain_over_base"] = {loss: {**gain[loss], "distinguishable": distinguishable(gain[loss]["low"], gain[loss]["high"])}
                                     for loss in losses}
     comparison["runs"] = {loss: {str(s): str(run_dirs[loss][s]) for s in seeds} for loss in losses}
