@@ -332,7 +332,11 @@ def generate_answers(
             messages: list[dict[str, str]] = []
             turns: list[str] = []
             for turn, text in enumerate(q.turns):
-                bar.set_postfix_str(f"answer {number}/{len(todo)} (question {q.question_id}), turn {turn + 1}/{len(q.turns)}")
+                where = f"answer {number}/{len(todo)} (question {q.question_id}), turn {turn + 1}/{len(q.turns)}"
+                if bar.disable and progress:  # not a terminal: one plain line a turn instead of a redrawn bar
+                    print(f"MT-bench: {where}", file=sys.stderr, flush=True)
+                else:
+                    bar.set_postfix_str(where)
                 messages.append({"role": "user", "content": text})
                 answer = generate(list(messages), temperature, max_new_tokens, seed + 10 * q.question_id + turn)
                 turns.append(answer)
