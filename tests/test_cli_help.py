@@ -44,25 +44,28 @@ def test_top_level_help_and_version(capsys):
     assert out.startswith("mmpo ") and out.split()[1][0].isdigit()
 
 
-EVAL_PAIRS_MISSING_DATA = ["eval", "pairs", "--model", "no-such-model-dir", "--data", "no-such-pairs.jsonl", "--out", "o.json"]
+def eval_pairs_missing_data(model_dir) -> list[str]:
+    """`mmpo eval pairs` on a real model and a data file that does not exist."""
+    return ["eval", "pairs", "--model", str(model_dir), "--ref-model", "none", "--data", "no-such-pairs.jsonl", "--out", "o.json"]
 
 
-def test_errors_name_the_full_subcommand(tmp_path, monkeypatch, capsys):
+def test_errors_name_the_full_subcommand(tmp_path, monkeypatch, capsys, tiny_model_dir):
     monkeypatch.delenv("MMPO_DEBUG", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert main(EVAL_PAIRS_MISSING_DATA) == 2
+    assert main(eval_pairs_missing_data(tiny_model_dir)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["mmpo eval pairs: error: data path not found: no-such-pairs.jsonl"]
     assert not (tmp_path / "o.json").exists()
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
-def test_debug_works_before_and_after_a_nested_subcommand(tmp_path, monkeypatch, where):
+def test_debug_works_before_and_after_a_nested_subcommand(tmp_path, monkeypatch, where, tiny_model_dir):
     from mmpo.errors import UserError
 
     monkeypatch.delenv("MMPO_DEBUG", raising=False)
     monkeypatch.chdir(tmp_path)
-    argv = ["--debug", *EVAL_PAIRS_MISSING_DATA] if where == "before" else [*EVAL_PAIRS_MISSING_DATA, "--debug"]
+    missing = eval_pairs_missing_data(tiny_model_dir)
+    argv = ["--debug", *missing] if where == "before" else [*missing, "--debug"]
     with pytest.raises(UserError, match="data path not found"):
         main(argv)
 

@@ -251,7 +251,7 @@ def test_a_loss_that_ignores_p_trains_without_ties(tmp_path, write_jsonl, tiny_t
         assert len(ps) == 8 and 0.5 not in ps
         ties = {reason: n for reason, n in data.reports["train"].dropped.items() if "tie" in reason}
         assert ties == {f"tie: loss {loss} ignores p, a tie would teach it the written order": 4}
-        assert f"dropped 4: tie: loss {loss}" in data.render()
+        assert f"dropped 4 pairs: tie: loss {loss}" in data.render()
 
 
 @pytest.mark.parametrize("loss, gamma", [("mmpo", None), ("dpo", 1.0), ("mmpo", 0.3)])

@@ -315,7 +315,7 @@ def test_label_with_judge_over_http(always_a_judge, tmp_path, write_jsonl):
     assert always_a_judge.requests_served == served
     # the other averaging is another grader: its grades are asked for, not read from the first one's cache
     assert main(["label", "--data", str(data), "--out", str(out), "--judge-url", always_a_judge.url, "--judge-model", "judge",
-                 "--judge-averaging", "probability"]) == 0
+                 "--judge-averaging", "probability", "--overwrite"]) == 0
     assert always_a_judge.requests_served == served + 6
     assert [json.loads(line)["p_chosen"] for line in out.read_text().splitlines()] == [pytest.approx(0.5)] * 3
 
