@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from mmpo.config import DPOConfig, RMConfig, load_config
-from mmpo.paths import apply_umask, atomic_write_text
+from mmpo.io import atomic_write_text
+from mmpo.paths import apply_umask
 
 
 @pytest.fixture

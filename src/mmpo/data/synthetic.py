@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from mmpo.errors import UserError
+from mmpo.io import atomic_write_text, write_jsonl_atomic
 
 __all__ = [
     "TASKS",
@@ -684,15 +685,6 @@ def summarize(data: SyntheticData) -> dict[str, Any]:
     }
 
 
-def _write_jsonl(path: Path, rows: list[Mapping[str, Any]]) -> None:
-    """Write rows to ``path`` via a temporary file, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: two writers never share one
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 FILES = ("train.jsonl", "eval.jsonl", "prompts_train.jsonl", "prompts_eval.jsonl", "responses.jsonl", "summary.json")
 
 
@@ -703,14 +695,12 @@ def write(data: SyntheticData, out_dir: str | os.PathLike) -> dict[str, Path]:
         raise UserError(f"output path is a file, not a directory: {out}")
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in FILES}
-    _write_jsonl(paths["train.jsonl"], data.train_pairs)
-    _write_jsonl(paths["eval.jsonl"], data.eval_pairs)
-    _write_jsonl(paths["prompts_train.jsonl"], data.train_prompts)
-    _write_jsonl(paths["prompts_eval.jsonl"], data.eval_prompts)
-    _write_jsonl(paths["responses.jsonl"], data.responses)
-    tmp = out / f".summary.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(summarize(data), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, paths["summary.json"])
+    write_jsonl_atomic(paths["train.jsonl"], data.train_pairs)
+    write_jsonl_atomic(paths["eval.jsonl"], data.eval_pairs)
+    write_jsonl_atomic(paths["prompts_train.jsonl"], data.train_prompts)
+    write_jsonl_atomic(paths["prompts_eval.jsonl"], data.eval_prompts)
+    write_jsonl_atomic(paths["responses.jsonl"], data.responses)
+    atomic_write_text(paths["summary.json"], json.dumps(summarize(data), indent=2) + "\n")
     return paths
 
 

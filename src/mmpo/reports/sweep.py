@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mmpo.errors import UserError
+from mmpo.io import atomic_write_text
 from mmpo.losses import uses_soft_targets
 
 
@@ -102,5 +103,5 @@ def run_sweep(kind: str, recipe: str | None, gammas: list[float | None], overrid
               "seeds": seeds, "interval": method_for(len(seeds)) if seeds else None, "runs": runs}
     if seeds and few_seeds_warning(len(seeds)):
         result["warning"] = few_seeds_warning(len(seeds))
-    (root / "sweep.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(root / "sweep.json", json.dumps(result, indent=2))
     return result
