@@ -40,19 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _gamma(value: Any, trained: dict[str, Any]) -> float | None:
-    from mmpo.errors import UserError
-
     if value is _UNSET:
         return trained["gamma"] if "gamma" in trained else 1.0
-    if value is None or str(value).strip().lower() in ("none", "null"):
-        return None
-    try:
-        gamma = float(value)
-    except ValueError:
-        raise UserError(f"--gamma expects a number or 'none' (got {value!r})") from None
-    if not gamma > 0:
-        raise UserError(f"--gamma must be > 0 (got {gamma}); use --gamma none for hard labels")
-    return gamma
+    from mmpo.gamma import parse_gamma
+
+    return parse_gamma(value, "--gamma")
 
 
 def check_numbers(args: argparse.Namespace) -> None:
