@@ -16,7 +16,7 @@ def test_spellings(text, expected):
 
 @pytest.mark.parametrize("bad", ["0", "-1", "x", "inf", True, ""])
 def test_bad_values_are_one_line_errors_naming_the_option(bad):
-    with pytest.raises(UserError, match="--scale expects a number > 0") as err:
+    with pytest.raises(UserError, match="--scale must be > 0") as err:
         parse_gamma(bad, "--scale")
     assert "\n" not in str(err.value)
 

@@ -58,7 +58,8 @@ def test_label_with_reward_model_reproduces_eval_pairs_scores(reward_dir, pair_f
 
 
 def test_labeled_file_trains_and_loads_as_is(reward_dir, pair_file, tmp_path):
-    from mmpo.data.sources import PairOptions, load_pairs
+    from mmpo.data.pairs import PairOptions
+    from mmpo.data.pipeline import load_pairs
 
     data = pair_file(n=6, seed=2)
     out = tmp_path / "l.jsonl"

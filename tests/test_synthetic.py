@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mmpo.data.sources import PairOptions, load_pairs
+from mmpo.data.pairs import PairOptions
+from mmpo.data.pipeline import load_pairs
 from mmpo.data.synthetic import (
     FILES,
     RESPONSE_KINDS,
@@ -225,7 +226,7 @@ def test_reuse_keeps_a_matching_set_and_rebuilds_a_different_one(tmp_path):
 def test_the_recipes_graded_tasks_set_is_written_on_first_use(tmp_path, monkeypatch):
     # Issue 14.6: a fresh cache plus an embedded recipe's data path: the set is made, as `mmpo make-data` would.
     from mmpo.config import RMConfig, load_config
-    from mmpo.data.sources import load_pairs
+    from mmpo.data.pipeline import load_pairs
     from mmpo.data.synthetic import SyntheticConfig, generate_if_default_and_missing, make_dataset
 
     monkeypatch.setenv("MMPO_CACHE", str(tmp_path / "cache"))

@@ -90,7 +90,7 @@ class TrainConfig:
                           "mmpo.host_memory); 0 = the libraries' defaults; ONEDNN_PRIMITIVE_CACHE_CAPACITY / "
                           "LRU_CACHE_CAPACITY in the environment win"},
     )
-    # data (a path, a hub name / source name, or a mapping; see mmpo.data.sources.load_pairs)
+    # data (a path, a hub name / source name, or a mapping; see mmpo.data.pipeline.load_pairs)
     data: Any = field(default=None, metadata={"help": "training pairs: a file, a hub data set or source name, or a mapping (see docs)"})
     eval_data: Any = field(default=None, metadata={"help": "held-out pairs, in the same forms as data (none = split eval_split off data)"})
     eval_split: float = field(default=0.05, metadata={"help": "held-out share of data when eval_data is not given"})
@@ -456,7 +456,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     kwargs = {}
     for k, v in values.items():
         where = f"in {path}" if k in from_file else ("on the command line" if k in cli_values else "in the overrides")
-        if k in GAMMA_KEYS and v != "same":  # eval_gamma's "same" = gamma
+        if k in GAMMA_KEYS and isinstance(v, str) and v != "same":  # eval_gamma's "same" = gamma; other types: _coerce
             v = parse_gamma(v, f"config key '{k}'", where)
         kwargs[k] = _coerce(k, v, types_of[k], where)
     config = cls(**kwargs)

@@ -32,7 +32,7 @@ def parse_gamma(value: Any, option: str = "--gamma", where: str = "") -> float |
         except (TypeError, ValueError):
             gamma = float("nan")
     if not gamma > 0 or gamma == float("inf"):
-        raise UserError(f"{option} expects a number > 0, or none / hard for hard labels (got {value!r}{' ' + where if where else ''})")
+        raise UserError(f"{option} must be > 0, or none / hard for hard labels (got {value!r}{' ' + where if where else ''})")
     return gamma
 
 
