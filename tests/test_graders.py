@@ -106,7 +106,7 @@ def test_grader_cache_resumes_and_skips_done_items(tmp_path):
 # --- checker ----------------------------------------------------------------------------------------------
 
 def test_checker_grader_and_label_with_graded_tasks(tmp_path, write_jsonl):
-    from mmpo.data.synthetic import grade
+    from mmpo.graders.graded_tasks import grade
 
     rows = [
         {"prompt": "What is 7 + 5? Answer with just the number.", "chosen": "12", "rejected": "13", "task": "add", "answer": "12"},

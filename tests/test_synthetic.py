@@ -16,15 +16,12 @@ from mmpo.data.pipeline import load_pairs
 from mmpo.data.synthetic import (
     FILES,
     RESPONSE_KINDS,
-    TASKS,
     SyntheticConfig,
-    Task,
     build,
-    grade,
-    grade_details,
     make_dataset,
     write,
 )
+from mmpo.graders.graded_tasks import TASKS, Task, grade, grade_details
 from mmpo.errors import UserError
 
 SMALL = SyntheticConfig(seed=3, prompts=80)
