@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from mmpo.errors import UserError
-from mmpo.io import atomic_write_text
+from mmpo.io import atomic_write_text, read_jsonl
 from mmpo.evaluation.metrics import N_BINS, correctness, pair_metrics
 from mmpo.losses import uses_soft_targets
 from mmpo.training.run_dir import RunFiles, read_metrics
@@ -64,7 +64,7 @@ def read_run(path: str | Path) -> RunRecord:
     scores = files.eval_scores
     if not scores.exists():
         raise UserError(f"{path}: no {scores.name} (is this a finished `mmpo rm` / `mmpo dpo` run?)")
-    rows = [json.loads(line) for line in scores.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(scores)
     if not rows:
         raise UserError(f"{scores}: no held-out pairs")
     h = np.array([r["h"] for r in rows], dtype=np.float64)

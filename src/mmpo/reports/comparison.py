@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from mmpo.errors import UserError
-from mmpo.io import atomic_write_text
+from mmpo.io import atomic_write_text, read_jsonl
 from mmpo.evaluation.metrics import pair_metrics
 from mmpo.losses import losses_for
 from mmpo.training.run_dir import RunFiles
@@ -155,7 +155,7 @@ def read_scores(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     path = RunFiles(run_dir).eval_scores
     if not path.exists():
         raise UserError(f"{run_dir}: no {path.name} (the run has no held-out pairs, or did not finish)")
-    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    recs = read_jsonl(path)
     recs.sort(key=lambda r: r["row"])
     return (np.array([r["row"] for r in recs]), np.array([r["h"] for r in recs], dtype=np.float64),
             np.array([r["p"] for r in recs], dtype=np.float64))
@@ -421,10 +421,10 @@ def train_or_reuse_online(recipe: str | Path | None, overrides: dict[str, Any]) 
 
 def online_records(run_dir: Path) -> list[dict[str, Any]]:
     """A finished online run's ``log.jsonl`` (round 0 = the starting model, then one record per round)."""
-    path = run_dir / "log.jsonl"
+    path = RunFiles(run_dir).online_log
     if not path.exists():
-        raise UserError(f"{run_dir}: no log.jsonl (the online run did not finish)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        raise UserError(f"{run_dir}: no {path.name} (the online run did not finish)")
+    return read_jsonl(path)
 
 
 def online_metrics(records: list[dict[str, Any]]) -> dict[str, float]:

@@ -46,7 +46,6 @@ from mmpo.host_memory import prepare_host
 from mmpo.io import append_jsonl, atomic_write_text, read_jsonl, write_jsonl_atomic
 from mmpo.training.run_dir import RunFiles, read_metrics
 
-LOG_FILE = "log.jsonl"
 PAIRINGS = ("all", "best_worst")
 ROUND_REFERENCES = ("initial", "previous")
 
@@ -533,8 +532,8 @@ def train_online(config: OnlineConfig, grader: GradeFn | None = None) -> list[di
         left = config.rounds - r
         if left:
             print(f"round {r} took {per_round / 60:.1f} min; about {left * per_round / 60:.0f} min left", flush=True)
-        write_jsonl_atomic(out / LOG_FILE, records)
-    write_jsonl_atomic(out / LOG_FILE, records)
+        write_jsonl_atomic(RunFiles(out).online_log, records)
+    write_jsonl_atomic(RunFiles(out).online_log, records)
     print(render_log(records))
     return records
 

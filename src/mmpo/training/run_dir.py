@@ -45,6 +45,7 @@ METRICS_FILE = "metrics.jsonl"
 EVAL_SCORES_FILE = "eval_scores.jsonl"
 DATA_REPORT_FILE = "data_report.json"
 CARD_FILE = "README.md"
+ONLINE_LOG_FILE = "log.jsonl"  # an `mmpo online` run: one record per round
 # In each checkpoint: how many lines metrics.jsonl held when it was written.
 METRICS_LINES_FILE = "mmpo_metrics_lines.json"
 STAGING_DIR = ".staging"
@@ -91,6 +92,11 @@ class RunFiles:
     def card(self) -> Path:
         """``README.md``: the model card."""
         return self.root / CARD_FILE
+
+    @property
+    def online_log(self) -> Path:
+        """``log.jsonl`` of an ``mmpo online`` run: one record per round (round 0 = the starting model)."""
+        return self.root / ONLINE_LOG_FILE
 
     @property
     def staging(self) -> Path:
