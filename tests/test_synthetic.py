@@ -220,7 +220,7 @@ def test_reuse_keeps_a_matching_set_and_rebuilds_a_different_one(tmp_path):
     assert read_jsonl(out / "train.jsonl")
 
 
-def test_the_recipes_graded_tasks_set_is_written_on_first_use(tmp_path, monkeypatch):
+def test_the_recipes_graded_tasks_set_is_written_on_first_use(tmp_path, monkeypatch, capsys):
     # Issue 14.6: a fresh cache plus an embedded recipe's data path: the set is made, as `mmpo make-data` would.
     from mmpo.config import RMConfig, load_config
     from mmpo.data.pipeline import load_pairs
@@ -233,6 +233,7 @@ def test_the_recipes_graded_tasks_set_is_written_on_first_use(tmp_path, monkeypa
     config = load_config(RMConfig, recipe)
     assert not Path(config.data).exists()
     assert generate_if_default_and_missing(config.data) == tmp_path / "cache" / "data" / "graded-tasks-0"
+    assert f"made the graded-tasks data set (seed 0) at {tmp_path / 'cache' / 'data' / 'graded-tasks-0'}" in capsys.readouterr().out
     pairs, _ = load_pairs(config.eval_data)
     expected, _ = make_dataset(SyntheticConfig(seed=0), tmp_path / "by-hand")
     assert Path(config.data).read_bytes() == (expected / "train.jsonl").read_bytes() and len(pairs) > 0
