@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mmpo.errors import UserError
@@ -36,11 +37,15 @@ def evaluate_pairs(model: str, data: str, out: str | os.PathLike | None = None, 
     import numpy as np
 
     from mmpo.data.pipeline import PairOptions, load_pairs
-    from mmpo.data.sources import held_out_split
+    from mmpo.data.sources import held_out_split, normalize_spec
     from mmpo.evaluation.metrics import pair_metrics
     from mmpo.evaluation.scoring import DEFAULT_BETA, load_scoring_model, model_kind, score_with_models, trained_over_length, training_config
     from mmpo.gamma import parse_gamma
 
+    # A missing data file is named before the model is looked up (which may reach for the Hub).
+    spec = normalize_spec(data)
+    if "path" in spec and not Path(spec["path"]).expanduser().exists():
+        raise UserError(f"data path not found: {spec['path']}")
     trained = training_config(model)
     gamma = (trained["gamma"] if "gamma" in trained else 1.0) if gamma == TRAINED_GAMMA else parse_gamma(gamma, "--gamma")
     ref_name = None if ref_model is None or str(ref_model).strip().lower() in ("none", "null") else ref_model
