@@ -11,7 +11,8 @@ from mmpo.config import DPOConfig, RMConfig, load_config
 from mmpo.data.pipeline import tokenize_pairs
 from mmpo.data.records import PreferencePair
 from mmpo.data.report import DataReport
-from mmpo.data.sources import PairOptions, load_pairs
+from mmpo.data.pairs import PairOptions
+from mmpo.data.pipeline import load_pairs
 from mmpo.errors import DataError, UserError
 from mmpo.models.embedded import resolve_model_path
 

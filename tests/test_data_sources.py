@@ -11,7 +11,10 @@ import pytest
 
 from mmpo.cli.main import main
 from mmpo.data.report import DataReport
-from mmpo.data.sources import PairOptions, bin_quotas, load_pairs, margin_bin_of, nemo_turns
+from mmpo.data.pairs import PairOptions
+from mmpo.data.pipeline import load_pairs
+from mmpo.data.selection import bin_quotas, margin_bin_of
+from mmpo.data.sources import nemo_turns
 from mmpo.errors import UserError
 
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from mmpo.cli.main import main
-from mmpo.data.sources import PairOptions, load_pairs
+from mmpo.data.pairs import PairOptions
+from mmpo.data.pipeline import load_pairs
 from mmpo.data.tokenize import tokenize_pair
 from mmpo.evaluation.metrics import pair_metrics
 from mmpo.evaluation.scoring import model_kind, score_pairs

@@ -58,7 +58,8 @@ def test_label_with_reward_model_reproduces_eval_pairs_scores(reward_dir, pair_f
 
 
 def test_labeled_file_trains_and_loads_as_is(reward_dir, pair_file, tmp_path):
-    from mmpo.data.sources import PairOptions, load_pairs
+    from mmpo.data.pairs import PairOptions
+    from mmpo.data.pipeline import load_pairs
 
     data = pair_file(n=6, seed=2)
     out = tmp_path / "l.jsonl"
@@ -105,7 +106,7 @@ def test_grader_cache_resumes_and_skips_done_items(tmp_path):
 # --- checker ----------------------------------------------------------------------------------------------
 
 def test_checker_grader_and_label_with_graded_tasks(tmp_path, write_jsonl):
-    from mmpo.data.synthetic import grade
+    from mmpo.graders.graded_tasks import grade
 
     rows = [
         {"prompt": "What is 7 + 5? Answer with just the number.", "chosen": "12", "rejected": "13", "task": "add", "answer": "12"},

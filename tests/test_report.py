@@ -58,7 +58,7 @@ def test_accuracy_by_margin_counts_and_ties():
 
 def test_resumed_steps_are_deduplicated(tmp_path):
     _write_run(tmp_path / "r", [1.0], [1.0], 1.0)
-    logs = read_logs(tmp_path / "r" / "metrics.jsonl")
+    logs = read_logs(tmp_path / "r")
     train = [(r["step"], r["loss"]) for r in logs if "loss" in r]
     assert train == [(1, 0.7), (2, 0.55), (3, 0.5)]
 
@@ -97,3 +97,20 @@ def test_one_point_series_get_markers_and_zero_bars_a_label(tmp_path):
     assert bar_text(0.0) == "0.00" and bar_text(float("nan")) == "no pairs"
     summary = write_report([run], tmp_path / "report")
     assert summary["accuracy_by_margin"][read_run(run).name] == [(2, 0.0)]
+
+
+def test_read_logs_drops_a_torn_last_line(tmp_path):
+    """A run killed mid-write leaves half a line at the end of metrics.jsonl; the report reads the rest."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.6}) + "\n" + '{"step": 2, "lo')
+    assert read_logs(run) == [{"step": 1, "loss": 0.6}]
+
+
+def test_run_files_names_each_file(tmp_path):
+    from mmpo.training.run_dir import RunFiles
+
+    files = RunFiles(tmp_path)
+    assert [p.name for p in (files.config, files.metrics, files.results, files.eval_scores, files.data_report, files.card)] == [
+        "config.yaml", "metrics.jsonl", "eval_results.json", "eval_scores.jsonl", "data_report.json", "README.md"]
+    assert files.checkpoint(7) == tmp_path / "checkpoint-7"

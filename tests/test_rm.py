@@ -12,7 +12,8 @@ import torch
 
 from mmpo.config import RMConfig, load_config
 from mmpo.data.collate import PairCollator
-from mmpo.data.sources import PairOptions, load_pairs
+from mmpo.data.pairs import PairOptions
+from mmpo.data.pipeline import load_pairs
 from mmpo.data.tokenize import tokenize_pair
 from mmpo.errors import UserError
 from mmpo.losses import bt_loss, label_smoothing_loss, margin_loss, mmpo_loss, scaled_bt_loss

@@ -8,14 +8,14 @@ import yaml
 
 from mmpo.cli.main import main
 from mmpo.errors import UserError
-from mmpo.reports.sweep import parse_gammas
+from mmpo.gamma import parse_gamma_list
 
 
-def test_parse_gammas():
-    assert parse_gammas("0.3, 1,2.2,none") == [0.3, 1.0, 2.2, None]
+def test_parse_gamma_list():
+    assert parse_gamma_list("0.3, 1,2.2,none") == [0.3, 1.0, 2.2, None]
     for bad in ("0", "-1", "x", ""):
         with pytest.raises(UserError):
-            parse_gammas(bad)
+            parse_gamma_list(bad)
 
 
 def test_sweep_trains_each_gamma_and_names_the_lowest_nll(tiny_model_dir, pair_file, tmp_path, capsys):

@@ -11,19 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from mmpo.data.sources import PairOptions, load_pairs
+from mmpo.data.pairs import PairOptions
+from mmpo.data.pipeline import load_pairs
 from mmpo.data.synthetic import (
     FILES,
     RESPONSE_KINDS,
-    TASKS,
     SyntheticConfig,
-    Task,
     build,
-    grade,
-    grade_details,
     make_dataset,
     write,
 )
+from mmpo.graders.graded_tasks import TASKS, Task, grade, grade_details
 from mmpo.errors import UserError
 
 SMALL = SyntheticConfig(seed=3, prompts=80)
@@ -222,10 +220,10 @@ def test_reuse_keeps_a_matching_set_and_rebuilds_a_different_one(tmp_path):
     assert read_jsonl(out / "train.jsonl")
 
 
-def test_the_recipes_graded_tasks_set_is_written_on_first_use(tmp_path, monkeypatch):
+def test_the_recipes_graded_tasks_set_is_written_on_first_use(tmp_path, monkeypatch, capsys):
     # Issue 14.6: a fresh cache plus an embedded recipe's data path: the set is made, as `mmpo make-data` would.
     from mmpo.config import RMConfig, load_config
-    from mmpo.data.sources import load_pairs
+    from mmpo.data.pipeline import load_pairs
     from mmpo.data.synthetic import SyntheticConfig, generate_if_default_and_missing, make_dataset
 
     monkeypatch.setenv("MMPO_CACHE", str(tmp_path / "cache"))
@@ -235,6 +233,7 @@ def test_the_recipes_graded_tasks_set_is_written_on_first_use(tmp_path, monkeypa
     config = load_config(RMConfig, recipe)
     assert not Path(config.data).exists()
     assert generate_if_default_and_missing(config.data) == tmp_path / "cache" / "data" / "graded-tasks-0"
+    assert f"made the graded-tasks data set (seed 0) at {tmp_path / 'cache' / 'data' / 'graded-tasks-0'}" in capsys.readouterr().out
     pairs, _ = load_pairs(config.eval_data)
     expected, _ = make_dataset(SyntheticConfig(seed=0), tmp_path / "by-hand")
     assert Path(config.data).read_bytes() == (expected / "train.jsonl").read_bytes() and len(pairs) > 0

@@ -90,7 +90,7 @@ class TrainConfig:
                           "mmpo.host_memory); 0 = the libraries' defaults; ONEDNN_PRIMITIVE_CACHE_CAPACITY / "
                           "LRU_CACHE_CAPACITY in the environment win"},
     )
-    # data (a path, a hub name / source name, or a mapping; see mmpo.data.sources.load_pairs)
+    # data (a path, a hub name / source name, or a mapping; see mmpo.data.pipeline.load_pairs)
     data: Any = field(default=None, metadata={"help": "training pairs: a file, a hub data set or source name, or a mapping (see docs)"})
     eval_data: Any = field(default=None, metadata={"help": "held-out pairs, in the same forms as data (none = split eval_split off data)"})
     eval_split: float = field(default=0.05, metadata={"help": "held-out share of data when eval_data is not given"})
@@ -107,8 +107,8 @@ class TrainConfig:
     max_prompt_length: int | None = field(default=None, metadata={"help": "prompt tokens kept (none = max_length // 2)"})
     # loss
     loss: str = field(default="mmpo", metadata={"help": "training loss"})
-    gamma: float | None = field(default=1.0, metadata={"help": "MMPO target sharpness: p = sigmoid(gamma * score margin); none = hard labels (p = 1)"})
-    eval_gamma: float | str | None = field(default="same", metadata={"help": "held-out truth p = sigmoid(eval_gamma * margin): 'same' = gamma, a number > 0, or none = hard labels; fix it to score runs with different losses against one truth"})
+    gamma: float | None = field(default=1.0, metadata={"help": "MMPO target sharpness: p = sigmoid(gamma * score margin); none or hard = hard labels (p = 1)"})
+    eval_gamma: float | str | None = field(default="same", metadata={"help": "held-out truth p = sigmoid(eval_gamma * margin): 'same' = gamma, a number > 0, or none / hard = hard labels; fix it to score runs with different losses against one truth"})
     label_smoothing: float = field(default=0.1, metadata={"help": "epsilon of the label_smoothing / cdpo losses"})
     # optimisation
     learning_rate: float = field(default=1e-5, metadata={"help": "peak learning rate"})
@@ -419,6 +419,10 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     return loaded
 
 
+# Keys read by mmpo.gamma.parse_gamma: a number > 0, or none / hard for hard labels.
+GAMMA_KEYS = frozenset({"gamma", "eval_gamma"})
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> T:
     """Build ``cls`` from a YAML file and ``--key value`` overrides (a list of CLI tokens or a dict)."""
     values: dict[str, Any] = read_recipe(path) if path is not None else {}
@@ -446,10 +450,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         values["trainer_args"] = trainer_args
     values = {k: _expand_cache(v) for k, v in values.items()}
     types_of = typing.get_type_hints(cls)
+    from mmpo.gamma import parse_gamma
+
     from_file = set(values) - set(overrides if isinstance(overrides, dict) else cli_values)
     kwargs = {}
     for k, v in values.items():
         where = f"in {path}" if k in from_file else ("on the command line" if k in cli_values else "in the overrides")
+        if k in GAMMA_KEYS and isinstance(v, str) and v != "same":  # eval_gamma's "same" = gamma; other types: _coerce
+            v = parse_gamma(v, f"config key '{k}'", where)
         kwargs[k] = _coerce(k, v, types_of[k], where)
     config = cls(**kwargs)
     if hasattr(config, "validate"):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mmpo.errors import UserError
+from mmpo.io import atomic_write_text
 from mmpo.paths import cache_dir
 from mmpo.recipes import RECIPES_DIR
 
@@ -65,8 +66,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     tables = [render_table(results[sub], f"{title}: {' vs '.join(losses)}") for title, _, _, losses, sub in parts]
     plots = [f"{sub}: " + ", ".join(results[sub]["plots"].values()) for _, _, _, _, sub in parts]
     text = "\n\n".join(tables)
-    (out / "summary.md").write_text(text + "\n\nPlots:\n" + "\n".join(plots) + "\n")
-    (out / "summary.json").write_text(json.dumps({"comparisons": results, "elapsed_s": elapsed, "part_s": timings}, indent=2))
+    atomic_write_text(out / "summary.md", text + "\n\nPlots:\n" + "\n".join(plots) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps({"comparisons": results, "elapsed_s": elapsed, "part_s": timings}, indent=2))
     print("\n" + text)
     print("\nplots (error bars per metric; held-out curves during training with seed bands):")
     for line in plots:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +39,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def _jsonl_text(records: Iterable[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+def _jsonl_text(records: Iterable[dict[str, Any]], default: Callable[[Any], Any] | None = None) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False, default=default) + "\n" for r in records)
 
 
-def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
-    """All of ``records``, one JSON object a line, or nothing (see :func:`atomic_write_text`)."""
-    atomic_write_text(path, _jsonl_text(records))
+def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]],
+                       default: Callable[[Any], Any] | None = None) -> None:
+    """All of ``records``, one JSON object a line, or nothing (see :func:`atomic_write_text`); ``default`` turns
+    values JSON lacks (numpy scalars, say) into ones it has, as in :func:`json.dumps`."""
+    atomic_write_text(path, _jsonl_text(records, default))
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from mmpo.errors import UserError
+from mmpo.gamma import parse_gamma
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
@@ -14,7 +15,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=None, help="split to read (default: the source's training split)")
     p.add_argument("--columns", nargs="+", default=[], metavar="EXPECTED=THEIRS", help="rename columns, e.g. prompt=question")
     p.add_argument("--margin-from", default=None, choices=("score_difference", "log_score_ratio"), help="SHP margin")
-    p.add_argument("--gamma", default="1.0", help="soft-target scale, > 0; 'none' for hard labels")
+    p.add_argument("--gamma", default="1.0", help="soft-target scale, > 0; none or hard for hard labels")
     p.add_argument("--ties", default="keep", help="keep (p = 0.5) or drop")
     p.add_argument("--order-conflict", default="swap", help="chosen rated below rejected: swap, drop or error")
     p.add_argument("--pairs-per-prompt", type=int, default=None, help="cap per prompt (default: the source's; 0 = none)")
@@ -22,15 +23,6 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pairs", type=int, default=None, help="keep a seeded sample of this many pairs (default: all)")
     p.add_argument("--seed", type=int, default=42, help="seed of the per-prompt cap, margin-bin and --max-pairs sampling")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-
-
-def _gamma(text: str) -> float | None:
-    if text.strip().lower() in ("none", "null"):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise UserError(f"--gamma expects a number > 0 or 'none' (got {text!r})") from None
 
 
 def _columns(pairs: list[str]) -> dict[str, str]:
@@ -58,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from mmpo.data.pipeline import PairOptions, load_pairs
 
     options = PairOptions(
-        gamma=_gamma(args.gamma),
+        gamma=parse_gamma(args.gamma, "--gamma"),
         ties=args.ties,
         order_conflict=args.order_conflict,
         pairs_per_prompt=args.pairs_per_prompt,

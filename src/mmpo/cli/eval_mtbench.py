@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from mmpo.io import atomic_write_text
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="mtbench_command", metavar="STEP", required=True)
@@ -122,7 +124,7 @@ def _judge(args: argparse.Namespace) -> int:
         http_retries=client.retries,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
     print(format_table(summary))
     print(f"scores -> {out}; judgments -> {judgments_path}" + (f"; plot -> {plot_path}" if summary["plot"] else ""))
     return 0

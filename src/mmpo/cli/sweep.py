@@ -10,7 +10,7 @@ ACCEPTS_OVERRIDES = {"sweep": True}
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.allow_abbrev = False  # `--seed 3` is a run key, not an abbreviation of --seeds
     p.usage = "mmpo sweep [CONFIG.yaml] --gamma 0.3,1,2.2,none [--seeds 0,1,2] [--kind rm|dpo] [--key value ...]"
-    p.add_argument("--gamma", dest="gammas", required=True, help="comma-separated gammas; 'none' = hard labels")
+    p.add_argument("--gamma", dest="gammas", required=True, help="comma-separated gammas (> 0); none or hard = hard labels")
     p.add_argument("--kind", choices=["rm", "dpo"], default="rm", help="train reward models (rm) or policies (dpo)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds: one run per gamma and seed, NLL with 95%% intervals")
     p.add_argument("--out", default=None, help="sweep directory (default: the recipe's output_dir)")
@@ -19,13 +19,14 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmpo.reports.comparison import parse_list
     from mmpo.reports.intervals import format_interval
-    from mmpo.reports.sweep import gamma_name, parse_gammas, run_sweep
+    from mmpo.gamma import parse_gamma_list
+    from mmpo.reports.sweep import gamma_name, run_sweep
 
     from mmpo.cli.train import split_recipe
 
     recipe, overrides = split_recipe(args.extra)
     seeds = parse_list(args.seeds, "seeds", int) if args.seeds else None
-    result = run_sweep(args.kind, recipe, parse_gammas(args.gammas), overrides, args.out, seeds)
+    result = run_sweep(args.kind, recipe, parse_gamma_list(args.gammas, "--gamma"), overrides, args.out, seeds)
     several = bool(seeds) and len(seeds) > 1
     if several:
         print("\n| gamma | held-out NLL (binary), mean +- 95% CI | minus the best [95% CI] |\n|---|---|---|")

@@ -438,22 +438,3 @@ def check_columns(raw: dict[str, Any], source: Source, columns: dict[str, str], 
             what = "missing column" if col not in raw else "missing value"
             hint = _schema_hint(raw) if source.name == "local" else f" (the {source.name} schema needs it)"
             raise ref.error(theirs, f"{what}{hint}")
-
-
-
-
-# Names that lived here before the pipeline was split into stages; kept importable from this module.
-_MOVED = {
-    "PairOptions": "mmpo.data.pairs", "make_pair": "mmpo.data.pairs", "as_messages": "mmpo.data.pairs",
-    "split_conversation": "mmpo.data.pairs", "_prompt_and_responses": "mmpo.data.pairs", "cap_per_prompt": "mmpo.data.selection",
-    "margin_bin_of": "mmpo.data.selection", "bin_quotas": "mmpo.data.selection",
-    "sample_across_margin_bins": "mmpo.data.selection", "load_pairs": "mmpo.data.pipeline",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,8 +22,12 @@ the interval is then an approximation (it is too wide when a share pools many vo
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -163,3 +167,135 @@ def reliability_bins(margins: np.ndarray, outcomes: np.ndarray, gamma: float, n_
             out.append({"low": b / n_bins, "high": (b + 1) / n_bins, "n": int(sel.sum()),
                         "mean_predicted": float(q[sel].mean()), "mean_outcome": float(y[sel].mean())})
     return out
+
+
+# --- fitting a pair file: the library behind `mmpo fit-gamma` ------------------------------------------------
+
+MARGIN_CANDIDATES = (("score_chosen", "score_rejected"), "margin", ("original_score_chosen", "original_score_rejected"), "original_margin")
+OUTCOME_CANDIDATES = ("p_chosen", "original_p_chosen", "label", "outcome", "vote_share")
+
+
+
+def _names(candidates: tuple[Any, ...]) -> str:
+    """``(("a", "b"), "c")`` -> ``"a - b, c"``: the candidate columns as --help lists them."""
+    return ", ".join(" - ".join(c) if isinstance(c, tuple) else c for c in candidates)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)) and math.isfinite(float(value)):
+        return float(value)
+    if hasattr(value, "item"):
+        return _number(value.item())
+    return None
+
+
+def _pick(rows: list[dict[str, Any]], candidates: tuple[Any, ...]) -> Any:
+    for c in candidates:
+        names = c if isinstance(c, tuple) else (c,)
+        if any(all(r.get(n) is not None for n in names) for r in rows):
+            return c
+    return None
+
+
+def fit_gamma_file(data: str | os.PathLike, out: str | os.PathLike | None = None, margin: str | None = None,
+                   scores: tuple[str, str] | None = None, outcome: str | None = None) -> dict[str, Any]:
+    """Fit gamma (:func:`fit_gamma`) to the pairs of the file ``data`` that carry both a margin and an outcome.
+
+    Columns, when not named: the margin is ``score_chosen - score_rejected``, else ``margin``, else the same under
+    ``original_`` (as ``mmpo label`` renames them); ``scores=(A, B)`` makes it ``A - B``. The outcome is the first
+    present of :data:`OUTCOME_CANDIDATES`: a number in [0, 1] (or true/false), the probability or indicator that
+    chosen was preferred. A row without both is skipped and counted (``skipped_rows``).
+
+    Returns the fit (:meth:`GammaFit.as_dict`, plus ``data``, ``margin``, ``outcome``, ``skipped_rows`` and
+    ``reliability`` bins at the fitted gamma). With ``out``, the result is written there as JSON and a reliability
+    plot beside it (``.png``, its path under ``plot`` in the result).
+    """
+    from mmpo.data.hub import read_local
+    from mmpo.errors import DataError, UserError
+
+    rows = [(where, row, raw) for where, row, raw in read_local(data)]
+    if not rows:
+        raise UserError(f"{data}: no rows")
+    raws = [raw for _, _, raw in rows]
+    if scores is not None:
+        if len(scores) != 2:
+            raise UserError("--scores takes two columns, A,B (margin = A - B)")
+        margin_col: Any = tuple(scores)
+    else:
+        margin_col = margin or _pick(raws, MARGIN_CANDIDATES)
+    outcome_col = outcome or _pick(raws, OUTCOME_CANDIDATES)
+    if margin_col is None:
+        raise UserError(f"{data}: no margin column (score_chosen + score_rejected, margin, or their original_ forms); name one with --margin or --scores")
+    if outcome_col is None:
+        raise UserError(f"{data}: no outcome column ({', '.join(OUTCOME_CANDIDATES)}); name one with --outcome")
+    if outcome_col in (margin_col if isinstance(margin_col, tuple) else (margin_col,)):
+        raise UserError("the outcome column must differ from the margin columns")
+
+    margins, outcomes, skipped = [], [], 0
+    for where, row, raw in rows:
+        if isinstance(margin_col, tuple):
+            a, b = _number(raw.get(margin_col[0])), _number(raw.get(margin_col[1]))
+            m = None if a is None or b is None else a - b
+        else:
+            m = _number(raw.get(margin_col))
+        y = _number(raw.get(outcome_col))
+        if m is None or y is None:
+            skipped += 1
+            continue
+        if not 0.0 <= y <= 1.0:
+            raise DataError(where, row, outcome_col, f"outcome must lie in [0, 1] (got {y:g})")
+        margins.append(m)
+        outcomes.append(y)
+    if not margins:
+        raise UserError(f"{data}: no row has both a margin and an outcome")
+    m_arr, y_arr = np.array(margins), np.array(outcomes)
+    try:
+        fit = fit_gamma(m_arr, y_arr)
+    except SeparableData as e:
+        raise UserError(f"{data}: cannot fit gamma: {e}") from None
+    bins = reliability_bins(m_arr, y_arr, fit.gamma)
+    margin_name = f"{margin_col[0]} - {margin_col[1]}" if isinstance(margin_col, tuple) else margin_col
+    result = {
+        **fit.as_dict(), "interval": "profile likelihood, 95%", "data": str(data), "margin": margin_name,
+        "outcome": outcome_col, "skipped_rows": skipped, "reliability": bins,
+    }
+    if out is not None:
+        from mmpo.io import atomic_write_text
+
+        out = Path(out)
+        plot = out.with_suffix(".png")
+        result["plot"] = str(plot)
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+        _plot(bins, fit.gamma, plot, margin_name, outcome_col)
+    return result
+
+
+def _plot(bins: list[dict[str, float]], gamma: float, path: Path, margin_name: str, outcome_col: str) -> None:
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    xs = [b["mean_predicted"] for b in bins]
+    ys = [b["mean_outcome"] for b in bins]
+    sizes = [20 + 180 * b["n"] / max(x["n"] for x in bins) for b in bins]
+    ax.plot(xs, ys, color="C0", linewidth=1)
+    ax.scatter(xs, ys, s=sizes, color="C0", label=f"gamma = {gamma:.3g} (marker area ~ pairs)", clip_on=False, zorder=3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    # Two lines, the column names wrapped: a long margin name on one line ran past the figure's edges.
+    ax.set_xlabel("predicted sigmoid(gamma * margin)\n" + textwrap.fill(f"margin = {margin_name}", 48), fontsize=9)
+    ax.set_ylabel(f"mean {outcome_col}")
+    ax.set_title("reliability at the fitted gamma")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)

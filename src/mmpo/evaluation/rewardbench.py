@@ -22,6 +22,7 @@ before the next batch starts, and a rerun with the same setup skips every row al
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -388,3 +389,72 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"{name:<24} {v['n']:>5} {pct(v['accuracy']):>6}")
         lines.append(f"{'Prior Sets score':<24} {'':>5} {pct(prior['score']):>6}  (mean of {', '.join(prior['score_subsets'])})")
     return "\n".join(lines)
+
+
+def run_rewardbench(model: str, out: str | Path, ref_model: str | None = None, beta: float | None = None,
+                    data: str | None = None, split: str = REWARDBENCH_SPLIT, prior_sets: str | None = None,
+                    batch_size: int = 8, max_length: int = 2048, max_prompt_length: int | None = None,
+                    limit: int | None = None, say: Any = print) -> dict[str, Any]:
+    """Score RewardBench (``data``: a local copy, else the Hub) with a reward model or a policy used as an implicit
+    reward model (``beta * log pi/pi_ref``, or reference-free without ``ref_model``), write the report (per-subset
+    accuracies, section scores, overall score: :func:`rewardbench_report`) to ``out`` as JSON and return it.
+
+    ``prior_sets``: also score the Prior Sets, from this local copy, or ``"hub"``. Rewards are cached in
+    ``OUT_STEM.scores.jsonl`` as they are computed; a rerun resumes where it stopped. ``limit``: only the first
+    rows of each subset (a smoke test). ``say`` gets the progress lines.
+    """
+    from mmpo.errors import UserError
+    from mmpo.evaluation.scoring import DEFAULT_BETA, load_scoring_model, score_with_models, training_config
+    from mmpo.io import atomic_write_text
+
+    if batch_size < 1 or max_length < 2 or (limit is not None and limit < 1):
+        raise UserError("--batch-size and --limit must be positive and --max-length at least 2")
+    rows = limit_per_subset(load_rewardbench(data, split), limit)
+    prior_rows = None
+    if prior_sets is not None:
+        prior_rows = limit_per_subset(load_prior_sets(None if prior_sets == "hub" else prior_sets), limit)
+    say(f"RewardBench: {len(rows)} pairs" + (f", Prior Sets: {len(prior_rows)} pairs" if prior_rows else ""))
+
+    net, tokenizer, kind = load_scoring_model(model)
+    ref = None
+    given_beta, beta = beta, None
+    if kind == "policy":
+        beta = given_beta if given_beta is not None else float(training_config(model).get("beta", DEFAULT_BETA))
+        if ref_model:
+            ref, _, _ = load_scoring_model(ref_model, kind="policy", device=next(net.parameters()).device)
+        else:
+            say("note: policy without --ref-model: reference-free implicit reward beta * log pi(y|x)")
+    elif ref_model or given_beta is not None:
+        raise UserError(f"{model} is a reward model: --ref-model and --beta only apply to a policy")
+
+    def scorer(pairs):
+        return score_with_models(
+            net, tokenizer, pairs, kind, ref_model=ref, beta=beta, batch_size=batch_size,
+            max_length=max_length, max_prompt_length=max_prompt_length, progress=False,
+        )
+
+    setup = {
+        "model": _identity(model),
+        "kind": kind,
+        "ref_model": _identity(ref_model) if ref_model else None,
+        "beta": beta,
+        "max_length": max_length,
+        "max_prompt_length": max_prompt_length,
+    }
+    out = Path(out)
+    stem = out.with_suffix("") if out.suffix == ".json" else out
+    cache = Path(f"{stem}.scores.jsonl")
+    scores = score_rows(rows + (prior_rows or []), scorer, cache, setup, batch_size=batch_size)
+    report = rewardbench_report(rows, scores, prior_rows)
+    report.update(
+        model=model, kind=kind, ref_model=ref_model, beta=beta,
+        data=data or "allenai/reward-bench", split=split, limit_per_subset=limit, cache=str(cache),
+    )
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _identity(model: str) -> str:
+    """A model as recorded in the cache: local paths absolute, so `./m` and `m` match; names as given."""
+    p = Path(model).expanduser()
+    return str(p.resolve()) if p.exists() else model

@@ -67,7 +67,9 @@ def training_config(model_dir: str) -> dict[str, Any]:
     """The ``config.yaml`` mmpo wrote beside a trained model (empty when there is none)."""
     import yaml
 
-    path = Path(model_dir) / "config.yaml"
+    from mmpo.training.run_dir import RunFiles
+
+    path = RunFiles(model_dir).config
     if not path.exists():
         return {}
     try:

@@ -1,7 +1,7 @@
 """A checker as a grader: a Python callable ``fn(meta, response) -> float | None`` that grades a response from
 what the row says about its task (``meta``: the row's other fields).
 
-``mmpo.data.synthetic.grade`` is one (the graded-tasks checker reads ``task`` and ``answer`` from the row;
+``mmpo.graders.graded_tasks.grade`` is one (the graded-tasks checker reads ``task`` and ``answer`` from the row;
 name it ``graded-tasks``). A checker's grades are not logits, so ``compare`` does not take a sigmoid of their
 difference: it is 1.0 when ``a`` grades higher, 0.0 when lower, 0.5 on a tie (a deterministic checker is
 certain of its order), None when either grade is missing.
@@ -16,7 +16,7 @@ from mmpo.errors import UserError
 from mmpo.graders.base import Grader, PairItem, ScoreItem
 
 Checker = Callable[[dict[str, Any], str], "float | None"]
-ALIASES = {"graded-tasks": "mmpo.data.synthetic:grade"}
+ALIASES = {"graded-tasks": "mmpo.graders.graded_tasks:grade"}
 
 
 def import_checker(name: str) -> tuple[str, Checker]:

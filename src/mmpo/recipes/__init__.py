@@ -37,7 +37,9 @@ def resolve_recipe(name_or_path: str | Path) -> Path:
     if name and packaged.is_file():
         return packaged
     if given.is_dir():
-        saved = given / "config.yaml"  # a run directory keeps its settings there
+        from mmpo.training.run_dir import RunFiles
+
+        saved = RunFiles(given).config  # a run directory keeps its settings there
         hint = f"; the run's settings are in {saved}" if saved.is_file() else ""
         raise UserError(f"{name_or_path} is a directory, not a recipe: give a recipe file (.yaml) or a packaged recipe name{hint}")
     known = packaged_recipes()

@@ -23,11 +23,11 @@ import numpy as np
 import yaml
 
 from mmpo.errors import UserError
+from mmpo.io import atomic_write_text, read_jsonl
 from mmpo.evaluation.metrics import N_BINS, correctness, pair_metrics
 from mmpo.losses import uses_soft_targets
+from mmpo.training.run_dir import RunFiles, read_metrics
 
-EVAL_SCORES = "eval_scores.jsonl"
-METRICS = "metrics.jsonl"
 
 
 @dataclass
@@ -60,29 +60,26 @@ def run_label(config: dict[str, Any], path: Path) -> str:
 def read_run(path: str | Path) -> RunRecord:
     """Load one run directory; a missing eval_scores.jsonl is a one-line error."""
     path = Path(path)
-    scores = path / EVAL_SCORES
+    files = RunFiles(path)
+    scores = files.eval_scores
     if not scores.exists():
-        raise UserError(f"{path}: no {EVAL_SCORES} (is this a finished `mmpo rm` / `mmpo dpo` run?)")
-    rows = [json.loads(line) for line in scores.read_text().splitlines() if line.strip()]
+        raise UserError(f"{path}: no {scores.name} (is this a finished `mmpo rm` / `mmpo dpo` run?)")
+    rows = read_jsonl(scores)
     if not rows:
         raise UserError(f"{scores}: no held-out pairs")
     h = np.array([r["h"] for r in rows], dtype=np.float64)
     p = np.array([r["p"] for r in rows], dtype=np.float64)
     margin = np.array([math.nan if r.get("margin") is None else r["margin"] for r in rows], dtype=np.float64)
-    config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").exists() else {}
-    logs = read_logs(path / METRICS)
+    config = yaml.safe_load(files.config.read_text()) if files.config.exists() else {}
+    logs = read_logs(path)
     return RunRecord(run_label(config or {}, path), path, h, p, margin, config or {}, logs)
 
 
-def read_logs(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl with one record per (step, kind); a resumed run's re-logged steps replace the old ones."""
-    if not path.exists():
-        return []
+def read_logs(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The run's ``metrics.jsonl`` (:func:`mmpo.training.run_dir.read_metrics`) with one record per (step, kind),
+    in step order; a resumed run's re-logged steps replace the old ones."""
     by_key: dict[tuple[int, str], dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
+    for rec in read_metrics(run_dir):
         kind = "eval" if any(k.startswith("eval_") for k in rec) else "train"
         by_key[(int(rec.get("step", 0)), kind)] = rec
     return [by_key[k] for k in sorted(by_key)]
@@ -233,8 +230,8 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, A
     if bins:
         lines += ["![accuracy by margin](accuracy_by_margin.png)", ""]
     lines += ["![curves](curves.png)", ""]
-    (out / "report.md").write_text("\n".join(lines))
+    atomic_write_text(out / "report.md", "\n".join(lines))
     summary = {"runs": {r.name: {"path": str(r.path), **rows[r.name]} for r in runs},
                "accuracy_by_margin": {"bins": bins, **{k: v for k, v in by_margin.items()}}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -30,8 +30,10 @@ from typing import Any
 import numpy as np
 
 from mmpo.errors import UserError
+from mmpo.io import atomic_write_text, read_jsonl
 from mmpo.evaluation.metrics import pair_metrics
 from mmpo.losses import losses_for
+from mmpo.training.run_dir import RunFiles
 from mmpo.reports.intervals import (
     distinguishable,
     few_seeds_warning,
@@ -128,7 +130,7 @@ def run_name(loss: str, seed: int) -> str:
 
 def finished_results(run_dir: Path) -> dict[str, Any] | None:
     """The run's ``eval_results.json`` when it finished (that and ``eval_scores.jsonl`` exist), else None."""
-    results, scores = run_dir / "eval_results.json", run_dir / "eval_scores.jsonl"
+    results, scores = RunFiles(run_dir).results, RunFiles(run_dir).eval_scores
     if results.exists() and scores.exists():
         return json.loads(results.read_text())
     return None
@@ -164,10 +166,10 @@ def train_or_reuse(kind: str, recipe: str | Path | None, overrides: dict[str, An
 
 def read_scores(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(row, h, p)`` arrays from a run's ``eval_scores.jsonl``, sorted by row."""
-    path = run_dir / "eval_scores.jsonl"
+    path = RunFiles(run_dir).eval_scores
     if not path.exists():
-        raise UserError(f"{run_dir}: no eval_scores.jsonl (the run has no held-out pairs, or did not finish)")
-    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        raise UserError(f"{run_dir}: no {path.name} (the run has no held-out pairs, or did not finish)")
+    recs = read_jsonl(path)
     recs.sort(key=lambda r: r["row"])
     return (np.array([r["row"] for r in recs]), np.array([r["h"] for r in recs], dtype=np.float64),
             np.array([r["p"] for r in recs], dtype=np.float64))
@@ -444,12 +446,12 @@ def summarize(run_dirs: dict[str, dict[int, Path]], losses: list[str], seeds: li
     out.mkdir(parents=True, exist_ok=True)
     table = render_table(comparison, title or None)
     plot_comparison(comparison, out / "comparison.png", title)
-    logs = {loss: [read_logs(run_dirs[loss][s] / "metrics.jsonl") for s in seeds] for loss in losses}
+    logs = {loss: [read_logs(run_dirs[loss][s]) for s in seeds] for loss in losses}
     comparison["plots"] = {"comparison": str(out / "comparison.png")}
     if plot_curves(logs, out / "curves.png", title):
         comparison["plots"]["curves"] = str(out / "curves.png")
-    _atomic_write(out / "comparison.json", json.dumps(comparison, indent=2, default=_json_default))
-    _atomic_write(out / "comparison.md", table + "\n")
+    atomic_write_text(out / "comparison.json", json.dumps(comparison, indent=2, default=_json_default))
+    atomic_write_text(out / "comparison.md", table + "\n")
     return comparison
 
 
@@ -501,10 +503,10 @@ def train_or_reuse_online(recipe: str | Path | None, overrides: dict[str, Any]) 
 
 def online_records(run_dir: Path) -> list[dict[str, Any]]:
     """A finished online run's ``log.jsonl`` (round 0 = the starting model, then one record per round)."""
-    path = run_dir / "log.jsonl"
+    path = RunFiles(run_dir).online_log
     if not path.exists():
-        raise UserError(f"{run_dir}: no log.jsonl (the online run did not finish)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        raise UserError(f"{run_dir}: no {path.name} (the online run did not finish)")
+    return read_jsonl(path)
 
 
 def online_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
@@ -544,15 +546,9 @@ def summarize_online(run_dirs: dict[str, dict[int, Path]], losses: list[str], se
     comparison["plots"] = {"comparison": str(out / "comparison.png")}
     if plot_curves(logs, out / "curves.png", title, metrics=("mean_grade", "full_marks"), xlabel="round (0 = starting model)"):
         comparison["plots"]["curves"] = str(out / "curves.png")
-    _atomic_write(out / "comparison.json", json.dumps(comparison, indent=2, default=_json_default))
-    _atomic_write(out / "comparison.md", table + "\n")
+    atomic_write_text(out / "comparison.json", json.dumps(comparison, indent=2, default=_json_default))
+    atomic_write_text(out / "comparison.md", table + "\n")
     return comparison
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _json_default(value: Any) -> Any:

@@ -13,33 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from mmpo.errors import UserError
+from mmpo.gamma import gamma_text
+from mmpo.io import atomic_write_text
 from mmpo.losses import uses_soft_targets
 
 
-def parse_gammas(text: str) -> list[float | None]:
-    """``"0.3,1,2.2,none"`` -> ``[0.3, 1.0, 2.2, None]``; each gamma must be > 0."""
-    out: list[float | None] = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if item.lower() in ("none", "hard", "inf"):
-            out.append(None)
-            continue
-        try:
-            g = float(item)
-        except ValueError:
-            raise UserError(f"--gamma: {item!r} is not a number or 'none'") from None
-        if g <= 0:
-            raise UserError(f"--gamma: {g} must be > 0 (use 'none' for hard labels)")
-        out.append(g)
-    if not out:
-        raise UserError("--gamma: give at least one value, e.g. 0.3,1,2.2,none")
-    return out
-
-
 def gamma_name(gamma: float | None) -> str:
-    return "gamma-none" if gamma is None else f"gamma-{gamma:g}"
+    return f"gamma-{gamma_text(gamma)}"
 
 
 def run_sweep(kind: str, recipe: str | None, gammas: list[float | None], overrides: list[str], out_dir: str | None = None,
@@ -102,5 +82,5 @@ def run_sweep(kind: str, recipe: str | None, gammas: list[float | None], overrid
               "seeds": seeds, "interval": method_for(len(seeds)) if seeds else None, "runs": runs}
     if seeds and few_seeds_warning(len(seeds)):
         result["warning"] = few_seeds_warning(len(seeds))
-    (root / "sweep.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(root / "sweep.json", json.dumps(result, indent=2))
     return result

@@ -32,8 +32,7 @@ from mmpo.paths import apply_umask
 from mmpo.training.run_dir import METRICS_FILE, METRICS_LINES_FILE, STAGING_DIR, metrics_lines
 
 
-EVAL_SCORES_FILE = "eval_scores.jsonl"
-EVAL_RESULTS_FILE = "eval_results.json"
+from mmpo.training.run_dir import EVAL_SCORES_FILE, RESULTS_FILE as EVAL_RESULTS_FILE
 
 
 def compute_pair_metrics(eval_pred: Any) -> dict[str, float]:

@@ -19,7 +19,6 @@ import yaml
 
 from mmpo.models.embedded import EMBEDDED_NAMES
 
-CARD_FILE = "README.md"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
@@ -132,10 +131,12 @@ def model_card_text(config: Any, kind: str, results: dict[str, Any], command: st
 
 def write_model_card(output_dir: str | os.PathLike, config: Any, kind: str, results: dict[str, Any], command: str | None = None) -> Path:
     """Write ``output_dir/README.md`` (atomically: a reader never sees half a card)."""
-    path = Path(output_dir) / CARD_FILE
-    tmp = path.with_name(f".{CARD_FILE}.tmp")
-    tmp.write_text(model_card_text(config, kind, results, command))
-    os.replace(tmp, path)
+    from mmpo.io import atomic_write_text
+
+    from mmpo.training.run_dir import RunFiles
+
+    path = RunFiles(output_dir).card
+    atomic_write_text(path, model_card_text(config, kind, results, command))
     return path
 
 

@@ -44,8 +44,8 @@ from mmpo.errors import UserError
 from mmpo.graders import ScoreItem
 from mmpo.host_memory import prepare_host
 from mmpo.io import append_jsonl, atomic_write_text, read_jsonl, write_jsonl_atomic
+from mmpo.training.run_dir import RunFiles, read_metrics
 
-LOG_FILE = "log.jsonl"
 PAIRINGS = ("all", "best_worst")
 ROUND_REFERENCES = ("initial", "previous")
 
@@ -306,7 +306,7 @@ class OnlineRun:
         (its ``policy/`` finished), since a round without pairs carries the policy over without a copy."""
         for k in range(r, 0, -1):
             policy = self.round_dir(k) / "policy"
-            if (policy / "eval_results.json").exists():
+            if RunFiles(policy).results.exists():
                 return str(policy)
         return self.config.model
 
@@ -407,9 +407,9 @@ class OnlineRun:
             output_dir=str(self.round_dir(r) / "policy"),
             seed=cfg.seed + r,
         )
-        results = self.round_dir(r) / "policy" / "eval_results.json"
+        results = RunFiles(self.round_dir(r) / "policy").results
         summary = train_policy(DPOConfig(**values)) if not results.exists() else {"resumed_from": "finished"}
-        stats = round_training_stats(read_jsonl(self.round_dir(r) / "policy" / "metrics.jsonl"))
+        stats = round_training_stats(read_metrics(self.round_dir(r) / "policy"))
         last_step = stats.pop("last_step", None)
         return {**stats, "train_steps": summary.get("global_step", last_step), "reference": summary.get("reference")}
 
@@ -484,7 +484,7 @@ def refuse_other_settings(config: OnlineConfig, out: Path) -> None:
 
     from mmpo.training.run_dir import config_as_saved, settings_differences
 
-    saved_path = out / "config.yaml"
+    saved_path = RunFiles(out).config
     if not saved_path.is_file():
         return
     saved = yaml.safe_load(saved_path.read_text()) or {}
@@ -513,7 +513,7 @@ def train_online(config: OnlineConfig, grader: GradeFn | None = None) -> list[di
     from mmpo.config import save_config
 
     refuse_other_settings(config, out)
-    save_config(config, out / "config.yaml")
+    save_config(config, RunFiles(out).config)
     records = []
     base = out / "round-0" / "round.json"
     if base.exists():
@@ -532,8 +532,8 @@ def train_online(config: OnlineConfig, grader: GradeFn | None = None) -> list[di
         left = config.rounds - r
         if left:
             print(f"round {r} took {per_round / 60:.1f} min; about {left * per_round / 60:.0f} min left", flush=True)
-        write_jsonl_atomic(out / LOG_FILE, records)
-    write_jsonl_atomic(out / LOG_FILE, records)
+        write_jsonl_atomic(RunFiles(out).online_log, records)
+    write_jsonl_atomic(RunFiles(out).online_log, records)
     print(render_log(records))
     return records
 

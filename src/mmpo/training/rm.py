@@ -40,10 +40,9 @@ from mmpo.precision import without_mixed_precision
 from mmpo.training.args import training_arguments, use_bf16
 from mmpo.training.base import PairTrainer, final_results, run_summary
 from mmpo.training.card import push_final_model, write_model_card
-from mmpo.training.run_dir import RESULTS_FILE, finish_run_dir, plan_run, save_run_config, write_results
+from mmpo.training.run_dir import RESULTS_FILE, RunFiles, finish_run_dir, plan_run, save_run_config, write_results
 
 EVAL_RESULTS_FILE = RESULTS_FILE
-DATA_REPORT_FILE = "data_report.json"
 
 
 def reward_pair_loss(
@@ -168,7 +167,7 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
     if main_process:
         os.makedirs(config.output_dir, exist_ok=True)
         save_run_config(config, config.output_dir)
-        with open(os.path.join(config.output_dir, DATA_REPORT_FILE), "w") as f:
+        with open(RunFiles(config.output_dir).data_report, "w") as f:
             json.dump({name: r.to_dict() for name, r in data.reports.items()}, f, indent=2)
     if plan.resume_from:
         print(f"resuming from {plan.resume_from}")

@@ -30,6 +30,7 @@ import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -41,11 +42,83 @@ from mmpo.paths import apply_umask
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "eval_results.json"
 METRICS_FILE = "metrics.jsonl"
+EVAL_SCORES_FILE = "eval_scores.jsonl"
+DATA_REPORT_FILE = "data_report.json"
+CARD_FILE = "README.md"
+ONLINE_LOG_FILE = "log.jsonl"  # an `mmpo online` run: one record per round
 # In each checkpoint: how many lines metrics.jsonl held when it was written.
 METRICS_LINES_FILE = "mmpo_metrics_lines.json"
 STAGING_DIR = ".staging"
+CHECKPOINT_PREFIX = "checkpoint-"
 # What a run writes besides the saved model; deleted when a run starts over in the same directory.
-RUN_FILES = (CONFIG_FILE, RESULTS_FILE, METRICS_FILE, "eval_scores.jsonl", "data_report.json")
+RUN_FILES = (CONFIG_FILE, RESULTS_FILE, METRICS_FILE, EVAL_SCORES_FILE, DATA_REPORT_FILE)
+
+
+class RunFiles:
+    """The paths of one run directory's files; the one place their names are spelled.
+
+    ``RunFiles(output_dir).metrics`` is ``output_dir/metrics.jsonl``, and so on for each property.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike):
+        self.root = Path(output_dir)
+
+    @property
+    def config(self) -> Path:
+        """``config.yaml``: the run's settings, written when training starts."""
+        return self.root / CONFIG_FILE
+
+    @property
+    def metrics(self) -> Path:
+        """``metrics.jsonl``: one line per logged step (train and eval)."""
+        return self.root / METRICS_FILE
+
+    @property
+    def results(self) -> Path:
+        """``eval_results.json``: the final held-out metrics, written last; its presence marks a finished run."""
+        return self.root / RESULTS_FILE
+
+    @property
+    def eval_scores(self) -> Path:
+        """``eval_scores.jsonl``: one line per held-out pair (row, h, p, margin)."""
+        return self.root / EVAL_SCORES_FILE
+
+    @property
+    def data_report(self) -> Path:
+        """``data_report.json``: what the data pipeline kept and dropped, per split."""
+        return self.root / DATA_REPORT_FILE
+
+    @property
+    def card(self) -> Path:
+        """``README.md``: the model card."""
+        return self.root / CARD_FILE
+
+    @property
+    def online_log(self) -> Path:
+        """``log.jsonl`` of an ``mmpo online`` run: one record per round (round 0 = the starting model)."""
+        return self.root / ONLINE_LOG_FILE
+
+    @property
+    def staging(self) -> Path:
+        """``.staging/``: where a checkpoint is written before it is renamed into place."""
+        return self.root / STAGING_DIR
+
+    def checkpoint(self, step: int) -> Path:
+        """``checkpoint-<step>/``."""
+        return self.root / f"{CHECKPOINT_PREFIX}{step}"
+
+
+def is_checkpoint_name(name: str) -> bool:
+    """Whether a directory entry's name is a ``checkpoint-N`` one."""
+    return name.startswith(CHECKPOINT_PREFIX)
+
+
+def read_metrics(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every record of the run's ``metrics.jsonl`` in file order (none without the file); a final line torn by a
+    crash is dropped, any other malformed line is a :class:`mmpo.errors.DataError` naming the file and line."""
+    from mmpo.io import read_jsonl
+
+    return read_jsonl(RunFiles(output_dir).metrics)
 
 # Keys that change neither the trained weights nor the reported results: a rerun may change them and still resume
 # or reuse the run.
@@ -116,7 +189,7 @@ def clear_run(output_dir: str) -> None:
         return
     for name in os.listdir(output_dir):
         path = os.path.join(output_dir, name)
-        if name == STAGING_DIR or (name.startswith("checkpoint-") and os.path.isdir(path)):
+        if name == STAGING_DIR or (is_checkpoint_name(name) and os.path.isdir(path)):
             shutil.rmtree(path, ignore_errors=True)
         elif name in RUN_FILES:
             os.remove(path)
@@ -202,7 +275,7 @@ def drop_optimizer_state(output_dir: str) -> int:
         return 0
     for name in os.listdir(output_dir):
         checkpoint = os.path.join(output_dir, name)
-        if not (name.startswith("checkpoint-") and os.path.isdir(checkpoint)):
+        if not (is_checkpoint_name(name) and os.path.isdir(checkpoint)):
             continue
         for root, dirs, files in os.walk(checkpoint, topdown=True):
             for d in [d for d in dirs if _is_optimizer_state(d)]:
