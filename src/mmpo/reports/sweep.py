@@ -32,7 +32,6 @@ def run_sweep(kind: str, recipe: str | None, gammas: list[float | None], overrid
     """
     from mmpo.config import DPOConfig, RMConfig, load_config, parse_overrides
     from mmpo.reports.compare import write_report
-    from mmpo.losses import uses_soft_targets
     from mmpo.reports.comparison import check_same_truth, train_or_reuse
     from mmpo.reports.intervals import distinguishable, few_seeds_warning, mean_interval, method_for, paired_difference
 
