@@ -153,3 +153,23 @@ def test_no_import_cycles_but_the_known_ones():
         graph[importer] = graph[importer] - {imported}
     found = circles(graph)
     assert not found, "import cycles:\n" + "\n".join(" -> ".join(a_cycle(graph, c)) for c in found)
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for w in graph[todo.pop()] - seen:
+            seen.add(w)
+            todo.append(w)
+    return seen
+
+
+def test_only_the_serve_command_reaches_the_http_package():
+    # Chat generation lives in mmpo.models.chat: training, grading and evaluation load no HTTP server code.
+    graph = import_graph()
+    reaching = sorted(
+        m for m in graph if not m.startswith("mmpo.serving") and any(w.startswith("mmpo.serving") for w in reachable(graph, m))
+    )
+    assert reaching == ["mmpo.cli.serve"]

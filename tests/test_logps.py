@@ -194,9 +194,8 @@ def test_the_head_gets_a_contiguous_input_in_scoring_and_generation(tiny_model_d
     per row (a batched matmul against the expanded weight). Scoring and generation hand the head a contiguous input."""
     from transformers import AutoModelForCausalLM
 
-    from mmpo.models.generation import generate_batch
+    from mmpo.models.chat import ChatModel, generate_batch
     from mmpo.models.loading import load_tokenizer
-    from mmpo.serving.chat_model import ChatModel
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     head = model.get_output_embeddings()
