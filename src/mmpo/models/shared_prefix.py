@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from mmpo.data.collate import PADDING, PROMPT, PairCollator, SharedPromptCollator
+from mmpo.data.collate import PADDING, PROMPT, SharedPromptCollator
 from mmpo.models.unwrap import base_model
 
 # Attention implementations that take the shared mask: a [B, 1, T, T] tensor, or a BlockMask for flex_attention.
@@ -275,27 +275,6 @@ def shared_forward_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[st
         rows, width = batch["input_ids"].shape
         inputs[SPANS_KWARG] = two_row_gather([tuple(x) for x in batch["spans"].tolist()], rows, width, batch["input_ids"].device)
     return inputs
-
-
-def pair_collator(
-    model: Any, pad_token_id: int, prefix_sharing: bool, max_length: int | None, *also: Any, packing: bool | str = False
-) -> Any:
-    """The batch layout for training ``model`` (and any ``also`` models scored on the same batches).
-
-    :class:`~mmpo.data.collate.SharedPromptCollator` (several pairs per row with ``packing``) when
-    ``prefix_sharing`` is on and every model can take the shared mask; else the two-row
-    :class:`~mmpo.data.collate.PairCollator`, with a one-line notice why.
-    """
-    if not prefix_sharing:
-        return PairCollator(pad_token_id=pad_token_id)
-    for m in (model, *also):
-        if m is None:
-            continue
-        reason = prefix_sharing_unsupported(m, max_length)
-        if reason is not None:
-            print(f"note: prefix sharing off ({type(base_model(m)).__name__}: {reason}); scoring chosen and rejected in separate rows")
-            return PairCollator(pad_token_id=pad_token_id)
-    return shared_prompt_collator(model, pad_token_id, packing)
 
 
 # FlexAttention's kernels work in blocks of this many tokens (torch's default BLOCK_SIZE for a BlockMask).

@@ -183,8 +183,9 @@ class TrunkCache:
     # --- the forward pass ----------------------------------------------------------------------------
     def run(self, model: torch.nn.Module, forward: Forward, batch: dict[str, torch.Tensor]) -> Any:
         """``forward(model, batch)`` with the frozen blocks skipped and their output read from the cache."""
-        mask = batch["attention_mask"]
-        if mask.dim() != 2 or any(k in batch for k in _LAYOUT_KEYS):
+        # The trainers turn prefix sharing and packing off for a run that caches its trunk; a batch that still
+        # holds several sequences a row is run in full rather than read from states of whole sequences.
+        if any(k in batch for k in _LAYOUT_KEYS) or batch["attention_mask"].dim() != 2:
             if not self._warned_layout:
                 self._warned_layout = True
                 _notice("rows hold several sequences (packed / prefix-shared): this batch takes the plain path")
