@@ -64,23 +64,14 @@ def build(shape: str, task: str, attn: str, device: str) -> Any:
     return cls.from_config(config, attn_implementation=attn, dtype=torch.float32).to(device).train()
 
 
-def step_loss(model: Any, task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def step_loss(model: Any, task: str, batching: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     from mmpo.losses import mmpo_loss
-    from mmpo.models.logps import response_logps, shared_response_logps
-    from mmpo.models.reward import sequence_rewards, shared_sequence_rewards
 
     n = batch["p"].shape[0]
     if task == "rm":
-        if "segment_ids" in batch:
-            scores = shared_sequence_rewards(model, batch)
-        else:
-            scores = sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
+        scores = batching.rewards(model, batch)
     else:
-        if "segment_ids" in batch:
-            logps, _ = shared_response_logps(model, batch)
-        else:
-            logps, _ = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
-        scores = 0.1 * logps  # beta * (log pi - log pi_ref) with a zero reference: the same work per step
+        scores = 0.1 * batching.logps(model, batch)[0]  # beta * (log pi - log pi_ref) with a zero reference: the same work per step
     return mmpo_loss(scores[:n], scores[n:], batch["p"]).mean()
 
 
@@ -92,10 +83,12 @@ def peak_mib(device: str) -> float:
 
 def run_case(shape: str, task: str, layout: str, attn: str, batches: list[list[dict]], warmup: int, device: str) -> dict:
     from mmpo.data.collate import PairCollator, SharedPromptCollator
+    from mmpo.models.batching import PairBatching
     from mmpo.precision import native_bf16
 
-    collate = {"two_rows": PairCollator(pad_token_id=0), "shared": SharedPromptCollator(pad_token_id=0),
-               "packed": SharedPromptCollator(pad_token_id=0, pack=True)}[layout]
+    batching = {"two_rows": PairBatching.two_rows(PairCollator(pad_token_id=0)),
+                "shared": PairBatching.shared_prompt(SharedPromptCollator(pad_token_id=0)),
+                "packed": PairBatching.shared_prompt(SharedPromptCollator(pad_token_id=0, pack=True))}[layout]
     model = build(shape, task, attn, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device == "cuda")
     bf16 = native_bf16(device)
@@ -103,12 +96,12 @@ def run_case(shape: str, task: str, layout: str, attn: str, batches: list[list[d
         torch.cuda.reset_peak_memory_stats()
     times, tokens, losses = [], [], []
     for i, features in enumerate(batches):
-        batch = {k: v.to(device) for k, v in collate(features).items()}
+        batch = {k: v.to(device) for k, v in batching(features).items()}
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            loss = step_loss(model, task, batch)
+            loss = step_loss(model, task, batching, batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

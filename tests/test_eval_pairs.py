@@ -191,7 +191,7 @@ def test_shared_prompt_scoring_scores_as_two_rows(kind, reward_dir, tiny_model_d
     pairs, _ = load_pairs(str(pair_file(n=9, seed=12)))
     layouts = []
     batch_rewards = scoring._batch_rewards
-    monkeypatch.setattr(scoring, "_batch_rewards", lambda m, k, b, *a: layouts.append("segment_ids" in b) or batch_rewards(m, k, b, *a))
+    monkeypatch.setattr(scoring, "_batch_rewards", lambda bt, *a: layouts.append(type(bt.collate).__name__ == "SharedPromptCollator") or batch_rewards(bt, *a))
     args = dict(kind=kind, ref_model=ref, beta=0.5, batch_size=4, max_length=96, progress=False)
     shared = scoring.score_with_models(model, tokenizer, pairs, **args)
     two_rows = scoring.score_with_models(model, tokenizer, pairs, prefix_sharing=False, **args)

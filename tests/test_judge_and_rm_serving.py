@@ -21,7 +21,7 @@ from mmpo.evaluation.judge_client import JudgeClient
 from mmpo.graders import PairItem, ScoreItem, load_grader
 from mmpo.graders.judge import JudgeGrader, parse_rating, parse_verdict, verdict_probability_from_logprobs
 from mmpo.models.reward import load_reward_model
-from mmpo.serving.chat_model import ChatModel
+from mmpo.models.chat import ChatModel
 from mmpo.serving.server import make_server
 
 

@@ -194,9 +194,8 @@ def test_the_head_gets_a_contiguous_input_in_scoring_and_generation(tiny_model_d
     per row (a batched matmul against the expanded weight). Scoring and generation hand the head a contiguous input."""
     from transformers import AutoModelForCausalLM
 
-    from mmpo.models.generation import generate_batch
+    from mmpo.models.chat import ChatModel, generate_batch
     from mmpo.models.loading import load_tokenizer
-    from mmpo.serving.chat_model import ChatModel
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     head = model.get_output_embeddings()
@@ -217,3 +216,28 @@ def test_the_head_gets_a_contiguous_input_in_scoring_and_generation(tiny_model_d
     generate_batch(chat, [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "hello there"}]], 2,
                    max_new_tokens=3, temperature=1.0, seed=0)
     assert seen and all(seen)
+
+
+def test_unwrap_strips_run_wrappers_and_base_model_strips_peft_too():
+    from mmpo.models.unwrap import base_model, unwrap_model
+
+    inner = torch.nn.Linear(2, 2)
+
+    class Peft(torch.nn.Module):  # the part of peft's interface the rule reads
+        def __init__(self, model):
+            super().__init__()
+            self.base = model
+
+        def get_base_model(self):
+            return self.base
+
+    class DataParallelLike(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.module = model
+
+    peft = Peft(inner)
+    wrapped = DataParallelLike(torch.compile(peft))
+    assert unwrap_model(wrapped) is peft
+    assert base_model(wrapped) is inner
+    assert unwrap_model(inner) is inner and base_model(inner) is inner

@@ -12,9 +12,9 @@ import torch
 
 from mmpo.data.collate import CHOSEN, PADDING, PROMPT, REJECTED, PairCollator, SharedPromptCollator
 from mmpo.models.logps import response_logps, shared_response_logps
+from mmpo.models.batching import pair_batching
 from mmpo.models.reward import sequence_rewards, shared_sequence_rewards
 from mmpo.models.shared_prefix import (
-    pair_collator,
     prefix_sharing_unsupported,
     shared_prefix_mask,
     shared_prefix_mask_mod,
@@ -351,12 +351,12 @@ def test_unsupported_models_fall_back_with_a_notice(capsys):
 
     bert = BertForSequenceClassification(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=1))
     assert prefix_sharing_unsupported(bert) is not None
-    assert isinstance(pair_collator(bert, PAD, True, 64), PairCollator)
+    assert isinstance(pair_batching(bert, PAD, True, 64).collate, PairCollator)
     assert "prefix sharing off" in capsys.readouterr().out
     llama = build("llama", "dpo", lora=True)
     assert prefix_sharing_unsupported(llama) is None
-    assert isinstance(pair_collator(llama, PAD, True, 64), SharedPromptCollator)
-    assert isinstance(pair_collator(llama, PAD, False, 64), PairCollator)
+    assert isinstance(pair_batching(llama, PAD, True, 64).collate, SharedPromptCollator)
+    assert isinstance(pair_batching(llama, PAD, False, 64).collate, PairCollator)
     gemma = build("gemma2", "dpo", lora=False, attn="eager")  # sliding window 128 on alternate layers
     assert prefix_sharing_unsupported(gemma, max_length=128) is None
     assert "exceeds the window" in prefix_sharing_unsupported(gemma, max_length=512)
@@ -443,7 +443,8 @@ def test_policy_trainer_step_and_precomputed_reference_agree_across_layouts(tmp_
             reference="precomputed", **layout,
         ))
         run = build_policy_run(config)
-        collators.append(type(run.trainer.data_collator).__name__ + ("+pack" if getattr(run.trainer.data_collator, "pack", False) else ""))
+        collate = run.trainer.data_collator.collate
+        collators.append(type(collate).__name__ + ("+pack" if getattr(collate, "pack", False) else ""))
         references.append(torch.tensor([[f["reference_chosen_logps"], f["reference_rejected_logps"]] for f in run.train_features]))
         batch = run.trainer._prepare_inputs(next(iter(run.trainer.get_train_dataloader())))
         losses.append(run.trainer.compute_loss(run.trainer.model, batch).detach())
@@ -467,7 +468,6 @@ def test_reward_trainer_step_agrees_across_layouts(tmp_path, tiny_model_dir, pai
         ))
         from mmpo.data.pipeline import prepare_data
         from mmpo.models.loading import load_tokenizer
-        from mmpo.models.shared_prefix import pair_collator
         from mmpo.training.args import training_arguments
         from transformers import set_seed
 
@@ -477,7 +477,7 @@ def test_reward_trainer_step_agrees_across_layouts(tmp_path, tiny_model_dir, pai
         model = rm.build_model(config, tokenizer)
         trainer = rm.RewardTrainer(
             model=model, args=training_arguments(config, eval_strategy="no"), train_dataset=prepared.train,
-            data_collator=pair_collator(model, tokenizer.pad_token_id, config.prefix_sharing, config.max_length, packing=config.packing),
+            data_collator=pair_batching(model, tokenizer.pad_token_id, config.prefix_sharing, config.max_length, packing=config.packing),
         )
         batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
         losses.append(trainer.compute_loss(trainer.model, batch).detach())
@@ -566,3 +566,28 @@ def test_span_attention_under_bf16_autocast_runs_in_float32(monkeypatch, kind):
     for name in g2:
         scale = g2[name].abs().max().item()
         assert torch.allclose(g1[name], g2[name], rtol=5e-2, atol=5e-2 * scale), name
+
+
+@pytest.mark.parametrize("kind", ["dpo", "rm"])
+def test_the_chosen_layout_scores_its_own_batches_as_two_rows_do(kind, capsys):
+    """The scorer comes with the collator: each layout's ``logps`` / ``rewards`` on its own batches equal the
+    two-row layout's, and a model that cannot share prompts gets the two-row scorer with its collator."""
+    from mmpo.models.batching import two_row_batching
+
+    model = build("llama", kind, lora=False).eval()
+    features = make_features(6, seed=5)
+    plain = two_row_batching(PAD)
+    with torch.no_grad():
+        expected = plain.rewards(model, plain(features)) if kind == "rm" else plain.logps(model, plain(features))[0]
+        for packing in (False, True):
+            batching = pair_batching(model, PAD, True, 64, packing=packing)
+            assert isinstance(batching.collate, SharedPromptCollator) and batching.collate.pack == packing
+            batch = batching(features)
+            got = batching.rewards(model, batch) if kind == "rm" else batching.logps(model, batch)[0]
+            assert_rel_close(expected, got)
+    eager = build("gemma2", kind, lora=False, attn="eager")
+    fallback = pair_batching(eager, PAD, True, 512)  # longer than gemma2's sliding window
+    assert isinstance(fallback.collate, PairCollator) and "prefix sharing off" in capsys.readouterr().out
+    with torch.no_grad():
+        batch = fallback(features)
+        assert (fallback.rewards(eager, batch) if kind == "rm" else fallback.logps(eager, batch)[0]).shape == (12,)

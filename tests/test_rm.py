@@ -14,6 +14,7 @@ from mmpo.config import RMConfig, load_config
 from mmpo.data.collate import PairCollator
 from mmpo.data.pairs import PairOptions
 from mmpo.data.pipeline import load_pairs
+from mmpo.models.batching import two_row_batching
 from mmpo.data.tokenize import tokenize_pair
 from mmpo.errors import UserError
 from mmpo.losses import bt_loss, label_smoothing_loss, margin_loss, mmpo_loss, scaled_bt_loss
@@ -54,7 +55,7 @@ def test_trainer_loss_equals_loss_on_direct_rewards(loss, tiny_model_dir, tiny_t
     trainer = RewardTrainer(
         model=model,
         args=training_arguments(rm_config(tiny_model_dir, tmp_path / "d.jsonl", tmp_path / "out"), eval_strategy="no"),
-        data_collator=PairCollator(tiny_tokenizer.pad_token_id),
+        data_collator=two_row_batching(tiny_tokenizer.pad_token_id),
         loss=loss,
         label_smoothing=0.2,
     )

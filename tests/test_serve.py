@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 
 from mmpo.evaluation.judge_client import JudgeClient
-from mmpo.serving.chat_model import ChatModel
+from mmpo.models.chat import ChatModel
 from mmpo.serving.server import make_server
 
 
@@ -364,10 +364,3 @@ def test_serve_embedded_model_and_judge_mt_bench_over_http(tmp_path, mt_bench):
     judgments = [json.loads(line) for line in (tmp_path / "scores.judgments.jsonl").read_text().splitlines()]
     assert {j["prompt_name"] for j in judgments} == {"single-v1", "single-v1-multi-turn", "single-math-v1", "single-math-v1-multi-turn"}
 
-
-def test_one_greedy_threshold_for_serving_and_training_generation():
-    from mmpo.models import generation
-    from mmpo.serving import chat_model
-
-    # FastChat's: a temperature below 1e-4 decodes greedily, whether `mmpo serve` or a training loop generates.
-    assert generation.GREEDY_BELOW == chat_model.GREEDY_BELOW == 1e-4

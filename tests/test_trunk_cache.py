@@ -338,3 +338,16 @@ def test_cache_key_sees_revision_and_quantisation(tmp_path):
     keys = [key(), key(revision="v1"), key(revision="v2"), key(load_in_4bit=True), key(load_in_4bit=True, bnb_4bit_quant_type="fp4"),
             key(load_in_8bit=True)]
     assert len(set(keys)) == len(keys) and key(revision="v1") == keys[1]
+
+
+def test_a_batch_holding_several_sequences_a_row_takes_the_plain_path(capsys):
+    from mmpo.data.collate import SharedPromptCollator
+
+    model = tiny_model("llama", "dpo").eval()
+    cache = TrunkCache(frozen_depth(model), {"test": "llama"}, {"kind": "dpo"})
+    batch = SharedPromptCollator(pad_token_id=PAD, pack=True)(features(4, seed=2))
+    assert "attention_mask" not in batch  # the shared layout's mask is built on the device
+    calls = []
+    assert cache.run(model, lambda m, b: calls.append(b) or "plain", batch) == "plain"
+    assert calls == [batch] and cache.hits == cache.misses == 0
+    assert "takes the plain path" in capsys.readouterr().out

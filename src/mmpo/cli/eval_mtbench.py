@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from mmpo.errors import UserError
     from mmpo.evaluation.mtbench import generate_answers, load_questions, mt_bench_files
-    from mmpo.serving.chat_model import ChatModel, default_model_name
+    from mmpo.models.chat import ChatModel, default_model_name
 
     if args.max_new_tokens < 1 or (args.limit is not None and args.limit < 1):
         raise UserError("--max-new-tokens and --limit must be positive")

@@ -37,7 +37,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmpo.errors import UserError
     from mmpo.evaluation.scoring import model_kind
-    from mmpo.serving.chat_model import ChatModel, default_model_name, is_adapter_dir
+    from mmpo.models.chat import ChatModel, default_model_name, is_adapter_dir
     from mmpo.serving.server import make_server
 
     if not args.request_timeout > 0:

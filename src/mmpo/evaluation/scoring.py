@@ -32,7 +32,7 @@ from mmpo.data.records import PreferencePair
 from mmpo.data.tokenize import OVER_LENGTH, TokenizedPair, tokenize_pair
 from mmpo.errors import DataError, UserError
 from mmpo.models.embedded import resolve_model_path
-from mmpo.models.shared_prefix import pair_collator
+from mmpo.models.batching import PairBatching, pair_batching
 
 ModelKind = Literal["reward", "policy"]
 DEFAULT_BETA = 0.1  # DPOConfig's default, used when neither --beta nor the policy's config.yaml gives one
@@ -151,24 +151,15 @@ def tokenize_for_scoring(
 
 @torch.no_grad()
 def _batch_rewards(
-    model: Any, kind: ModelKind, batch: dict[str, torch.Tensor], ref_model: Any | None, beta: float
+    batching: PairBatching, model: Any, kind: ModelKind, batch: dict[str, torch.Tensor], ref_model: Any | None, beta: float
 ) -> torch.Tensor:
-    """``[2B]`` rewards, chosen first, for a two-row or a prefix-shared batch."""
-    from mmpo.models.logps import response_logps, shared_response_logps
-    from mmpo.models.reward import sequence_rewards, shared_sequence_rewards
-
-    shared = "segment_ids" in batch
+    """``[2B]`` rewards, chosen first, for a batch ``batching`` built: a reward model's, or a policy's implicit
+    reward ``beta * (log pi(y|x) - log pi_ref(y|x))`` (without the reference term when there is none)."""
     if kind == "reward":
-        return shared_sequence_rewards(model, batch) if shared else sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
-
-    def logps_of(m: Any) -> torch.Tensor:
-        if shared:
-            return shared_response_logps(m, batch)[0]
-        return response_logps(m, batch["input_ids"], batch["attention_mask"], batch["response_mask"])[0]
-
-    logps = logps_of(model)
+        return batching.rewards(model, batch)
+    logps = batching.logps(model, batch)[0]
     if ref_model is not None:
-        logps = logps - logps_of(ref_model)
+        logps = logps - batching.logps(ref_model, batch)[0]
     return beta * logps
 
 
@@ -207,7 +198,7 @@ def score_with_models(
     if not tokenized:
         return []
     device = next(model.parameters()).device
-    collate = pair_collator(model, tokenizer.pad_token_id, prefix_sharing, max_length, ref_model, packing="auto")
+    batching = pair_batching(model, tokenizer.pad_token_id, prefix_sharing, max_length, ref_model, packing="auto")
     # Longest first: the first batch shows at once whether memory suffices; neighbours pad little.
     order = sorted(
         range(len(tokenized)),
@@ -218,9 +209,9 @@ def score_with_models(
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc=f"scoring pairs ({kind})", unit="batch", disable=None if progress else True):
         idx = order[start : start + batch_size]
-        batch = collate([tokenized[i].__dict__ for i in idx])
+        batch = batching([tokenized[i].__dict__ for i in idx])
         batch = {k: v.to(device) for k, v in batch.items()}
-        rewards = _batch_rewards(model, kind, batch, ref_model, beta).float().cpu()
+        rewards = _batch_rewards(batching, model, kind, batch, ref_model, beta).float().cpu()
         n = len(idx)
         for j, i in enumerate(idx):
             scores[i] = (float(rewards[j]), float(rewards[n + j]))

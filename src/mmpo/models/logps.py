@@ -16,6 +16,9 @@ import warnings
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from mmpo.models.shared_prefix import shared_forward_inputs
+from mmpo.models.unwrap import base_model
+
 # Rows of the [rows, vocab] logits projected at once; 1024 x 49152 x 4 bytes = 200 MB.
 LOGIT_CHUNK_ROWS = 1024
 # Logits kept for backward rather than recomputed, when a training step has no more than this many (2**25: about
@@ -26,15 +29,6 @@ KEEP_LOGITS_ELEMENTS = 2**25
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip padding, so left- and right-padded rows give the same log-probabilities."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def _unwrap(model: Any) -> Any:
-    """The transformers model under DDP / accelerate / peft wrappers (for its head and config)."""
-    while hasattr(model, "module"):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
 
 
 def _token_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
@@ -130,8 +124,6 @@ def shared_response_logps(model: Any, batch: dict[str, torch.Tensor], full_logit
     ``(logps [2B], n_tokens [2B])``,
     chosen first then rejected, as :func:`response_logps` returns them for the two-row layout.
     """
-    from mmpo.models.shared_prefix import shared_forward_inputs
-
     source = batch["logp_source"]
     n_pairs = batch["p"].shape[0]
     rows, targets_at = (source >= 0).nonzero(as_tuple=True)
@@ -166,7 +158,7 @@ def scored_logps(
         logits = out.logits[rows, sources].float()
         token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     else:
-        base = _unwrap(model)
+        base = base_model(model)
         final_hidden, out = _forward_final_hidden(model, base, inputs)
         head = base.get_output_embeddings()
         softcap = getattr(base.config, "final_logit_softcapping", None)
@@ -223,7 +215,7 @@ def keep_head_input_contiguous(model: Any) -> None:
     """Make ``model``'s output head always get a contiguous input (:func:`_contiguous_input`): scoring asks for
     ``logits_to_keep=1``, and ``generate``'s first step projects ``hidden[:, -1:, :]`` of the whole prompt batch.
     The values are unchanged; only the copy of the weight goes. Idempotent."""
-    head = _unwrap(model).get_output_embeddings()
+    head = base_model(model).get_output_embeddings()
     if head is not None and not getattr(head, "_mmpo_contiguous_input", False):
         head.register_forward_pre_hook(_contiguous_input)
         head._mmpo_contiguous_input = True

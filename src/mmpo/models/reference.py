@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mmpo.data.collate import PairCollator
 from mmpo.errors import UserError
 from mmpo.losses import losses_for, needs_reference
-from mmpo.models.logps import response_logps, shared_response_logps
+from mmpo.models.shared_prefix import prefix_sharing_unsupported
+from mmpo.models.batching import shared_prompt_batching, two_row_batching
 from mmpo.paths import atomic_directory, cache_dir
 
 REFERENCE_MODES = ("auto", "model", "adapter", "precomputed", "none")
@@ -145,8 +145,6 @@ def compute_reference_logps(
     scores each pair in one row with its prompt encoded once where the model can take that mask
     (:mod:`mmpo.models.shared_prefix`; the numbers are the same), several pairs per row with ``packing``.
     """
-    from mmpo.models.shared_prefix import prefix_sharing_unsupported, shared_prompt_collator
-
     n = len(features)
     chosen = torch.zeros(n, dtype=torch.float32)
     rejected = torch.zeros(n, dtype=torch.float32)
@@ -155,21 +153,16 @@ def compute_reference_logps(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     longest = max(len(f["prompt_ids"]) + max(len(f["chosen_ids"]), len(f["rejected_ids"])) for f in features)
     shared = prefix_sharing and prefix_sharing_unsupported(model, longest) is None
-    collate = shared_prompt_collator(model, pad_token_id, packing) if shared else PairCollator(pad_token_id=pad_token_id)
+    batching = shared_prompt_batching(model, pad_token_id, packing) if shared else two_row_batching(pad_token_id)
     was_training = model.training
     model.eval()
     try:
         batches = list(_length_sorted_batches(features, batch_size))
         for idx in tqdm(batches, desc=desc, unit="batch", disable=None):
-            batch = collate([features[i] for i in idx])
+            batch = batching([features[i] for i in idx])
             batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                if shared:
-                    logps, _ = shared_response_logps(model, batch, full_logits=full_logits)
-                else:
-                    logps, _ = response_logps(
-                        model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], full_logits=full_logits
-                    )
+                logps, _ = batching.logps(model, batch, full_logits=full_logits)
             logps = logps.float().cpu()
             b = len(idx)
             chosen[idx] = logps[:b]

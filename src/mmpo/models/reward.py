@@ -23,6 +23,8 @@ import torch
 
 from mmpo.errors import UserError
 from mmpo.models.embedded import resolve_model_path
+from mmpo.models.shared_prefix import shared_forward_inputs
+from mmpo.models.unwrap import base_model
 
 # Attribute names transformers uses for the classification head (decoders: score; encoders: classifier).
 HEAD_NAMES = ("score", "classifier")
@@ -101,8 +103,7 @@ def sequence_rewards(model: Any, input_ids: torch.Tensor, attention_mask: torch.
     The single place a reward is read, shared by training and scoring.
     """
     # Decoders would otherwise build a key/value cache nobody reads; encoders take no such argument.
-    base = model.module if hasattr(model, "module") else model
-    extra = {"use_cache": False} if getattr(base.config, "use_cache", None) is not None else {}
+    extra = {"use_cache": False} if getattr(base_model(model).config, "use_cache", None) is not None else {}
     out = model(input_ids=input_ids, attention_mask=attention_mask, **extra)
     return out.logits[:, 0].float()
 
@@ -125,9 +126,7 @@ def shared_sequence_rewards(model: Any, batch: dict[str, torch.Tensor]) -> torch
     read at each response's ``score_at`` (row, position), since the model itself would pool only each row's
     last token.
     """
-    from mmpo.models.shared_prefix import _base, shared_forward_inputs
-
-    base = _base(model)
+    base = base_model(model)
     names = head_module_names(base)
     if not names:
         raise ValueError(f"{type(base).__name__} has no classification head named {' or '.join(HEAD_NAMES)}")

@@ -28,7 +28,8 @@ from typing import Any, Callable
 
 import torch
 
-from mmpo.data.collate import PADDING, PROMPT
+from mmpo.data.collate import PADDING, PROMPT, SharedPromptCollator
+from mmpo.models.unwrap import base_model
 
 # Attention implementations that take the shared mask: a [B, 1, T, T] tensor, or a BlockMask for flex_attention.
 MASKED_ATTENTION = ("sdpa", "eager", "flex_attention")
@@ -78,13 +79,6 @@ def shared_prefix_block_mask(
     return create_block_mask(allowed, B=rows, H=None, Q_LEN=n, KV_LEN=n, device=segment_ids.device)
 
 
-def _base(model: Any) -> Any:
-    """The transformers model under DDP / accelerate / peft wrappers (see :func:`mmpo.models.logps._unwrap`)."""
-    from mmpo.models.logps import _unwrap
-
-    return _unwrap(model)
-
-
 def _sliding_window(config: Any) -> tuple[int | None, bool]:
     """``(window, mixed)``: the sliding window the layers use (None: none does) and whether only some do."""
     window = getattr(config, "sliding_window", None)
@@ -105,7 +99,7 @@ def prefix_sharing_unsupported(model: Any, max_length: int | None = None) -> str
     through as given) under SDPA or eager attention. Models mixing sliding-window and full layers take one
     mask for both, so they qualify only while ``max_length`` fits in the window.
     """
-    base = _base(model)
+    base = base_model(model)
     config = getattr(base, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
         return "not a decoder-only model"
@@ -261,7 +255,7 @@ def shared_forward_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[st
     """``input_ids``, ``position_ids`` and the 4D ``attention_mask`` for a shared-prompt batch, plus on CPU under
     SDPA without a sliding window the spans for :func:`span_attention` (faster than the dense mask there; on CUDA
     no faster, benchmarks/gpu/RESULTS.md)."""
-    config = _base(model).config
+    config = base_model(model).config
     window, _ = _sliding_window(config)
     impl = getattr(config, "_attn_implementation", None)
     mask_inputs = (batch["segment_ids"], batch["position_ids"], window, batch.get("pair_ids"))
@@ -283,29 +277,6 @@ def shared_forward_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[st
     return inputs
 
 
-def pair_collator(
-    model: Any, pad_token_id: int, prefix_sharing: bool, max_length: int | None, *also: Any, packing: bool | str = False
-) -> Any:
-    """The batch layout for training ``model`` (and any ``also`` models scored on the same batches).
-
-    :class:`~mmpo.data.collate.SharedPromptCollator` (several pairs per row with ``packing``) when
-    ``prefix_sharing`` is on and every model can take the shared mask; else the two-row
-    :class:`~mmpo.data.collate.PairCollator`, with a one-line notice why.
-    """
-    from mmpo.data.collate import PairCollator
-
-    if not prefix_sharing:
-        return PairCollator(pad_token_id=pad_token_id)
-    for m in (model, *also):
-        if m is None:
-            continue
-        reason = prefix_sharing_unsupported(m, max_length)
-        if reason is not None:
-            print(f"note: prefix sharing off ({type(_base(m)).__name__}: {reason}); scoring chosen and rejected in separate rows")
-            return PairCollator(pad_token_id=pad_token_id)
-    return shared_prompt_collator(model, pad_token_id, packing)
-
-
 # FlexAttention's kernels work in blocks of this many tokens (torch's default BLOCK_SIZE for a BlockMask).
 FLEX_BLOCK = 128
 # Packed rows under span attention hold up to this many tokens (or one pair, if longer): a longer row costs no
@@ -317,7 +288,7 @@ def attends_per_pair(model: Any) -> bool:
     """Whether ``model``'s shared batches will be attended pair by pair (:func:`span_attention`): SDPA without
     a sliding window, running on the CPU (no CUDA device in reach)."""
     on_cpu = next(model.parameters()).device.type == "cpu" and not torch.cuda.is_available()
-    return on_cpu and _span_path(_base(model).config, "cpu")
+    return on_cpu and _span_path(base_model(model).config, "cpu")
 
 
 def shared_prompt_collator(model: Any, pad_token_id: int, packing: bool | str) -> Any:
@@ -335,11 +306,9 @@ def shared_prompt_collator(model: Any, pad_token_id: int, packing: bool | str) -
     take up to :data:`SPAN_PACK_TOKENS` tokens, so a batch's pairs fill few rows and padding mostly disappears
     even when pairs differ in length.
     """
-    from mmpo.data.collate import SharedPromptCollator
-
     per_pair = attends_per_pair(model)
     pack = per_pair if packing == "auto" else bool(packing)
-    if getattr(_base(model).config, "_attn_implementation", None) == "flex_attention":
+    if getattr(base_model(model).config, "_attn_implementation", None) == "flex_attention":
         one_row = sys.maxsize if pack else None  # a budget no batch reaches
         return SharedPromptCollator(pad_token_id, pad_to_multiple_of=FLEX_BLOCK, pack=pack, pack_budget=one_row)
     if pack and per_pair:

@@ -43,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmpo.errors import UserError
+from mmpo.models.unwrap import base_model
 from mmpo.paths import atomic_directory, cache_dir
 
 # Decoders whose forward is "embed, then hidden = layer(hidden, mask, positions) per block, then norm" with
@@ -65,12 +66,9 @@ def _notice(message: str) -> None:
     print(f"trunk cache: {message}")
 
 
-from mmpo.models.logps import _unwrap  # noqa: E402 - one unwrapping rule for every model helper
-
-
 def decoder_layers(model: Any) -> torch.nn.ModuleList | None:
     """The decoder's block list (``model.model.layers`` for Llama-family heads), or None."""
-    base = _unwrap(model)
+    base = base_model(model)
     decoder = getattr(base, "base_model", base)
     layers = getattr(decoder, "layers", None)
     return layers if isinstance(layers, torch.nn.ModuleList) else None
@@ -78,7 +76,7 @@ def decoder_layers(model: Any) -> torch.nn.ModuleList | None:
 
 def frozen_depth(model: Any) -> int:
     """How many blocks at the bottom of the decoder have no trainable parameter (0 if the embeddings train)."""
-    base = _unwrap(model)
+    base = base_model(model)
     layers = decoder_layers(model)
     if layers is None:
         return 0
@@ -95,7 +93,7 @@ def frozen_depth(model: Any) -> int:
 
 def unsupported_reason(model: Any, depth: int) -> str | None:
     """Why the trunk of ``model`` (its lowest ``depth`` blocks) cannot be cached exactly; None when it can."""
-    base = _unwrap(model)
+    base = base_model(model)
     model_type = getattr(base.config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         return f"architecture {model_type!r} is not one of {', '.join(SUPPORTED_MODEL_TYPES)}"
@@ -185,8 +183,9 @@ class TrunkCache:
     # --- the forward pass ----------------------------------------------------------------------------
     def run(self, model: torch.nn.Module, forward: Forward, batch: dict[str, torch.Tensor]) -> Any:
         """``forward(model, batch)`` with the frozen blocks skipped and their output read from the cache."""
-        mask = batch["attention_mask"]
-        if mask.dim() != 2 or any(k in batch for k in _LAYOUT_KEYS):
+        # The trainers turn prefix sharing and packing off for a run that caches its trunk; a batch that still
+        # holds several sequences a row is run in full rather than read from states of whole sequences.
+        if any(k in batch for k in _LAYOUT_KEYS) or batch["attention_mask"].dim() != 2:
             if not self._warned_layout:
                 self._warned_layout = True
                 _notice("rows hold several sequences (packed / prefix-shared): this batch takes the plain path")
@@ -382,7 +381,7 @@ def build_trunk_cache(config: Any, model: torch.nn.Module, kind: str, bf16: bool
     )
     if not depth:
         return None
-    base = _unwrap(model)
+    base = base_model(model)
     settings = {
         "kind": kind,
         "dtype": str(next(base.parameters()).dtype),

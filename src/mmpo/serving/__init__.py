@@ -1,1 +1,1 @@
-"""Serving a saved causal LM: chat generation with the model's chat template and an OpenAI-compatible HTTP server."""
+"""The OpenAI-compatible HTTP server for a chat model (:mod:`mmpo.models.chat`) or a reward model."""

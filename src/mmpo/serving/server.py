@@ -57,7 +57,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from mmpo.serving.chat_model import ChatModel, ContextOverflow, PromptTooLong, check_messages
+from mmpo.models.chat import ChatModel, ContextOverflow, PromptTooLong, check_messages
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 # OpenAI's defaults where a request leaves a field out (max_tokens: a bound, cut to what the context leaves).

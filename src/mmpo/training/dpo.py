@@ -68,9 +68,8 @@ from mmpo.models.loading import (
     quantization_setting,
     trainable_summary,
 )
-from mmpo.models.logps import response_logps, shared_response_logps
 from mmpo.models.policy import freeze, load_causal_lm, save_policy
-from mmpo.models.shared_prefix import pair_collator
+from mmpo.models.batching import pair_batching
 from mmpo.models.reference import (
     attach_reference_logps,
     cached_reference_logps,
@@ -201,17 +200,14 @@ class PolicyTrainer(PairTrainer):
         return False
 
     def batch_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(log pi(y|x), |y|)`` for the batch's 2B responses, chosen first, in either batch layout.
+        """``(log pi(y|x), |y|)`` for the batch's 2B responses, chosen first, scored by the run's batch layout
+        (the data collator, a :class:`~mmpo.models.batching.PairBatching`).
 
         Under mixed precision the vocabulary projection, which runs outside the model's (autocast) forward,
         is autocast as well.
         """
         with self.accelerator.autocast():
-            if "segment_ids" in batch:  # one row per pair, prompt shared (SharedPromptCollator)
-                return shared_response_logps(model, batch, full_logits=self._full_logits())
-            return response_logps(
-                model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], full_logits=self._full_logits()
-            )
+            return self.data_collator.logps(model, batch, full_logits=self._full_logits())
 
     def reference_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(log pi_ref(y_w|x), log pi_ref(y_l|x))`` for the batch, or None when running reference-free."""
@@ -404,7 +400,7 @@ def build_policy_run(config: DPOConfig) -> PolicyRun:
         args=args,
         train_dataset=train_features,
         eval_dataset=eval_features or None,
-        data_collator=pair_collator(
+        data_collator=pair_batching(
             model, tokenizer.pad_token_id, config.prefix_sharing and trunk is None, config.max_length, reference_model,
             packing=config.packing if trunk is None else False,
         ),

@@ -324,8 +324,7 @@ class OnlineRun:
         batches already in the file are kept, so a rerun continues."""
         from tqdm.auto import tqdm
 
-        from mmpo.models.generation import generate_batch
-        from mmpo.serving.chat_model import ChatModel
+        from mmpo.models.chat import ChatModel, generate_batch
 
         cfg = self.config
         bs = max(1, cfg.generation_batch_size)

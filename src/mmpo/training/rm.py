@@ -33,8 +33,8 @@ from mmpo.errors import UserError
 from mmpo.host_memory import prepare_host
 from mmpo.losses import LOSSES, LossSettings
 from mmpo.models.loading import load_tokenizer, merge_lora_float32, model_load_kwargs, trainable_summary
-from mmpo.models.reward import add_lora, load_reward_model, sequence_rewards, shared_sequence_rewards
-from mmpo.models.shared_prefix import pair_collator
+from mmpo.models.reward import add_lora, load_reward_model
+from mmpo.models.batching import pair_batching
 from mmpo.models.trunk_cache import build_trunk_cache
 from mmpo.precision import without_mixed_precision
 from mmpo.training.args import training_arguments, use_bf16
@@ -57,11 +57,6 @@ def reward_pair_loss(
     return LOSSES[loss].fn(chosen, rejected, batch, settings or LossSettings(label_smoothing=label_smoothing))
 
 
-def score_rows(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One reward per row of a collated batch (the plain path the trunk cache reproduces)."""
-    return sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
-
-
 class RewardTrainer(PairTrainer):
     """PairTrainer for a scalar-head reward model: one forward on the 2B rows, split into chosen / rejected."""
 
@@ -74,10 +69,7 @@ class RewardTrainer(PairTrainer):
         super().__init__(*args, **kwargs)
 
     def pair_rewards(self, model, batch):
-        if "segment_ids" in batch:  # one row per pair, prompt shared (SharedPromptCollator)
-            rewards = shared_sequence_rewards(model, batch)
-        else:
-            rewards = self.trunk_forward(model, score_rows, batch)
+        rewards = self.trunk_forward(model, self.data_collator.rewards, batch)
         n_pairs = batch["p"].shape[0]
         return rewards[:n_pairs], rewards[n_pairs:], {}
 
@@ -151,7 +143,7 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
     trainer = RewardTrainer(
         model=model,
         args=training_arguments(config, **extra),
-        data_collator=pair_collator(
+        data_collator=pair_batching(
             model, tokenizer.pad_token_id, config.prefix_sharing and trunk is None, config.max_length,
             packing=config.packing if trunk is None else False,
         ),
@@ -162,7 +154,7 @@ def train_reward_model(config: RMConfig) -> dict[str, float]:
         loss_settings=LossSettings.from_config(config),
         trunk_cache=trunk,
     )
-    trainer.prefill_trunk_cache(score_rows, {"train": data.train, "eval": data.eval})
+    trainer.prefill_trunk_cache(trainer.data_collator.rewards, {"train": data.train, "eval": data.eval})
     # Training starts: only now does output_dir get the run's files, so a run that failed earlier leaves none.
     if main_process:
         os.makedirs(config.output_dir, exist_ok=True)
