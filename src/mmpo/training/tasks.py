@@ -47,6 +47,7 @@ TASKS: dict[str, TaskEntry] = {
     "dpo": TaskEntry("dpo", "mmpo.config:DPOConfig", "mmpo.training.dpo:train_policy", "policy"),
     "online": TaskEntry("online", "mmpo.training.online:OnlineConfig", "mmpo.training.online:train_online", "policy"),
 }
+"""Every training task by name (``mmpo rm``, ``mmpo dpo``, ``mmpo online``, ``mmpo compare --kind``)."""
 
 
 def task(name: str) -> TaskEntry:
@@ -103,7 +104,7 @@ def train_task(name: str, config: Any, data: Any = None, **overrides: Any) -> An
     if isinstance(config, (str, Path)):
         from mmpo.recipes import check_recipe_kind
 
-        check_recipe_kind(config, f"the {name} task", (name,))
+        check_recipe_kind(config, f"mmpo.{entry.train.__name__}", (name,))
         loaded = load_config(cls, config, values)
     elif isinstance(config, dict):
         loaded = load_config(cls, None, {**config, **values})
