@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -346,3 +347,14 @@ def test_reference_cache_key_sees_revision_and_quantisation(tiny_model_dir):
     assert len(set(keys)) == len(keys) and key(revision="v1") == keys[1]
     # another ref_model is loaded without the policy's revision: that revision is not part of its key
     assert key(ref_model=str(tiny_model_dir), revision="v1") == key(ref_model=str(tiny_model_dir)) == keys[0]
+
+
+def test_data_report_is_printed_by_the_first_process_only(tmp_path, tiny_model_dir, pair_file, capsys, monkeypatch):
+    config = dpo_config(tmp_path, tiny_model_dir, pair_file(8), max_steps=1)
+    monkeypatch.setenv("RANK", "1")  # another rank of a launch: it prepares the same data, silently
+    report = re.compile(r"^data .*, kept \d+ pairs", re.M)
+    build_run(PolicyTask(), config)
+    assert not report.search(capsys.readouterr().out)
+    monkeypatch.setenv("RANK", "0")
+    build_run(PolicyTask(), config)
+    assert report.search(capsys.readouterr().out)
