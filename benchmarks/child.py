@@ -210,7 +210,8 @@ def total_steps(spec: dict[str, Any]) -> int:
 
 
 def run_mmpo(spec: dict[str, Any]) -> None:
-    from mmpo.config import DPOConfig, RMConfig, load_config
+    from mmpo.config import load_config
+    from mmpo.training.tasks import task
 
     overrides = {
         "model": spec["model_path"],
@@ -226,14 +227,8 @@ def run_mmpo(spec: dict[str, Any]) -> None:
         "eval_split": 0.0,  # every pair is trained on, as on the TRL side (which is given no eval set)
         **spec.get("mmpo_overrides", {}),
     }
-    if spec["task"] == "dpo":
-        from mmpo.training.dpo import train_policy
-
-        train_policy(load_config(DPOConfig, overrides=overrides))
-    else:
-        from mmpo.training.rm import train_reward_model
-
-        train_reward_model(load_config(RMConfig, overrides=overrides))
+    entry = task(spec["task"])
+    entry.train(load_config(entry.config_class, overrides=overrides))
 
 
 def run_trl(spec: dict[str, Any]) -> None:

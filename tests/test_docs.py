@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -37,6 +39,18 @@ def test_readme_python_example_runs_and_its_gradient_is_sigmoid_h_minus_p():
     h = (r_chosen - r_rejected).detach()
     assert torch.allclose(p, torch.sigmoid(0.5 * torch.tensor([7.0, 1.0, 0.0])))
     assert torch.allclose(r_chosen.grad, (torch.sigmoid(h) - p) / len(p), atol=1e-6)
+
+
+@pytest.mark.integration
+def test_readme_training_example_trains_the_embedded_model(tmp_path, monkeypatch):
+    """README's second Python block: a two-step reward-model run from a recipe and in-memory rows."""
+    blocks = _python_blocks((REPO / "README.md").read_text())
+    assert "train_reward_model" in blocks[1]
+    monkeypatch.chdir(tmp_path)  # the example's relative output_dir
+    namespace: dict = {}
+    exec(compile(blocks[1], "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    summary = namespace["summary"]
+    assert summary.global_step == 2 and (Path(summary.output_dir) / "config.json").exists()
 
 
 def test_quickstart_python_example_runs():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from mmpo.config import DPOConfig, load_config
 from mmpo.errors import UserError
 from mmpo.models.logps import response_logps
 from mmpo.models.reference import cached_reference_logps, model_identity, resolve_reference_mode
-from mmpo.training.dpo import build_policy_run, policy_loss, policy_rewards, train_policy
+from mmpo.training.dpo import PolicyTask, policy_loss, policy_rewards, train_policy
+from mmpo.training.run import build_run
 
 torch.set_num_threads(1)
 
@@ -123,7 +125,7 @@ def test_trainer_loss_equals_formula_with_a_live_reference_model(tmp_path, tiny_
 
     # Two rows per pair, to compare with response_logps (the shared layout is compared in test_prefix_sharing.py).
     config = dpo_config(tmp_path, tiny_model_dir, pair_file(24), reference="model", ref_model=str(other_model_dir), prefix_sharing=False)
-    run = build_policy_run(config)
+    run = build_run(PolicyTask(), config)
     batch = next(iter(run.trainer.get_train_dataloader()))
     loss = run.trainer.compute_loss(run.trainer.model, batch).item()
 
@@ -149,14 +151,14 @@ def test_precomputed_reference_gives_the_live_reference_step_one_loss(tmp_path, 
     live = train_policy(dpo_config(tmp_path, tiny_model_dir, data, "live", reference="model", **common))
     pre = train_policy(dpo_config(tmp_path, tiny_model_dir, data, "pre", reference="precomputed", **common))
     same_ref = train_policy(dpo_config(tmp_path, tiny_model_dir, data, "self", reference="precomputed", max_steps=1))
-    assert live["reference"] == "model" and pre["reference"] == "precomputed"
-    first = {name: read_metrics(r["output_dir"])[0] for name, r in (("live", live), ("pre", pre), ("self", same_ref))}
+    assert live.details["reference"] == "model" and pre.details["reference"] == "precomputed"
+    first = {name: read_metrics(r.output_dir)[0] for name, r in (("live", live), ("pre", pre), ("self", same_ref))}
     for key in ("loss", "train_margin", "train_logratio_chosen", "train_logratio_rejected"):
         assert first["pre"][key] == pytest.approx(first["live"][key], rel=1e-4, abs=1e-5), key
     # The comparison has teeth: a different reference gives a different step-one loss.
     assert abs(first["self"]["train_margin"]) < 1e-4 < abs(first["live"]["train_margin"])
-    for key in ("eval_accuracy", "eval_ece", "eval_nll", "eval_logratio_chosen"):
-        assert pre["eval"][key] == pytest.approx(live["eval"][key], rel=1e-4, abs=1e-5), key
+    for key in ("accuracy", "ece", "nll", "logratio_chosen"):
+        assert pre.metrics[key] == pytest.approx(live.metrics[key], rel=1e-4, abs=1e-5), key
 
 
 class _CountingModel(torch.nn.Module):
@@ -218,9 +220,9 @@ def test_train_policy_rerun_reuses_the_reference_cache(tmp_path, tiny_model_dir,
     data = pair_file(20)
     first = train_policy(dpo_config(tmp_path, tiny_model_dir, data, "a", reference="precomputed", max_steps=1))
     second = train_policy(dpo_config(tmp_path, tiny_model_dir, data, "b", reference="precomputed", max_steps=1))
-    assert {s: first["reference_cache"][s]["from_cache"] for s in ("train", "eval")} == {"train": False, "eval": False}
-    assert {s: second["reference_cache"][s]["from_cache"] for s in ("train", "eval")} == {"train": True, "eval": True}
-    assert second["reference_cache"]["train"]["path"] == first["reference_cache"]["train"]["path"]
+    assert {s: first.details["reference_cache"][s]["from_cache"] for s in ("train", "eval")} == {"train": False, "eval": False}
+    assert {s: second.details["reference_cache"][s]["from_cache"] for s in ("train", "eval")} == {"train": True, "eval": True}
+    assert second.details["reference_cache"]["train"]["path"] == first.details["reference_cache"]["train"]["path"]
 
 
 # --- LoRA, resume, saving ------------------------------------------------------------------------------------
@@ -229,8 +231,8 @@ def test_lora_run_changes_only_adapter_weights_and_adapter_reference_is_the_base
     from transformers import AutoModelForCausalLM
 
     config = dpo_config(tmp_path, tiny_model_dir, pair_file(24), lora_r=4, lora_alpha=8, max_steps=3, learning_rate=5e-2, prefix_sharing=False)
-    run = build_policy_run(config)
-    assert run.reference_mode == "adapter"
+    run = build_run(PolicyTask(), config)
+    assert run.task.reference_mode == "adapter"
     model = run.trainer.model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     run.trainer.train()
@@ -254,14 +256,14 @@ def test_lora_run_changes_only_adapter_weights_and_adapter_reference_is_the_base
 def test_kill_and_resume_continues_from_the_last_checkpoint(tmp_path, tiny_model_dir, pair_file):
     data = pair_file(24)
     first = train_policy(dpo_config(tmp_path, tiny_model_dir, data, max_steps=4, save_steps=2))
-    assert first["resumed_from"] is None and first["global_step"] == 4
-    assert (Path(first["output_dir"]) / "checkpoint-2" / "trainer_state.json").exists()
+    assert first.resumed_from is None and first.global_step == 4
+    assert (Path(first.output_dir) / "checkpoint-2" / "trainer_state.json").exists()
     # As if killed while step 4 was being saved: checkpoint-2 is the last complete one, no final results.
-    shutil.rmtree(Path(first["output_dir"]) / "checkpoint-4")
-    (Path(first["output_dir"]) / "eval_results.json").unlink()
+    shutil.rmtree(Path(first.output_dir) / "checkpoint-4")
+    (Path(first.output_dir) / "eval_results.json").unlink()
     second = train_policy(dpo_config(tmp_path, tiny_model_dir, data, max_steps=4, save_steps=2))
-    assert second["resumed_from"] == os.path.join(first["output_dir"], "checkpoint-2")
-    state = json.loads((Path(first["output_dir"]) / "checkpoint-4" / "trainer_state.json").read_text())
+    assert second.resumed_from == os.path.join(first.output_dir, "checkpoint-2")
+    state = json.loads((Path(first.output_dir) / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
     # Steps 1-2 were trained once (in the first run); the second run only added steps 3-4.
     train_steps = [e["step"] for e in state["log_history"] if "loss" in e]
@@ -275,7 +277,7 @@ def test_saved_policy_loads_with_from_pretrained(tmp_path, tiny_model_dir, pair_
     config = dpo_config(tmp_path, tiny_model_dir, pair_file(16), lora_r=4, max_steps=2, learning_rate=5e-2, merge_lora=merge_lora)
     summary = train_policy(config)
     out = Path(config.output_dir)
-    assert summary["saved"] == ("merged" if merge_lora else "adapter")
+    assert summary.saved == ("merged" if merge_lora else "adapter")
     assert (out / ("model.safetensors" if merge_lora else "adapter_model.safetensors")).exists()
     for name in ("eval_results.json", "eval_scores.jsonl", "config.yaml", "data_report.json", "metrics.jsonl"):
         assert (out / name).exists(), name
@@ -301,9 +303,9 @@ def test_saved_policy_loads_with_from_pretrained(tmp_path, tiny_model_dir, pair_
 
 def test_reference_free_simpo_run(tmp_path, tiny_model_dir, pair_file):
     summary = train_policy(dpo_config(tmp_path, tiny_model_dir, pair_file(16), loss="simpo_mmpo", simpo_margin=0.2, max_steps=1))
-    assert summary["reference"] == "none"
-    assert "eval_logratio_chosen" not in summary["eval"] and "eval_policy_chosen_logps" in summary["eval"]
-    assert summary["eval"]["eval_policy_chosen_logps"] < 0
+    assert summary.details["reference"] == "none"
+    assert "logratio_chosen" not in summary.metrics and "policy_chosen_logps" in summary.metrics
+    assert summary.metrics["policy_chosen_logps"] < 0
 
 
 def test_none_reference_with_a_reference_loss_is_a_user_error(tmp_path, tiny_model_dir, pair_file):
@@ -320,8 +322,8 @@ def test_embedded_model_lora_dpo_end_to_end(tmp_path, pair_file):
         per_device_train_batch_size=2, per_device_eval_batch_size=4, max_length=128, learning_rate=1e-4, beta=0.1,
     )
     summary = train_policy(config)
-    assert summary["reference"] == "adapter" and summary["global_step"] == 2
-    assert 0.0 <= summary["eval"]["eval_accuracy"] <= 1.0
+    assert summary.details["reference"] == "adapter" and summary.global_step == 2
+    assert 0.0 <= summary.metrics["accuracy"] <= 1.0
     tokenizer = AutoTokenizer.from_pretrained(config.output_dir)
     model = AutoModelForCausalLM.from_pretrained(config.output_dir)
     inputs = tokenizer.apply_chat_template([{"role": "user", "content": "Say hi."}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -345,3 +347,14 @@ def test_reference_cache_key_sees_revision_and_quantisation(tiny_model_dir):
     assert len(set(keys)) == len(keys) and key(revision="v1") == keys[1]
     # another ref_model is loaded without the policy's revision: that revision is not part of its key
     assert key(ref_model=str(tiny_model_dir), revision="v1") == key(ref_model=str(tiny_model_dir)) == keys[0]
+
+
+def test_data_report_is_printed_by_the_first_process_only(tmp_path, tiny_model_dir, pair_file, capsys, monkeypatch):
+    config = dpo_config(tmp_path, tiny_model_dir, pair_file(8), max_steps=1)
+    monkeypatch.setenv("RANK", "1")  # another rank of a launch: it prepares the same data, silently
+    report = re.compile(r"^data .*, kept \d+ pairs", re.M)
+    build_run(PolicyTask(), config)
+    assert not report.search(capsys.readouterr().out)
+    monkeypatch.setenv("RANK", "0")
+    build_run(PolicyTask(), config)
+    assert report.search(capsys.readouterr().out)

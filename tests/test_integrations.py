@@ -127,7 +127,7 @@ def rm_run(tiny_model_dir, graded_rows, write_jsonl, tmp_path_factory):
     config = _config(RMConfig, tiny_model_dir, data, root / "out", max_steps=3, save_steps=2, report_to="tensorboard")
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        results = train_reward_model(config)
+        results = train_reward_model(config).metrics
     return config, results, Path(config.output_dir), out.getvalue(), err.getvalue()
 
 
@@ -201,7 +201,7 @@ def test_console_output_is_clean(rm_run):
     log_lines = [line for line in console.replace("\r", "\n").splitlines() if "step 1/3: loss" in line]
     assert log_lines and "'" not in log_lines[0]  # numbers, not quoted strings
     assert f"held-out ({results['n']} pairs, step 3): " in stdout
-    assert f"saved the reward model to {out} (card: README.md" in stdout
+    assert f"saved the reward model (full) to {out} (card: README.md" in stdout
     assert not (out / ".staging").exists()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
 

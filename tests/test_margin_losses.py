@@ -315,7 +315,8 @@ TINY = ["--max_length", "96", "--per_device_train_batch_size", "4", "--per_devic
 
 def test_odpo_policy_trains_through_mmpo_dpo(tmp_path, monkeypatch, tiny_model_dir, graded_rows, write_jsonl):
     from mmpo.cli.main import main
-    from mmpo.training.dpo import build_policy_run
+    from mmpo.training.dpo import PolicyTask
+    from mmpo.training.run import build_run
 
     monkeypatch.setenv("MMPO_CACHE", str(tmp_path / "cache"))
     rows = graded_rows(16, seed=1)
@@ -326,7 +327,7 @@ def test_odpo_policy_trains_through_mmpo_dpo(tmp_path, monkeypatch, tiny_model_d
               "beta": 0.5, "learning_rate": 1e-3, "max_prompt_length": 64, "reference": "precomputed"}
     # Before training the policy is its reference (h = 0): the trainer's loss is ODPO's with h = 0, which
     # reads each pair's score margin.
-    run = build_policy_run(load_config(DPOConfig, overrides={
+    run = build_run(PolicyTask(), load_config(DPOConfig, overrides={
         **values, "output_dir": str(tmp_path / "before"), "max_length": 96, "bf16": False}))
     before = run.trainer.evaluate()["eval_loss"]
     margins = [r["score_chosen"] - r["score_rejected"] for r in rows]

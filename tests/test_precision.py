@@ -74,7 +74,7 @@ def test_bf16_reward_model_run_autocasts_and_saves_float32(tiny_model_dir, pair_
             max_length=96, per_device_train_batch_size=4, per_device_eval_batch_size=8, max_steps=2,
             logging_steps=1, learning_rate=1e-3, bf16=True,
         ))
-        results = rm.train_reward_model(config)
+        results = rm.train_reward_model(config).metrics
     finally:
         rm.build_model = real_build
     # training ran under bfloat16 autocast over float32 weights; the final held-out pass (12 pairs, 2 batches),
@@ -102,7 +102,7 @@ def test_bf16_lora_policy_is_saved_in_float32(tiny_model_dir, pair_file, tmp_pat
         learning_rate=1e-3, eval_split=0.25, lora_r=4, lora_alpha=8, bf16=True, reference="precomputed",
     ))
     summary = train_policy(config)
-    assert summary["saved"] == "merged"
+    assert summary.saved == "merged"
     # the precomputed reference ran under the same autocast (it is part of the cache key)
     meta = json.loads(next((tmp_path / "cache" / "reference_logps").glob("*/meta.json")).read_text())
     assert meta["settings"]["autocast_bf16"] is True

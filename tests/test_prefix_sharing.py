@@ -431,7 +431,8 @@ LAYOUTS = [dict(prefix_sharing=False), dict(prefix_sharing=True, packing=False),
 
 def test_policy_trainer_step_and_precomputed_reference_agree_across_layouts(tmp_path, tiny_model_dir, pair_file, monkeypatch):
     from mmpo.config import DPOConfig, load_config
-    from mmpo.training.dpo import build_policy_run
+    from mmpo.training.dpo import PolicyTask
+    from mmpo.training.run import build_run
 
     data = pair_file(n=16, seed=5)
     losses, references, collators = [], [], []
@@ -442,9 +443,8 @@ def test_policy_trainer_step_and_precomputed_reference_agree_across_layouts(tmp_
             per_device_train_batch_size=6, max_steps=1, beta=0.5, gamma=0.5, eval_split=0.25, bf16=False,
             reference="precomputed", **layout,
         ))
-        run = build_policy_run(config)
-        collate = run.trainer.data_collator.collate
-        collators.append(type(collate).__name__ + ("+pack" if getattr(collate, "pack", False) else ""))
+        run = build_run(PolicyTask(), config)
+        collators.append(type(run.trainer.data_collator).__name__ + ("+pack" if getattr(run.trainer.data_collator, "pack", False) else ""))
         references.append(torch.tensor([[f["reference_chosen_logps"], f["reference_rejected_logps"]] for f in run.train_features]))
         batch = run.trainer._prepare_inputs(next(iter(run.trainer.get_train_dataloader())))
         losses.append(run.trainer.compute_loss(run.trainer.model, batch).detach())

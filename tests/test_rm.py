@@ -91,7 +91,7 @@ def trained_run(tiny_model_dir, graded_rows, write_jsonl, tmp_path_factory):
     out = root / "out"
     config = rm_config(tiny_model_dir, data, out, eval_data=str(shutil.copy(data, root / "held-out.jsonl")), allow_eval_overlap=True,
                        max_steps=30, eval_steps=15, save_steps=15)
-    results = train_reward_model(config)
+    results = train_reward_model(config).metrics
     return config, results, out
 
 
@@ -151,7 +151,7 @@ def test_lora_run_saves_a_merged_model(tiny_model_dir, tiny_tokenizer, pair_file
     out = tmp_path / "lora"
     config = rm_config(tiny_model_dir, data, out, eval_data=str(shutil.copy(data, tmp_path / "held-out.jsonl")), allow_eval_overlap=True,
                        lora_r=4, lora_alpha=8, max_steps=6)
-    results = train_reward_model(config)
+    results = train_reward_model(config).metrics
     assert not (out / "adapter_config.json").exists()
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     base = load_reward_model(str(tiny_model_dir), tiny_tokenizer)
@@ -213,7 +213,7 @@ def test_embedded_reward_model_trains_and_evaluates(pair_file, tmp_path):
         output_dir=str(out), max_length=64, max_steps=2,
         per_device_train_batch_size=2, per_device_eval_batch_size=6, learning_rate=1e-4, lora_r=4, logging_steps=1,
     ))
-    results = train_reward_model(config)
+    results = train_reward_model(config).metrics
     assert results["n"] == 6 and 0.0 <= results["accuracy"] <= 1.0 and math.isfinite(results["nll"])
     assert not (out / "adapter_config.json").exists()
     scores_file = tmp_path / "scores.jsonl"

@@ -54,7 +54,7 @@ def test_rerun_with_other_settings_is_refused_with_the_keys_and_ways_out(tiny_mo
     assert ((out / "config.yaml").read_text(), (out / "metrics.jsonl").read_text()) == before  # untouched
 
     # The ways out: start over in the same directory.
-    results = train_reward_model(rm_config(tiny_model_dir, other_data, out, gamma=2.0, loss="bt", overwrite_output_dir=True))
+    results = train_reward_model(rm_config(tiny_model_dir, other_data, out, gamma=2.0, loss="bt", overwrite_output_dir=True)).metrics
     assert load_config(RMConfig, out / "config.yaml").loss == "bt"
     assert [r["step"] for r in logged(out) if "loss" in r] == [1, 2] and results["step"] == 2
     train_reward_model(rm_config(tiny_model_dir, data, out, resume=False))
@@ -64,11 +64,11 @@ def test_rerun_with_other_settings_is_refused_with_the_keys_and_ways_out(tiny_mo
 
 def test_a_finished_run_is_reused_even_with_other_bookkeeping(tiny_model_dir, pair_file, tmp_path, capsys):
     data, out = pair_file(24), tmp_path / "run"
-    first = train_reward_model(rm_config(tiny_model_dir, data, out))
+    first = train_reward_model(rm_config(tiny_model_dir, data, out)).metrics
     lines = (out / "metrics.jsonl").read_text()
     capsys.readouterr()
     again = train_reward_model(rm_config(tiny_model_dir, data, out, logging_steps=5, save_steps=10,
-                                         per_device_eval_batch_size=2, save_total_limit=1))
+                                         per_device_eval_batch_size=2, save_total_limit=1)).metrics
     assert again == first and first["step"] == 2
     assert "holds this run, finished at step 2: reusing it" in capsys.readouterr().out
     assert checkpoints(out) == ["checkpoint-1", "checkpoint-2"]  # no step 3
@@ -91,7 +91,7 @@ def test_a_kill_during_the_final_evaluation_then_a_rerun_ends_at_max_steps(tiny_
         RewardTrainer.save_eval_scores = original
     assert checkpoints(out) == ["checkpoint-1", "checkpoint-2"] and not (out / "eval_results.json").exists()
 
-    results = train_reward_model(rm_config(tiny_model_dir, data, out))
+    results = train_reward_model(rm_config(tiny_model_dir, data, out)).metrics
     assert results["step"] == 2 and checkpoints(out) == ["checkpoint-1", "checkpoint-2"]
     records = logged(out)
     assert [r["step"] for r in records if "loss" in r] == [1, 2]  # no third step, no step logged twice

@@ -272,9 +272,9 @@ def test_runs_with_and_without_the_cache_agree_and_resume_reloads_it(kind, four_
 
     def run(name, **overrides):
         if kind == "rm":
-            results = train_reward_model(load_config(RMConfig, None, run_values(kind, four_block_dir, data, tmp_path / name, **overrides)))
+            results = train_reward_model(load_config(RMConfig, None, run_values(kind, four_block_dir, data, tmp_path / name, **overrides))).metrics
         else:
-            results = train_policy(load_config(DPOConfig, None, run_values(kind, four_block_dir, data, tmp_path / name, **overrides)))["eval"]
+            results = train_policy(load_config(DPOConfig, None, run_values(kind, four_block_dir, data, tmp_path / name, **overrides))).metrics
         return results, capsys.readouterr().out
 
     plain, out = run("plain", trunk_cache=False, prefix_sharing=False)  # the same rows as the cached run

@@ -10,11 +10,12 @@ ACCEPTS_OVERRIDES = {"rm": True, "dpo": True}
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     # The recipe path is taken from the leftover tokens (see split_recipe): an argparse positional would
     # swallow the value of an override such as `--model DIR` given before it.
-    from mmpo.config import DPOConfig, RMConfig, help_listing
+    from mmpo.config import help_listing
+    from mmpo.training.tasks import task
 
     p.usage = f"mmpo {name} [CONFIG.yaml] [--key value ...]"
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.description = help_listing(RMConfig if name == "rm" else DPOConfig)
+    p.description = help_listing(task(name).config_class)
     p.epilog = EPILOGS[name]
 
 
@@ -36,20 +37,13 @@ def split_recipe(tokens: list[str]) -> tuple[str | None, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmpo.config import DPOConfig, RMConfig, load_config
+    from mmpo.config import load_config
     from mmpo.recipes import check_recipe_kind
+    from mmpo.training.tasks import task
 
     recipe, _ = split_recipe(args.extra)
     if recipe is not None:
         check_recipe_kind(recipe, f"mmpo {args._name}", (args._name,))
-    if args._name == "rm":
-        from mmpo.training.rm import train_reward_model
-
-        config = load_config(RMConfig, *split_recipe(args.extra))
-        train_reward_model(config)
-    else:
-        from mmpo.training.dpo import train_policy
-
-        config = load_config(DPOConfig, *split_recipe(args.extra))
-        train_policy(config)
+    entry = task(args._name)
+    entry.train(load_config(entry.config_class, *split_recipe(args.extra)))
     return 0

@@ -88,10 +88,11 @@ def choose_kind(explicit: str | None, recipe: str | Path | None, losses: list[st
     reward-model-only and policy-only losses.
     """
     from mmpo.recipes import KIND_NAMES, recipe_kind
+    from mmpo.training.tasks import TASKS
 
     if explicit:
         return explicit, f"--kind {explicit}"
-    trains = {"rm": losses_for("rm"), "dpo": losses_for("policy"), "online": losses_for("policy")}
+    trains = {name: losses_for(entry.loss_kind) for name, entry in TASKS.items()}
     models = {"rm": "reward models", "dpo": "policies"}
     kind, why = recipe_kind(recipe) if recipe is not None else (None, "")
     if kind is not None:
@@ -142,25 +143,19 @@ def train_or_reuse(kind: str, recipe: str | Path | None, overrides: dict[str, An
     An unfinished run resumes from its last complete checkpoint (``resume: auto``); a directory holding a run
     with other settings is refused (:func:`mmpo.training.run_dir.plan_run`).
     """
-    from mmpo.config import DPOConfig, RMConfig, load_config
-
+    from mmpo.config import load_config
     from mmpo.training.run_dir import plan_run
+    from mmpo.training.tasks import task
 
-    config = load_config(RMConfig if kind == "rm" else DPOConfig, recipe, overrides)
+    entry = task(kind)
+    config = load_config(entry.config_class, recipe, overrides)
     out = Path(config.output_dir)
     # plan_run refuses a directory that holds a run with other settings, so a changed recipe is never "reused".
     if plan_run(config).finished is not None and finished_results(out) is not None:
         print(f"== {out.name}: finished earlier, reusing {out}", flush=True)
         return out
     print(f"== {out.name}: training (loss {config.loss}, seed {config.seed})", flush=True)
-    if kind == "rm":
-        from mmpo.training.rm import train_reward_model
-
-        train_reward_model(config)
-    else:
-        from mmpo.training.dpo import train_policy
-
-        train_policy(config)
+    entry.train(config)
     return out
 
 
@@ -493,11 +488,12 @@ def run_compare(kind: str | None, recipe: str | Path | None, losses: list[str], 
 def train_or_reuse_online(recipe: str | Path | None, overrides: dict[str, Any]) -> Path:
     """Run (or continue; finished rounds are read back) one `mmpo online` run; returns its directory."""
     from mmpo.config import load_config
-    from mmpo.training.online import OnlineConfig, train_online
+    from mmpo.training.tasks import task
 
-    config = load_config(OnlineConfig, recipe, overrides)
+    entry = task("online")
+    config = load_config(entry.config_class, recipe, overrides)
     print(f"== {Path(config.output_dir).name}: online rounds (loss {config.loss}, seed {config.seed})", flush=True)
-    train_online(config)
+    entry.train(config)
     return Path(config.output_dir)
 
 

@@ -30,13 +30,14 @@ def run_sweep(kind: str, recipe: str | None, gammas: list[float | None], overrid
     with its 95% interval, and each gamma's paired difference from the best one gets the same interval
     (:mod:`mmpo.reports.intervals`, as in `mmpo compare`).
     """
-    from mmpo.config import DPOConfig, RMConfig, load_config, parse_overrides
+    from mmpo.config import load_config, parse_overrides
     from mmpo.reports.compare import write_report
     from mmpo.reports.comparison import check_same_truth, train_or_reuse
     from mmpo.reports.intervals import distinguishable, few_seeds_warning, mean_interval, method_for, paired_difference
 
-    cls = RMConfig if kind == "rm" else DPOConfig
-    base = load_config(cls, recipe, overrides)
+    from mmpo.training.tasks import task
+
+    base = load_config(task(kind).config_class, recipe, overrides)
     if base.eval_gamma == "same" and len(set(gammas)) > 1:
         raise UserError("mmpo sweep: eval_gamma is 'same', so each gamma would be scored against its own held-out truth; "
                         "set eval_gamma (a number > 0, e.g. 1, or none) to score every gamma against one")

@@ -43,9 +43,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import os
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -53,15 +50,13 @@ import numpy as np
 import torch
 
 from mmpo.config import DPOConfig, check_loss
-from mmpo.data.pipeline import PreparedData, prepare_data
+from mmpo.data.pipeline import PreparedData
 from mmpo.errors import UserError
 from mmpo.evaluation.metrics import pair_metrics
-from mmpo.host_memory import prepare_host
 from mmpo.losses import LOSSES, LossSettings, dpo_logits, needs_reference, simpo_logits
 from mmpo.models.embedded import resolve_model_path
 from mmpo.models.loading import (
     get_lora_model,
-    load_tokenizer,
     lora_config,
     model_load_kwargs,
     prepare_quantized_for_lora,
@@ -69,20 +64,15 @@ from mmpo.models.loading import (
     trainable_summary,
 )
 from mmpo.models.policy import freeze, load_causal_lm, save_policy
-from mmpo.models.batching import pair_batching
 from mmpo.models.reference import (
     attach_reference_logps,
     cached_reference_logps,
     model_identity,
     resolve_reference_mode,
 )
-from mmpo.models.trunk_cache import build_trunk_cache
-from mmpo.training.args import training_arguments, use_bf16
-from mmpo.training.base import PairTrainer, final_results, run_summary
-from mmpo.training.card import push_final_model, write_model_card
-from mmpo.training.run_dir import RESULTS_FILE, RunFiles, finish_run_dir, plan_run, save_run_config, write_results
-
-EVAL_RESULTS_FILE = RESULTS_FILE
+from mmpo.training.args import use_bf16
+from mmpo.training.base import PairTrainer
+from mmpo.training.run import Task, TrainSummary, train
 
 
 # --- the math on recorded log-probs ------------------------------------------------------------------------
@@ -273,21 +263,7 @@ class PolicyTrainer(PairTrainer):
         return loss, torch.stack(columns, dim=1).detach(), self.pair_labels(inputs)
 
 
-# --- putting a run together ----------------------------------------------------------------------------------
-
-@dataclass
-class PolicyRun:
-    """Everything :func:`build_policy_run` sets up; :func:`train_policy` trains and saves it."""
-
-    config: DPOConfig
-    trainer: PolicyTrainer
-    tokenizer: Any
-    data: PreparedData
-    reference_mode: str
-    train_features: list[dict[str, Any]]
-    eval_features: list[dict[str, Any]]
-    reference_cache: dict[str, dict[str, Any]] = field(default_factory=dict)
-
+# --- the policy task -----------------------------------------------------------------------------------------
 
 def _model_dtype(config: DPOConfig, bf16: bool) -> torch.dtype | str:
     # `dtype` set: as asked. Else a frozen LoRA base can live in bf16; fully trained weights stay float32
@@ -349,136 +325,97 @@ def _precompute(config: DPOConfig, model: torch.nn.Module, dtype: torch.dtype, b
     return out, info
 
 
-def build_policy_run(config: DPOConfig) -> PolicyRun:
-    """Tokenizer, data (with its report written), model (+LoRA), reference and trainer for ``config``."""
-    from transformers import set_seed
+class PolicyTask(Task):
+    """A causal-LM policy: the reference (frozen copy, LoRA base or precomputed log-probs) is set up with the
+    model; the final evaluation runs in the training precision (see :mod:`mmpo.training.run`)."""
 
-    config.validate()
-    prepare_host(config)
-    set_seed(config.seed)
-    mode = resolve_reference_mode(config.loss, config.reference, config.lora_r, config.ref_model)
-    bf16 = use_bf16(config.bf16)
-    tokenizer = load_tokenizer(config.tokenizer or config.model, config.revision if not config.tokenizer else None, config.trust_remote_code)
-    data = prepare_data(config, tokenizer)
-    print(data.render())
-    if not data.train:
-        raise UserError(f"no training pairs left from {config.data!r} (see the data report above)")
+    loss_kind = "policy"
+    card_kind = "policy"
+    what = "policy"
+    trainer_class = PolicyTrainer
+    final_eval_float32 = False
 
-    dtype = _model_dtype(config, bf16)
-    model = load_causal_lm(config.model, **model_load_kwargs(config, dtype))
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    model.config.use_cache = False  # no generation during training; the KV cache only costs memory
+    def __init__(self) -> None:
+        self.reference_mode = "none"
+        self.reference_model: torch.nn.Module | None = None
+        self.reference_cache: dict[str, dict[str, Any]] = {}
+        self.train_features: list[dict[str, Any]] = []
+        self.eval_features: list[dict[str, Any]] = []
 
-    train_features, eval_features = data.train, data.eval
-    reference_model = None
-    cache_info: dict[str, dict[str, Any]] = {}
-    if mode == "precomputed":
-        splits = {"train": train_features}
-        if eval_features:
-            splits["eval"] = eval_features
-        with_ref, cache_info = _precompute(config, model, dtype, bf16, splits, tokenizer.pad_token_id)
-        train_features, eval_features = with_ref["train"], with_ref.get("eval", [])
-    elif mode == "model":
-        reference_model = freeze(
-            load_causal_lm(config.ref_model, **_reference_load_kwargs(config, dtype)) if config.ref_model else copy.deepcopy(model)
-        )
+    def build_model(self, config: DPOConfig, tokenizer: Any, data: PreparedData) -> Any:
+        """The policy (+LoRA) and its reference; precomputed reference log-probs are attached to the features."""
+        mode = self.reference_mode = resolve_reference_mode(config.loss, config.reference, config.lora_r, config.ref_model)
+        bf16 = use_bf16(config.bf16)
+        dtype = _model_dtype(config, bf16)
+        model = load_causal_lm(config.model, **model_load_kwargs(config, dtype))
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        model.config.use_cache = False  # no generation during training; the KV cache only costs memory
 
-    if config.lora_r > 0:
-        model = prepare_quantized_for_lora(model, config)  # QLoRA: a 4/8-bit base
-        model = get_lora_model(model, lora_config(config, "CAUSAL_LM", model=model))
-        print(trainable_summary(model, config))
+        self.train_features, self.eval_features = data.train, data.eval
+        if mode == "precomputed":
+            splits = {"train": self.train_features}
+            if self.eval_features:
+                splits["eval"] = self.eval_features
+            with_ref, self.reference_cache = _precompute(config, model, dtype, bf16, splits, tokenizer.pad_token_id)
+            self.train_features, self.eval_features = with_ref["train"], with_ref.get("eval", [])
+        elif mode == "model":
+            self.reference_model = freeze(
+                load_causal_lm(config.ref_model, **_reference_load_kwargs(config, dtype)) if config.ref_model else copy.deepcopy(model)
+            )
 
-    extra_args: dict[str, Any] = {}
-    if not eval_features:
-        extra_args["eval_strategy"] = "no"
-    args = training_arguments(config, **extra_args)
-    # A cached trunk needs one sequence per row: it takes the place of prefix sharing / packing for this run.
-    trunk = build_trunk_cache(config, model, "policy", bf16)
-    trainer = PolicyTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_features,
-        eval_dataset=eval_features or None,
-        data_collator=pair_batching(
-            model, tokenizer.pad_token_id, config.prefix_sharing and trunk is None, config.max_length, reference_model,
-            packing=config.packing if trunk is None else False,
-        ),
-        processing_class=tokenizer,
-        loss=config.loss,
-        beta=config.beta,
-        simpo_margin=config.simpo_margin,
-        label_smoothing=config.label_smoothing,
-        ipo_logps=config.ipo_logps,
-        loss_settings=LossSettings.from_config(config),
-        reference_mode=mode,
-        reference_model=reference_model,
-        trunk_cache=trunk,
-    )
-    trainer.prefill_trunk_cache(trainer.batch_logps, {"train": train_features, "eval": eval_features})
-    return PolicyRun(config, trainer, tokenizer, data, mode, train_features, eval_features, cache_info)
+        if config.lora_r > 0:
+            model = prepare_quantized_for_lora(model, config)  # QLoRA: a 4/8-bit base
+            model = get_lora_model(model, lora_config(config, "CAUSAL_LM", model=model))
+            print(trainable_summary(model, config))
+        return model
+
+    def features(self, data: PreparedData) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return self.train_features, self.eval_features
+
+    def scored_also(self) -> tuple[Any, ...]:
+        return (self.reference_model,)
+
+    def trainer_kwargs(self, config: DPOConfig) -> dict[str, Any]:
+        return {
+            "loss": config.loss,
+            "beta": config.beta,
+            "simpo_margin": config.simpo_margin,
+            "label_smoothing": config.label_smoothing,
+            "ipo_logps": config.ipo_logps,
+            "loss_settings": LossSettings.from_config(config),
+            "reference_mode": self.reference_mode,
+            "reference_model": self.reference_model,
+        }
+
+    def prefill_forward(self, trainer: PolicyTrainer) -> Any:
+        return trainer.batch_logps
+
+    def save(self, trainer: PolicyTrainer, tokenizer: Any, config: DPOConfig) -> str | None:
+        """The model (LoRA merged into the base when ``merge_lora``, else the adapter) with its tokenizer and
+        chat template, so ``AutoModelForCausalLM.from_pretrained(output_dir)`` loads it."""
+        if trainer.is_deepspeed_enabled:
+            # ZeRO-3 holds shards; Trainer gathers them for saving (merging LoRA is left to a later step).
+            trainer.save_model(config.output_dir)
+            return "deepspeed"
+        if trainer.args.should_save:
+            return save_policy(
+                trainer.accelerator.unwrap_model(trainer.model), tokenizer, config.output_dir, config.merge_lora,
+                config.revision, config.trust_remote_code,
+            )
+        return None
+
+    def details(self) -> dict[str, Any]:
+        return {"reference": self.reference_mode, "reference_cache": self.reference_cache}
 
 
-def train_policy(config: DPOConfig) -> dict[str, Any]:
-    """Train a policy per ``config`` and save it to ``config.output_dir``; returns a summary dict.
+def train_policy(config: DPOConfig) -> TrainSummary:
+    """Train a policy per ``config`` and save it to ``config.output_dir`` (the sequence of
+    :func:`mmpo.training.run.train`); ``summary.details`` holds the ``reference`` mode and ``reference_cache``.
 
     Writes ``config.yaml`` and ``data_report.json`` when training starts, ``checkpoint-N/`` while training (a
     rerun of the same command resumes from the last complete one, or reuses a finished run; see ``resume`` and
-    :mod:`mmpo.training.run_dir`), and at the end the model (LoRA merged into the base when ``merge_lora``, else
-    the adapter) with its tokenizer and chat template, so ``AutoModelForCausalLM.from_pretrained(output_dir)``
-    loads it, plus ``eval_results.json`` (last).
+    :mod:`mmpo.training.run_dir`), and at the end the model with its tokenizer and chat template, plus
+    ``eval_results.json`` (last).
     """
-    config.validate()
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    plan = plan_run(config, main_process)
-    if plan.finished is not None:
-        return {"output_dir": config.output_dir, "loss": config.loss, "reused": True,
-                "global_step": plan.finished.get("step"), "eval": plan.finished}
-    run = build_policy_run(config)
-    trainer = run.trainer
-    resume_from = plan.resume_from
-    # Training starts: only now does output_dir get the run's files, so a run that failed earlier leaves none.
-    if trainer.accelerator.is_main_process:
-        os.makedirs(config.output_dir, exist_ok=True)
-        save_run_config(config, config.output_dir)
-        with open(RunFiles(config.output_dir).data_report, "w") as f:
-            json.dump({split: r.to_dict() for split, r in run.data.reports.items()}, f, indent=2)
-    if resume_from:
-        print(f"resuming from {resume_from}")
-    train_output = trainer.train(resume_from_checkpoint=resume_from)
-    eval_metrics: dict[str, float] = {}
-    if run.eval_features:
-        # One pass over the held-out pairs: metrics plus eval_scores.jsonl (row, h, p, margin) for reports.
-        eval_metrics = trainer.save_eval_scores(run.eval_features)
-        trainer.log(dict(eval_metrics))
-    saved = None
-    if trainer.is_deepspeed_enabled:
-        # ZeRO-3 holds shards; Trainer gathers them for saving (merging LoRA is left to a later step).
-        trainer.save_model(config.output_dir)
-        saved = "deepspeed"
-    elif trainer.accelerator.is_main_process:
-        saved = save_policy(
-            trainer.accelerator.unwrap_model(trainer.model), run.tokenizer, config.output_dir, config.merge_lora,
-            config.revision, config.trust_remote_code,
-        )
-    summary = {
-        "output_dir": config.output_dir,
-        "loss": config.loss,
-        "reference": run.reference_mode,
-        "reference_cache": run.reference_cache,
-        "resumed_from": resume_from,
-        "global_step": trainer.state.global_step,
-        "train": train_output.metrics,
-        "eval": eval_metrics,
-        "saved": saved,
-    }
-    if trainer.accelerator.is_main_process:
-        results = final_results(eval_metrics, trainer.state.global_step) if eval_metrics else {}
-        write_model_card(config.output_dir, config, "policy", results)
-        write_results(config.output_dir, results)  # last: marks the run finished
-        print(run_summary("policy", config.output_dir, results, saved))
-        freed = finish_run_dir(config.output_dir)
-        if freed:
-            print(freed)
-    push_final_model(trainer, config.output_dir)
-    return summary
+    return train(PolicyTask(), config)

@@ -407,10 +407,12 @@ class OnlineRun:
             seed=cfg.seed + r,
         )
         results = RunFiles(self.round_dir(r) / "policy").results
-        summary = train_policy(DPOConfig(**values)) if not results.exists() else {"resumed_from": "finished"}
+        summary = train_policy(DPOConfig(**values)) if not results.exists() else None
         stats = round_training_stats(read_metrics(self.round_dir(r) / "policy"))
         last_step = stats.pop("last_step", None)
-        return {**stats, "train_steps": summary.get("global_step", last_step), "reference": summary.get("reference")}
+        trained = summary is not None and not summary.reused
+        return {**stats, "train_steps": summary.global_step if trained else last_step,
+                "reference": summary.details.get("reference") if trained else None}
 
     def run_round(self, r: int) -> dict[str, Any]:
         cfg = self.config

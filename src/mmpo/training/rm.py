@@ -20,29 +20,16 @@ and ``eval_scores.jsonl`` (one line per held-out pair: row, h, p, margin).
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import torch
-from transformers import set_seed
 
 from mmpo.config import RMConfig, check_loss
-from mmpo.data.pipeline import prepare_data
-from mmpo.errors import UserError
-from mmpo.host_memory import prepare_host
 from mmpo.losses import LOSSES, LossSettings
-from mmpo.models.loading import load_tokenizer, merge_lora_float32, model_load_kwargs, trainable_summary
+from mmpo.models.loading import merge_lora_float32, model_load_kwargs, trainable_summary
 from mmpo.models.reward import add_lora, load_reward_model
-from mmpo.models.batching import pair_batching
-from mmpo.models.trunk_cache import build_trunk_cache
-from mmpo.precision import without_mixed_precision
-from mmpo.training.args import training_arguments, use_bf16
-from mmpo.training.base import PairTrainer, final_results, run_summary
-from mmpo.training.card import push_final_model, write_model_card
-from mmpo.training.run_dir import RESULTS_FILE, RunFiles, finish_run_dir, plan_run, save_run_config, write_results
-
-EVAL_RESULTS_FILE = RESULTS_FILE
+from mmpo.training.base import PairTrainer
+from mmpo.training.run import Task, TrainSummary, train
 
 
 def reward_pair_loss(
@@ -86,8 +73,9 @@ def build_model(config: RMConfig, tokenizer: Any) -> Any:
     return model
 
 
-def save_final_model(trainer: RewardTrainer, tokenizer: Any, output_dir: str, config: RMConfig) -> None:
-    """Save the trained model so ``AutoModelForSequenceClassification.from_pretrained(output_dir)`` loads it.
+def save_final_model(trainer: RewardTrainer, tokenizer: Any, output_dir: str, config: RMConfig) -> str:
+    """Save the trained model so ``AutoModelForSequenceClassification.from_pretrained(output_dir)`` loads it;
+    returns how: ``full`` (no LoRA), ``merged`` or ``adapter``.
 
     A LoRA model is merged into the float32 weights of its backbone first
     (:func:`mmpo.models.loading.merge_lora_float32`). Under DeepSpeed ZeRO-3 the weights are partitioned and
@@ -97,91 +85,46 @@ def save_final_model(trainer: RewardTrainer, tokenizer: Any, output_dir: str, co
     is_peft = hasattr(model, "merge_and_unload")
     if not is_peft:
         trainer.save_model(output_dir)  # handles ZeRO-3 / FSDP gathering; saves the tokenizer too
-        return
+        return "full"
     if trainer.is_deepspeed_enabled and getattr(trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3:
         trainer.save_model(output_dir)
         print(f"note: LoRA under ZeRO-3: saved the adapter in {output_dir}; merge it with peft's merge_and_unload")
-        return
+        return "adapter"
     if trainer.args.should_save:
         merged = merge_lora_float32(model, config.revision, config.trust_remote_code)
         merged.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
     trainer.accelerator.wait_for_everyone()
+    return "merged"
 
 
-def train_reward_model(config: RMConfig) -> dict[str, float]:
-    """Train a reward model as ``config`` says; return the final held-out metrics (``eval_results.json``).
+class RewardModelTask(Task):
+    """A reward model: scalar head, rewards scored in one forward, final evaluation in float32."""
 
-    Keys: n, accuracy, ece, soft_ece, nll, brier (see :mod:`mmpo.evaluation.metrics`), loss (the held-out
-    mean of the training loss) and step. Empty when there is no held-out set. ``output_dir`` is resumed,
-    reused (a finished run with the same settings: its saved results are returned) or refused as
-    :func:`mmpo.training.run_dir.plan_run` says.
+    loss_kind = "rm"
+    card_kind = "reward_model"
+    what = "reward model"
+    trainer_class = RewardTrainer
+    final_eval_float32 = True
+
+    def build_model(self, config: RMConfig, tokenizer: Any, data: Any) -> Any:
+        return build_model(config, tokenizer)
+
+    def trainer_kwargs(self, config: RMConfig) -> dict[str, Any]:
+        return {"loss": config.loss, "loss_settings": LossSettings.from_config(config)}
+
+    def prefill_forward(self, trainer: RewardTrainer) -> Any:
+        return trainer.data_collator.rewards
+
+    def save(self, trainer: RewardTrainer, tokenizer: Any, config: RMConfig) -> str:
+        return save_final_model(trainer, tokenizer, config.output_dir, config)
+
+
+def train_reward_model(config: RMConfig) -> TrainSummary:
+    """Train a reward model as ``config`` says (the sequence of :func:`mmpo.training.run.train`).
+
+    ``summary.metrics`` are the final held-out metrics (``eval_results.json``): n, accuracy, ece, soft_ece,
+    nll, brier (see :mod:`mmpo.evaluation.metrics`), loss (the held-out mean of the training loss) and step;
+    empty when there is no held-out set.
     """
-    config.validate()
-    prepare_host(config)
-    # Under accelerate/torchrun every rank runs this; only the first writes files and prints the report.
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    plan = plan_run(config, main_process)
-    if plan.finished is not None:
-        return plan.finished
-
-    tokenizer = load_tokenizer(config.tokenizer or config.model, config.revision if not config.tokenizer else None, config.trust_remote_code)
-    data = prepare_data(config, tokenizer)
-    if main_process:
-        print(data.render())
-    if not data.train:
-        raise UserError(f"no training pairs left after filtering {config.data!r} (see the data report above)")
-
-    set_seed(config.seed)  # the new reward head's initialisation is part of the run's seed
-    model = build_model(config, tokenizer)
-    extra: dict[str, Any] = {}
-    if not data.eval:
-        print("no held-out pairs: skipping evaluation (set eval_data or eval_split > 0)")
-        extra["eval_strategy"] = "no"
-    # A cached trunk needs one sequence per row: it takes the place of prefix sharing / packing for this run.
-    trunk = build_trunk_cache(config, model, "rm", use_bf16(config.bf16))
-    trainer = RewardTrainer(
-        model=model,
-        args=training_arguments(config, **extra),
-        data_collator=pair_batching(
-            model, tokenizer.pad_token_id, config.prefix_sharing and trunk is None, config.max_length,
-            packing=config.packing if trunk is None else False,
-        ),
-        train_dataset=data.train,
-        eval_dataset=data.eval or None,
-        processing_class=tokenizer,
-        loss=config.loss,
-        loss_settings=LossSettings.from_config(config),
-        trunk_cache=trunk,
-    )
-    trainer.prefill_trunk_cache(trainer.data_collator.rewards, {"train": data.train, "eval": data.eval})
-    # Training starts: only now does output_dir get the run's files, so a run that failed earlier leaves none.
-    if main_process:
-        os.makedirs(config.output_dir, exist_ok=True)
-        save_run_config(config, config.output_dir)
-        with open(RunFiles(config.output_dir).data_report, "w") as f:
-            json.dump({name: r.to_dict() for name, r in data.reports.items()}, f, indent=2)
-    if plan.resume_from:
-        print(f"resuming from {plan.resume_from}")
-    trainer.train(resume_from_checkpoint=plan.resume_from)
-
-    results: dict[str, float] = {}
-    if data.eval:
-        # One more pass over the held-out pairs: metrics plus eval_scores.jsonl (row, h, p, margin) for reports.
-        # In float32 even under bf16 autocast: these describe the saved (float32) model, as `mmpo eval pairs`
-        # and the reward-model grader score it; an autocast reward is rounded to bfloat16 (8 significant bits,
-        # +-0.004 at |r| ~ 1) and its rounding depends on the batch layout (prefix-shared row vs two rows).
-        with without_mixed_precision(trainer.model):
-            final = trainer.save_eval_scores(data.eval)
-        trainer.log(dict(final))
-        results = final_results(final, trainer.state.global_step)
-    save_final_model(trainer, tokenizer, config.output_dir, config)
-    if trainer.args.should_save:
-        write_model_card(config.output_dir, config, "reward_model", results)
-        write_results(config.output_dir, results)  # last: marks the run finished
-        print(run_summary("reward model", config.output_dir, results))
-        freed = finish_run_dir(config.output_dir)
-        if freed:
-            print(freed)
-    push_final_model(trainer, config.output_dir)
-    return results
+    return train(RewardModelTask(), config)
