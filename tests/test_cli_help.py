@@ -147,7 +147,7 @@ def test_recipe_kind_rules(tmp_path):
 
 def test_compare_kind_comes_from_the_recipe_then_the_losses(tmp_path):
     from mmpo.errors import UserError
-    from mmpo.reports.comparison import choose_kind
+    from mmpo.experiments.compare import choose_kind
 
     assert choose_kind(None, "embedded/rm", ["mmpo", "bt"]) == ("rm", "embedded/rm is a reward-model recipe (packaged as embedded/rm)")
     assert choose_kind(None, "embedded/dpo", ["mmpo", "dpo"])[0] == "dpo"
@@ -169,7 +169,7 @@ def test_compare_kind_comes_from_the_recipe_then_the_losses(tmp_path):
 
 
 def test_compare_says_its_kind_and_refuses_a_loss_of_another_kind(tmp_path, monkeypatch, capsys):
-    import mmpo.reports.comparison as comparison
+    import mmpo.experiments.compare as comparison
     from mmpo.errors import UserError
     from mmpo.losses import losses_for
 

@@ -9,7 +9,7 @@ import pytest
 from mmpo.cli.main import main
 from mmpo.errors import UserError
 from mmpo.evaluation.metrics import pair_metrics
-from mmpo.reports.comparison import check_same_truth, compare_values, parse_list, render_table, seed_band
+from mmpo.experiments.compare import check_same_truth, compare_values, parse_list, render_table, seed_band
 from mmpo.reports.intervals import distinguishable, mean_interval, paired_difference, t_quantile_975
 
 
@@ -198,7 +198,7 @@ def _t_interval(x):
 
 
 def test_three_losses_against_a_baseline_json_ranking_and_plot(tmp_path):
-    from mmpo.reports.comparison import baseline_last, summarize
+    from mmpo.experiments.compare import baseline_last, summarize
 
     losses = baseline_last(["mmpo", "dpo", "odpo"], "dpo")
     assert losses == ["mmpo", "odpo", "dpo"]
@@ -241,7 +241,7 @@ def test_three_losses_against_a_baseline_json_ranking_and_plot(tmp_path):
 
 
 def test_two_losses_keep_their_json_shape(tmp_path):
-    from mmpo.reports.comparison import summarize
+    from mmpo.experiments.compare import summarize
 
     seeds = [0, 1, 2]
     dirs, scores = _fake_runs(tmp_path / "runs", ["mmpo", "bt"], seeds)
@@ -257,7 +257,7 @@ def test_two_losses_keep_their_json_shape(tmp_path):
 
 
 def test_baseline_option_moves_the_baseline_last_and_refuses_an_unknown_one(tmp_path, capsys):
-    from mmpo.reports.comparison import baseline_last
+    from mmpo.experiments.compare import baseline_last
 
     assert baseline_last(["mmpo", "bt"], None) == ["mmpo", "bt"]
     assert baseline_last(["mmpo", "bt"], "mmpo") == ["bt", "mmpo"]  # two losses: bt - mmpo
@@ -266,7 +266,7 @@ def test_baseline_option_moves_the_baseline_last_and_refuses_an_unknown_one(tmp_
 
 
 def test_online_comparison_of_three_losses(tmp_path):
-    from mmpo.reports.comparison import summarize_online
+    from mmpo.experiments.compare import summarize_online
 
     finals = {"mmpo": [3.0, 4.0, 5.0], "odpo": [2.2, 2.4, 4.9], "dpo": [2.0, 2.5, 4.5]}
     dirs = {}

@@ -134,7 +134,7 @@ def test_embedded_recipes_and_the_readme_list_the_registered_losses():
 
 def test_reports_and_reference_planning_read_the_registry():
     from mmpo.models.reference import resolve_reference_mode
-    from mmpo.reports.comparison import infer_kind
+    from mmpo.experiments.compare import infer_kind
 
     assert infer_kind(["mmpo", "odpo"]) == "dpo"
     assert infer_kind(["mmpo", "scaled_bt"]) == "rm"

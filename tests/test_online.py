@@ -283,7 +283,7 @@ def _log(path: Path, grades: list[float], full: list[float]) -> None:
 
 def test_online_comparison_on_recorded_rounds_by_hand(tmp_path):
     """Gains over the starting model and the paired difference, against a hand calculation."""
-    from mmpo.reports.comparison import render_table, summarize_online
+    from mmpo.experiments.compare import render_table, summarize_online
 
     finals = {"mmpo": [3.0, 4.0, 5.0], "dpo": [2.0, 2.5, 4.5]}
     dirs = {}

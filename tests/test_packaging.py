@@ -197,9 +197,9 @@ def test_wheel_runs_outside_the_repository(installed_wheel, fastchat_server):
     script = (
         "from mmpo.config import RMConfig, load_config\n"
         "from mmpo.evaluation.mtbench import mt_bench_files, load_questions\n"
-        "import mmpo.demo\n"
+        "import mmpo.experiments.demo\n"
         "c = load_config(RMConfig, 'embedded/rm')\n"
-        "print('recipe', c.loss, c.max_steps, (mmpo.demo.REPO_RECIPES / 'dpo.yaml').is_file())\n"
+        "print('recipe', c.loss, c.max_steps, (mmpo.experiments.demo.REPO_RECIPES / 'dpo.yaml').is_file())\n"
         "f = mt_bench_files()\n"
         "print('questions', len(load_questions(f.questions)), f.questions)\n"
     )

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from mmpo.cli.main import main
-from mmpo.reports.compare import accuracy_by_margin, margin_bins, read_logs, read_run, write_report
+from mmpo.reports.report import accuracy_by_margin, margin_bins, read_logs, read_run, write_report
 
 
 def _write_run(path, h, margins, gamma, loss="mmpo"):
@@ -84,7 +84,7 @@ def test_one_point_series_get_markers_and_zero_bars_a_label(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mmpo.reports.compare import bar_text, plot_loss_curves
+    from mmpo.reports.report import bar_text, plot_loss_curves
 
     run = tmp_path / "one"
     _write_run(run, [-1.0, -2.0], [1.0, 1.0], 1.0)  # both pairs ranked wrong: accuracy 0.0

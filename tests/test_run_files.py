@@ -85,7 +85,7 @@ def test_compare_keeps_lora_adapters_not_merged_copies(tiny_model_dir, pair_file
     import json
 
     from mmpo.cli.main import main
-    from mmpo.reports.comparison import compare_saving
+    from mmpo.experiments.compare import compare_saving
 
     out = tmp_path / "cmp"
     argv = ["compare", "--losses", "mmpo,dpo", "--seeds", "0,1", "--out", str(out), "--model", str(tiny_model_dir),

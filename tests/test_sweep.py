@@ -43,7 +43,7 @@ def test_sweep_with_seeds_reports_intervals(tiny_model_dir, pair_file, tmp_path,
 
     import numpy as np
 
-    from mmpo.reports.compare import read_run, summary_row
+    from mmpo.reports.report import read_run, summary_row
 
     out = tmp_path / "sweep"
     code = main(["sweep", "--gamma", "0.5,none", "--seeds", "0,1", "--kind", "rm", "--model", str(tiny_model_dir),
@@ -89,7 +89,7 @@ def test_sweep_refuses_eval_gamma_same(capsys):
 def test_sweep_refuses_runs_scored_on_different_held_out_pairs(monkeypatch, tmp_path):
     """Runs reused from earlier (or trained on other data) with other held-out rows are not ranked."""
     from mmpo.reports import comparison
-    from mmpo.reports.sweep import run_sweep
+    from mmpo.experiments.sweep import run_sweep
 
     def fake_run(kind, recipe, values):
         run = Path(values["output_dir"])

@@ -31,7 +31,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmpo.cli.train import split_recipe
     from mmpo.config import parse_overrides
-    from mmpo.reports.comparison import baseline_last, choose_kind, parse_list, render_table, run_compare
+    from mmpo.experiments.compare import baseline_last, choose_kind, parse_list, render_table, run_compare
     from mmpo.reports.intervals import few_seeds_warning
 
     recipe, tokens = split_recipe(args.extra)

@@ -20,8 +20,8 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mmpo.config import parse_overrides
-    from mmpo.demo import REPO_RECIPES, DemoSettings, default_out, run_demo
-    from mmpo.reports.comparison import parse_list
+    from mmpo.experiments.demo import REPO_RECIPES, DemoSettings, default_out, run_demo
+    from mmpo.experiments.compare import parse_list
 
     settings = DemoSettings(
         out=Path(args.out) if args.out else default_out(),

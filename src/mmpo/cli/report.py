@@ -13,7 +13,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mmpo.reports.compare import write_report
+    from mmpo.reports.report import write_report
 
     write_report(args.runs, args.out)
     out = Path(args.out)

@@ -17,10 +17,10 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmpo.reports.comparison import parse_list
+    from mmpo.experiments.compare import parse_list
     from mmpo.reports.intervals import format_interval
     from mmpo.gamma import parse_gamma_list
-    from mmpo.reports.sweep import gamma_name, run_sweep
+    from mmpo.experiments.sweep import gamma_name, run_sweep
 
     from mmpo.cli.train import split_recipe
 

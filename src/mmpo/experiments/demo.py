@@ -1,7 +1,7 @@
 """`mmpo demo`: the main job, on the embedded model and a CPU: MMPO against its baseline over several seeds.
 
 1. Reward models: ``recipes/embedded/rm.yaml`` with ``loss: mmpo`` and ``loss: bt``, every seed
-   (`mmpo compare`, :mod:`mmpo.reports.comparison`).
+   (`mmpo compare`, :mod:`mmpo.experiments.compare`).
 2. Policies: ``recipes/embedded/dpo.yaml`` with ``loss: mmpo`` and ``loss: dpo``, every seed.
 3. For each, the held-out metrics per loss (mean +- 95% t-interval over seeds), the paired difference MMPO minus
    baseline with its interval and whether it excludes zero, an error-bar plot, and the held-out curves evaluated
@@ -45,7 +45,7 @@ class DemoSettings:
 
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
     """Run both comparisons; print their tables and write ``summary.json`` and ``summary.md`` under ``out``."""
-    from mmpo.reports.comparison import render_table, run_compare
+    from mmpo.experiments.compare import render_table, run_compare
 
     start = time.time()
     out = settings.out

@@ -1,7 +1,7 @@
 """`mmpo sweep`: train the same recipe for several gammas and pick the one with the lowest held-out NLL.
 
 Every run is scored on the same held-out pairs against the same truth: the held-out split does not depend on
-the training gamma, ``eval_gamma`` must be fixed (not ``same``), and :func:`mmpo.reports.comparison.check_same_truth`
+the training gamma, ``eval_gamma`` must be fixed (not ``same``), and :func:`mmpo.experiments.compare.check_same_truth`
 checks the written per-pair scores of each seed's runs before any is ranked. Each run's held-out NLL is measured
 against the *binary* outcome (chosen preferred; ties 0.5).
 """
@@ -31,8 +31,8 @@ def run_sweep(kind: str, recipe: str | None, gammas: list[float | None], overrid
     (:mod:`mmpo.reports.intervals`, as in `mmpo compare`).
     """
     from mmpo.config import load_config, parse_overrides
-    from mmpo.reports.compare import write_report
-    from mmpo.reports.comparison import check_same_truth, train_or_reuse
+    from mmpo.reports.report import write_report
+    from mmpo.experiments.compare import check_same_truth, train_or_reuse
     from mmpo.reports.intervals import distinguishable, few_seeds_warning, mean_interval, method_for, paired_difference
 
     from mmpo.training.tasks import task
@@ -61,7 +61,7 @@ def run_sweep(kind: str, recipe: str | None, gammas: list[float | None], overrid
     by_dir = {v["path"]: v for v in summary["runs"].values()}
     if seeds and len(seeds) > 1:
         # The report covers the first seed; the NLL of every seed comes from its own scores.
-        from mmpo.reports.compare import read_run, summary_row
+        from mmpo.reports.report import read_run, summary_row
 
         nlls = {name: [summary_row(read_run(d))["nll_binary"] for d in dirs] for name, dirs in run_dirs.items()}
     else:

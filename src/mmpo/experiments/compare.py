@@ -430,7 +430,7 @@ def plot_curves(logs_by_loss: dict[str, list[list[dict[str, Any]]]], path: Path,
 def summarize(run_dirs: dict[str, dict[int, Path]], losses: list[str], seeds: list[int], out: Path,
               title: str = "") -> dict[str, Any]:
     """Check the shared truth, compute the comparison and write comparison.json / .md / .png and curves.png."""
-    from mmpo.reports.compare import read_logs
+    from mmpo.reports.report import read_logs
 
     for seed in seeds:
         check_same_truth({loss: run_dirs[loss][seed] for loss in losses}, seed)
