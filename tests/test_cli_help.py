@@ -129,7 +129,7 @@ def test_training_refuses_a_directory_as_recipe(tmp_path, monkeypatch, capsys):
 
 
 def test_recipe_kind_rules(tmp_path):
-    from mmpo.recipes import recipe_kind
+    from mmpo.training.tasks import recipe_kind
 
     def kind_of(text):
         path = tmp_path / "r.yaml"

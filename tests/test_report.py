@@ -108,7 +108,7 @@ def test_read_logs_drops_a_torn_last_line(tmp_path):
 
 
 def test_run_files_names_each_file(tmp_path):
-    from mmpo.training.run_dir import RunFiles
+    from mmpo.training.files import RunFiles
 
     files = RunFiles(tmp_path)
     assert [p.name for p in (files.config, files.metrics, files.results, files.eval_scores, files.data_report, files.card)] == [

@@ -87,3 +87,25 @@ def fit_gamma(data: str, out: str | None = None, margin: str | None = None, scor
 
 
 __all__ += ["label", "fit_gamma"]
+
+
+# --- comparing losses over seeds (imported on first call: it trains) ---------------------------------------
+
+
+def compare(recipe: str, losses: "list[str]", seeds: "list[int]" = (0, 1, 2), out: str = "runs/compare",
+            kind: "str | None" = None, baseline: "str | None" = None, **overrides: object) -> dict:
+    """Train ``recipe`` once per loss and seed under ``out`` and compare the losses, as `mmpo compare` does.
+
+    Every run of a seed shares its data and order and is scored on the same held-out pairs; each metric gets its
+    mean per loss and the paired difference from ``baseline`` (default: the last loss) with a 95% t-interval over
+    seeds. ``kind`` (``rm`` | ``dpo`` | ``online``) defaults to the recipe's kind; ``overrides`` replace recipe
+    keys in every run. Returns what ``OUT/comparison.json`` holds. See :func:`mmpo.experiments.compare.run_compare`.
+    """
+    from mmpo.experiments.compare import baseline_last, choose_kind, run_compare
+
+    ordered = baseline_last(list(losses), baseline)
+    chosen, _ = choose_kind(kind, recipe, ordered)
+    return run_compare(chosen, recipe, ordered, list(seeds), dict(overrides), out)
+
+
+__all__ += ["compare"]

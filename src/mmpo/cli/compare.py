@@ -24,7 +24,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="comparison directory")
     p.add_argument("--kind", choices=["rm", "dpo", "online"], default=None,
                    help="reward models, policies, or `mmpo online` runs (default: the recipe's kind, see "
-                        "mmpo.recipes.recipe_kind; for a recipe that fits any, dpo when a loss exists only for "
+                        "mmpo.training.tasks.recipe_kind; for a recipe that fits any, dpo when a loss exists only for "
                         "policies, else rm)")
 
 

@@ -23,7 +23,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmpo.cli.train import split_recipe
     from mmpo.config import load_config
-    from mmpo.recipes import check_recipe_kind
+    from mmpo.training.tasks import check_recipe_kind
     from mmpo.training.tasks import task
 
     recipe, _ = split_recipe(args.extra)

@@ -38,7 +38,7 @@ def split_recipe(tokens: list[str]) -> tuple[str | None, list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     from mmpo.config import load_config
-    from mmpo.recipes import check_recipe_kind
+    from mmpo.training.tasks import check_recipe_kind
     from mmpo.training.tasks import task
 
     recipe, _ = split_recipe(args.extra)

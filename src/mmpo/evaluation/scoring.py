@@ -67,7 +67,7 @@ def training_config(model_dir: str) -> dict[str, Any]:
     """The ``config.yaml`` mmpo wrote beside a trained model (empty when there is none)."""
     import yaml
 
-    from mmpo.training.run_dir import RunFiles
+    from mmpo.training.files import RunFiles
 
     path = RunFiles(model_dir).config
     if not path.exists():

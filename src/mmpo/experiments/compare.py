@@ -33,7 +33,7 @@ from mmpo.errors import UserError
 from mmpo.io import atomic_write_text, read_jsonl
 from mmpo.evaluation.metrics import pair_metrics
 from mmpo.losses import losses_for
-from mmpo.training.run_dir import RunFiles
+from mmpo.training.files import RunFiles
 from mmpo.reports.intervals import (
     distinguishable,
     few_seeds_warning,
@@ -83,11 +83,11 @@ def infer_kind(losses: list[str]) -> str:
 def choose_kind(explicit: str | None, recipe: str | Path | None, losses: list[str]) -> tuple[str, str]:
     """``(kind, reason)`` for `mmpo compare`: what every loss of the comparison trains, and why.
 
-    ``--kind`` decides when given. Else the recipe's kind (:func:`mmpo.recipes.recipe_kind`) decides, and a
+    ``--kind`` decides when given. Else the recipe's kind (:func:`mmpo.training.tasks.recipe_kind`) decides, and a
     loss that kind does not train is refused; else :func:`infer_kind` from the losses, refusing a mix of
     reward-model-only and policy-only losses.
     """
-    from mmpo.recipes import KIND_NAMES, recipe_kind
+    from mmpo.training.tasks import KIND_NAMES, recipe_kind
     from mmpo.training.tasks import TASKS
 
     if explicit:

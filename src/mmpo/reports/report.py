@@ -26,7 +26,8 @@ from mmpo.errors import UserError
 from mmpo.io import atomic_write_text, read_jsonl
 from mmpo.evaluation.metrics import N_BINS, correctness, pair_metrics
 from mmpo.losses import uses_soft_targets
-from mmpo.training.run_dir import RunFiles, read_metrics
+from mmpo.training.files import RunFiles
+from mmpo.training.run_dir import read_metrics
 
 
 

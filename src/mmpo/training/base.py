@@ -29,10 +29,11 @@ from mmpo.io import append_jsonl, write_jsonl_atomic
 from mmpo.models.trunk_cache import Forward, TrunkCache
 from mmpo.paths import apply_umask
 # Checkpoints are written under STAGING_DIR, then renamed into place.
-from mmpo.training.run_dir import METRICS_FILE, METRICS_LINES_FILE, STAGING_DIR, metrics_lines
+from mmpo.training.files import METRICS_FILE, METRICS_LINES_FILE, STAGING_DIR
+from mmpo.training.run_dir import metrics_lines
 
 
-from mmpo.training.run_dir import EVAL_SCORES_FILE, RESULTS_FILE as EVAL_RESULTS_FILE
+from mmpo.training.files import EVAL_SCORES_FILE, RESULTS_FILE as EVAL_RESULTS_FILE
 
 
 def compute_pair_metrics(eval_pred: Any) -> dict[str, float]:

@@ -133,7 +133,7 @@ def write_model_card(output_dir: str | os.PathLike, config: Any, kind: str, resu
     """Write ``output_dir/README.md`` (atomically: a reader never sees half a card)."""
     from mmpo.io import atomic_write_text
 
-    from mmpo.training.run_dir import RunFiles
+    from mmpo.training.files import RunFiles
 
     path = RunFiles(output_dir).card
     atomic_write_text(path, model_card_text(config, kind, results, command))

@@ -44,7 +44,8 @@ from mmpo.errors import UserError
 from mmpo.graders import ScoreItem
 from mmpo.host_memory import prepare_host
 from mmpo.io import append_jsonl, atomic_write_text, read_jsonl, write_jsonl_atomic
-from mmpo.training.run_dir import RunFiles, read_metrics
+from mmpo.training.files import RunFiles
+from mmpo.training.run_dir import read_metrics
 
 PAIRINGS = ("all", "best_worst")
 ROUND_REFERENCES = ("initial", "previous")

@@ -179,7 +179,8 @@ def write_run_files(run: Run) -> None:
     """``config.yaml`` and ``data_report.json``, written when training starts, so a run that failed earlier
     leaves no files."""
     from mmpo.io import atomic_write_text
-    from mmpo.training.run_dir import RunFiles, save_run_config
+    from mmpo.training.files import RunFiles
+    from mmpo.training.run_dir import save_run_config
 
     out = run.config.output_dir
     os.makedirs(out, exist_ok=True)

@@ -102,8 +102,6 @@ def train_task(name: str, config: Any, data: Any = None, **overrides: Any) -> An
     if data is not None:
         values["data"] = data_setting(data)
     if isinstance(config, (str, Path)):
-        from mmpo.recipes import check_recipe_kind
-
         check_recipe_kind(config, f"mmpo.{entry.train.__name__}", (name,))
         loaded = load_config(cls, config, values)
     elif isinstance(config, dict):
@@ -113,3 +111,50 @@ def train_task(name: str, config: Any, data: Any = None, **overrides: Any) -> An
     else:
         raise UserError(f"config: expected a recipe name, a YAML path, a dict or a {cls.__name__} (got {type(config).__name__})")
     return entry.train(loaded)
+
+
+# A recipe kind as messages name it, with its article.
+KIND_NAMES = {"rm": "a reward-model recipe", "dpo": "a policy recipe", "online": "an `mmpo online` recipe"}
+
+
+def recipe_kind(name_or_path: str | Path) -> tuple[str | None, str]:
+    """``(kind, reason)``: what a recipe trains, ``rm`` | ``dpo`` | ``online``, or ``None`` when it fits any.
+
+    The first rule that applies decides: a key only :class:`~mmpo.training.online.OnlineConfig` has (``prompts``,
+    ``rounds``, ...) makes it ``online``; a key only :class:`~mmpo.config.DPOConfig` has (``beta``, ``reference``,
+    ...) makes it ``dpo``; a ``loss`` that exists for one kind only (``bt`` / ``dpo``, ...) makes it that kind; a
+    packaged recipe whose name starts with ``rm``, ``dpo`` or ``online`` (``embedded/rm``,
+    ``paper/dpo-gemma-7b-shp``) is that kind. ``reason`` says which rule applied, for messages.
+    """
+    from mmpo.config import read_recipe
+    from mmpo.losses import losses_for
+    from mmpo.recipes import RECIPES_DIR, resolve_recipe
+
+    keys = read_recipe(name_or_path)
+    rm_keys, dpo_keys, online_keys = ({f.name for f in dataclasses.fields(task(name).config_class)} for name in ("rm", "dpo", "online"))
+    for kind, own in (("online", online_keys - dpo_keys), ("dpo", dpo_keys - rm_keys)):
+        found = sorted(k for k in keys if k in own)
+        if found:
+            return kind, f"it sets {found[0]}"
+    loss = keys.get("loss")
+    rm_losses, policy_losses = set(losses_for("rm")), set(losses_for("policy"))
+    if loss in rm_losses - policy_losses:
+        return "rm", f"its loss {loss} is a reward-model loss"
+    if loss in policy_losses - rm_losses:
+        return "dpo", f"its loss {loss} is a policy loss"
+    given = Path(name_or_path).expanduser()
+    if not given.is_file():  # a packaged recipe, by name
+        stem = resolve_recipe(name_or_path).stem
+        for kind in ("online", "dpo", "rm"):
+            if stem.startswith(kind):
+                return kind, f"packaged as {resolve_recipe(name_or_path).relative_to(RECIPES_DIR).with_suffix('').as_posix()}"
+    return None, "its keys fit any kind"
+
+
+def check_recipe_kind(name_or_path: str | Path, command: str, accepts: tuple[str, ...]) -> None:
+    """Refuse, in one line, a recipe whose :func:`recipe_kind` is not in ``accepts`` (before anything is written)."""
+    kind, reason = recipe_kind(name_or_path)
+    if kind is not None and kind not in accepts:
+        runner = {"rm": "mmpo rm", "dpo": "mmpo dpo", "online": "mmpo online"}[kind]
+        raise UserError(f"{name_or_path} is {KIND_NAMES[kind]} ({reason}), not one for {command}: "
+                        f"train it with `{runner} {name_or_path}`")
