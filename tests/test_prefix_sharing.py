@@ -444,7 +444,8 @@ def test_policy_trainer_step_and_precomputed_reference_agree_across_layouts(tmp_
             reference="precomputed", **layout,
         ))
         run = build_run(PolicyTask(), config)
-        collators.append(type(run.trainer.data_collator).__name__ + ("+pack" if getattr(run.trainer.data_collator, "pack", False) else ""))
+        collate = run.trainer.data_collator.collate
+        collators.append(type(collate).__name__ + ("+pack" if getattr(collate, "pack", False) else ""))
         references.append(torch.tensor([[f["reference_chosen_logps"], f["reference_rejected_logps"]] for f in run.train_features]))
         batch = run.trainer._prepare_inputs(next(iter(run.trainer.get_train_dataloader())))
         losses.append(run.trainer.compute_loss(run.trainer.model, batch).detach())

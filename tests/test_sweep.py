@@ -88,7 +88,7 @@ def test_sweep_refuses_eval_gamma_same(capsys):
 
 def test_sweep_refuses_runs_scored_on_different_held_out_pairs(monkeypatch, tmp_path):
     """Runs reused from earlier (or trained on other data) with other held-out rows are not ranked."""
-    from mmpo.reports import comparison
+    from mmpo.experiments import compare as comparison
     from mmpo.experiments.sweep import run_sweep
 
     def fake_run(kind, recipe, values):
