@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 def _load(case: str) -> Callable[[list[str]], None]:
     if case == "trl":
-        from .bench import main
+        return _trl
     elif case == "report":
         from .report import main
     elif case == "memory":
@@ -30,6 +30,13 @@ def _load(case: str) -> Callable[[list[str]], None]:
     else:
         raise SystemExit(f"unknown case {case!r}; choose from {', '.join(CASES)}")
     return main
+
+
+def _trl(argv: list[str]) -> None:
+    from .bench import main as run
+    from .report import finish_run
+
+    finish_run(*run(argv))
 
 
 CASES = ("trl", "report", "memory", "layouts")

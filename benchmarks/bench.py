@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -329,7 +328,9 @@ def parse_mixes(items: list[str]) -> dict[str, tuple[int, int]]:
     return out
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> tuple[Path, Path, Path]:
+    """Run the cases and write ``results.json``; returns it, where ``RESULTS.md`` goes, and the profiles folder
+    (``python -m benchmarks trl`` renders the report with :func:`benchmarks.report.finish_run`)."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks trl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mix", action="append", default=None, metavar="NAME:MAX_LENGTH:PAIRS_PER_STEP",
                     help=f"a data mix (repeatable; default {' '.join(DEFAULT_MIXES)})")
@@ -425,15 +426,4 @@ def main(argv: list[str]) -> None:
     json_path, out_path = args.out_dir / "results.json", args.out_dir / "RESULTS.md"
     blob = redact_paths({"meta": meta, "results": results}, path_replacements())
     json_path.write_text(json.dumps(blob, indent=1))
-    from .report import missed_cases, write_report
-
-    # Keep the profiles behind the misses, from this run only.
-    kept = args.out_dir / "profiles"
-    shutil.rmtree(kept, ignore_errors=True)
-    for mix, case in missed_cases(json_path):
-        src = log_dir / "profiles" / f"{mix}-{case}.txt"
-        if src.exists():
-            kept.mkdir(exist_ok=True)
-            shutil.copy(src, kept / src.name)
-    write_report(json_path, out_path)
-    print(f"wrote {out_path} and {json_path} ({meta['minutes']:.1f} min)")
+    return json_path, out_path, log_dir / "profiles"

@@ -204,6 +204,23 @@ def write_report(json_path: Path, out_path: Path) -> None:
     out_path.write_text("\n".join(lines) + "\n")
 
 
+def finish_run(json_path: Path, out_path: Path, profiles: Path) -> None:
+    """After a run: keep the profiles behind its misses (from this run only) beside the results, and render
+    ``RESULTS.md`` from ``results.json``."""
+    import shutil
+
+    kept = json_path.parent / "profiles"
+    shutil.rmtree(kept, ignore_errors=True)
+    for mix, case in missed_cases(json_path):
+        src = profiles / f"{mix}-{case}.txt"
+        if src.exists():
+            kept.mkdir(exist_ok=True)
+            shutil.copy(src, kept / src.name)
+    write_report(json_path, out_path)
+    minutes = json.loads(json_path.read_text())["meta"]["minutes"]
+    print(f"wrote {out_path} and {json_path} ({minutes:.1f} min)")
+
+
 def main(argv: list[str]) -> None:
     """``[results.json] [RESULTS.md]``, both defaulting to the files beside this module."""
     json_path = Path(argv[0]) if argv else HERE / "results.json"

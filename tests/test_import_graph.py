@@ -136,20 +136,8 @@ def test_the_graph_sees_function_level_and_relative_imports(tmp_path):
     assert a_cycle(graph, {"pkg.a", "pkg.b"}) == ["pkg.a", "pkg.b", "pkg.a"]
 
 
-# Imports that close circles outside the model plumbing and remain, each a lazy import inside a function:
-# importer -> imported. The test takes them out of the graph and then finds no circle; each must still close one,
-# so a circle that goes away is struck from this list.
-KNOWN_CIRCLE_EDGES = [
-    ("benchmarks.bench", "benchmarks.report"),  # bench's main writes the report; report reads bench's cases
-]
-
-
-def test_no_import_cycles_but_the_known_ones():
+def test_no_import_cycles():
     graph = import_graph()
-    for importer, imported in KNOWN_CIRCLE_EDGES:
-        assert imported in graph[importer], f"{importer} no longer imports {imported}: strike it from KNOWN_CIRCLE_EDGES"
-        assert any(imported in c and importer in c for c in circles(graph)), f"{importer} -> {imported} closes no circle now"
-        graph[importer] = graph[importer] - {imported}
     found = circles(graph)
     assert not found, "import cycles:\n" + "\n".join(" -> ".join(a_cycle(graph, c)) for c in found)
 
