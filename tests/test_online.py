@@ -139,7 +139,7 @@ def test_every_reference_trains_two_rounds(tiny_model_dir, tmp_path, monkeypatch
     overrides = {**_overrides(tiny_model_dir, tmp_path, out), "eval_prompts": None, "prompts_per_round": 1,
                  "samples_per_prompt": 2, "max_new_tokens": 4, "steps_per_round": 1, "save_steps": None,
                  "reference": reference, "round_reference": round_reference, "lora_r": lora_r}
-    records = train_online(load_config(OnlineConfig, None, overrides), grader=_index_grades)
+    records = train_online(load_config(OnlineConfig, None, overrides), grader=_index_grades).details["rounds"]
     assert [r.get("train_steps") for r in records[1:]] == [1, 1]
     assert (records[1]["reference"], records[2]["reference"]) == REFERENCE_CASES[(reference, round_reference, lora_r)]
     import yaml
@@ -174,7 +174,7 @@ def test_reference_free_loss_trains_rounds_without_a_reference(tiny_model_dir, t
     overrides = {**_overrides(tiny_model_dir, tmp_path, tmp_path / "run"), "eval_prompts": None, "prompts_per_round": 1,
                  "samples_per_prompt": 2, "max_new_tokens": 4, "steps_per_round": 1, "save_steps": None,
                  "reference": "none", "loss": "simpo_mmpo", "lora_r": 4}
-    records = train_online(load_config(OnlineConfig, None, overrides), grader=_index_grades)
+    records = train_online(load_config(OnlineConfig, None, overrides), grader=_index_grades).details["rounds"]
     assert [(r["train_steps"], r["reference"]) for r in records[1:]] == [(1, "none"), (1, "none")]
 
 
@@ -184,7 +184,7 @@ def test_two_rounds_end_to_end_pairs_carry_grade_margins(tiny_model_dir, tmp_pat
     from mmpo.config import load_config
 
     config = load_config(OnlineConfig, None, _overrides(tiny_model_dir, tmp_path, out))
-    records = train_online(config, grader=lambda reqs: [distinct_chars(r.meta, r.response) for r in reqs])
+    records = train_online(config, grader=lambda reqs: [distinct_chars(r.meta, r.response) for r in reqs]).details["rounds"]
     assert [r["round"] for r in records] == [0, 1, 2]
     assert [json.loads(x)["round"] for x in (out / "log.jsonl").read_text().splitlines()] == [0, 1, 2]
     for r in (1, 2):

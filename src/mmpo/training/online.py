@@ -45,6 +45,7 @@ from mmpo.graders import ScoreItem
 from mmpo.host_memory import prepare_host
 from mmpo.io import append_jsonl, atomic_write_text, read_jsonl, write_jsonl_atomic
 from mmpo.training.files import RunFiles
+from mmpo.training.run import TrainSummary
 from mmpo.training.run_dir import read_metrics
 
 PAIRINGS = ("all", "best_worst")
@@ -497,10 +498,13 @@ def refuse_other_settings(config: OnlineConfig, out: Path) -> None:
                         "or delete it")
 
 
-def train_online(config: OnlineConfig, grader: GradeFn | None = None) -> list[dict[str, Any]]:
-    """Run ``config.rounds`` rounds (resuming finished work in ``output_dir``); returns ``log.jsonl``'s records.
+def train_online(config: OnlineConfig, grader: GradeFn | None = None) -> TrainSummary:
+    """Run ``config.rounds`` rounds (resuming finished work in ``output_dir``).
 
-    Round 0 is the starting model's held-out evaluation. ``grader`` overrides ``config.grader`` (for the API).
+    Returns a :class:`~mmpo.training.run.TrainSummary`: ``details["rounds"]`` holds ``log.jsonl``'s records
+    (round 0 is the starting model's held-out evaluation), ``metrics`` the last round's held-out ``mean_grade``
+    and ``full_marks``, ``global_step`` the training steps of every round together. ``grader`` overrides
+    ``config.grader`` (for the API).
     """
     config.validate()
     prepare_host(config)
@@ -537,7 +541,10 @@ def train_online(config: OnlineConfig, grader: GradeFn | None = None) -> list[di
         write_jsonl_atomic(RunFiles(out).online_log, records)
     write_jsonl_atomic(RunFiles(out).online_log, records)
     print(render_log(records))
-    return records
+    last = records[-1]
+    metrics = {key: last[f"eval_{key}"] for key in ("mean_grade", "full_marks") if last.get(f"eval_{key}") is not None}
+    return TrainSummary(output_dir=str(out), kind="online", global_step=sum(r.get("train_steps") or 0 for r in records),
+                        metrics=metrics, details={"rounds": records})
 
 
 def render_log(records: Sequence[dict[str, Any]]) -> str:
