@@ -18,7 +18,7 @@ import torch
 from mmpo.cli.main import main
 from mmpo.errors import UserError
 from mmpo.evaluation.judge_client import JudgeClient
-from mmpo.graders import PairItem, ScoreItem, load_grader
+from mmpo.graders import ScoreItem, load_grader
 from mmpo.graders.judge import JudgeGrader, parse_rating, parse_verdict, verdict_probability_from_logprobs
 from mmpo.models.reward import load_reward_model
 from mmpo.models.chat import ChatModel

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mmpo.config import DPOConfig, RMConfig, load_config
 from mmpo.errors import UserError
