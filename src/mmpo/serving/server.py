@@ -3,12 +3,14 @@ API, or a reward model behind scoring endpoints shaped like vLLM's score and poo
 
 Chat model endpoints:
 
-* ``POST /v1/chat/completions``: body ``{"messages": [...], "temperature", "max_tokens"
+* ``POST /v1/chat/completions``: body ``{"model", "messages": [...], "n", "temperature", "max_tokens"
   (or "max_completion_tokens"), "top_p", "seed", "stop", "stream", "stream_options": {"include_usage"},
   "logprobs", "top_logprobs"}``; answers ``{"id", "object": "chat.completion", "created", "model",
-  "choices": [{"index": 0, "message": {"role": "assistant", "content"}, "logprobs", "finish_reason"}],
-  "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}``. ``n`` (answers per request) must be 1
-  or absent: ``n > 1`` is a 400 that says only one answer per request is served (send the request n times).
+  "choices": [{"index", "message": {"role": "assistant", "content"}, "logprobs", "finish_reason"}],
+  "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}``. ``n`` answers (default 1, at most
+  :data:`MAX_CHOICES`) are generated in one batch (:mod:`mmpo.serving.choices`): choices ``0 .. n-1``, usage
+  counting the prompt once and every answer's tokens; ``n > 1`` is for non-streaming requests. A ``seed``
+  makes the answers reproducible. Other OpenAI fields are ignored.
 
   Limits: prompt tokens + ``max_tokens`` over the model's context is a 400 (as OpenAI and vLLM answer); without
   ``max_tokens`` the answer gets ``min(1024, what the context leaves)``. Generation stops after the server's
@@ -33,16 +35,31 @@ Reward model endpoints (``mmpo serve --model RM_DIR``); rewards are read exactly
   "model", "data": [{"index", "object": "pooling", "data": [reward]}], "usage"}``.
 * ``/v1/chat/completions`` on a reward model is a 400 that names these endpoints.
 
+Runtime LoRA adapters (a chat model served with ``enable_lora``, ``mmpo serve --enable-lora``), vLLM's
+endpoints and answers (:mod:`mmpo.serving.adapters`):
+
+* ``POST /v1/load_lora_adapter`` ``{"lora_name", "lora_path"}``: attach the peft LoRA adapter directory
+  ``lora_path`` (a path on the server) under the model id ``lora_name``; 200 with the plain text
+  ``Success: LoRA adapter 'NAME' added successfully.``; 400 when the name is taken (or is the base model's),
+  the directory is no LoRA adapter or does not fit the base model; 404 when the directory does not exist.
+* ``POST /v1/unload_lora_adapter`` ``{"lora_name"}``: detach it (200, ``... removed successfully.``; 404 for
+  a name not loaded).
+* A request whose ``model`` is an adapter's id runs with that adapter and answers with that id as ``model``.
+  Without ``enable_lora`` both endpoints are a 404 that names the flag.
+
 Both: the ``model`` field of a POST body must be the served name (``--served-model-name``, else the folder
-name; for a LoRA adapter also the adapter folder's name) or absent; any other name is a 404 with code
-``model_not_found``, as OpenAI and vLLM answer. ``GET /v1/models`` (the one model), ``GET /health``
+name; for a LoRA adapter also the adapter folder's name), a loaded adapter's id, or absent; any other name is
+a 404 with code ``model_not_found``, as OpenAI and vLLM answer. ``GET /v1/models`` (the base model with
+``parent`` null, then each loaded adapter with ``parent`` = the base model's id and ``root`` = its path, as
+vLLM lists them), ``GET /health``
 (``{"status": "ok", "model", "kind"}`` once loaded; the server listens only after that). On shutdown
 ``mmpo serve`` prints how many requests it answered, and how many of them were errors.
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad request,
 401 for a wrong API key (when the server was started with one), 404 for an unknown path, 413 for a body
 over :data:`MAX_BODY_BYTES`, 500 when the model fails, 504 past the time limit. Requests are handled on
-threads but the model runs one request at a time (its lock).
+threads but the model runs one request at a time (the adapters' lock, held from choosing the adapter to the
+last token).
 """
 
 from __future__ import annotations
