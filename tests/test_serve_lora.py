@@ -124,7 +124,7 @@ def test_load_list_use_and_unload_adapters_as_vllm_does(lora_server, adapters, g
     assert status == 200
     cards = {m["id"]: m for m in models["data"]}
     assert list(cards) == ["base", "a1", "a2"]
-    assert cards["base"]["parent"] is None
+    assert cards["base"]["parent"] is None and cards["base"]["max_model_len"] == lora_server.chat_model.max_positions
     assert (cards["a1"]["parent"], cards["a1"]["root"]) == ("base", str(adapters["a1"]))
     # Each id answers with its own weights; the base runs with every adapter off.
     assert _answer(lora_server, "a1") == greedy["a1"]

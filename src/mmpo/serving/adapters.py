@@ -86,9 +86,12 @@ class LoraAdapters:
             kind = settings.get("peft_type") if isinstance(settings, dict) else None
             raise AdapterError(400, f"{path!r} holds a {kind or 'non-peft'} adapter; only LoRA adapters are served", "lora_path")
         with self.lock:
+            if name in self._loaded:  # loaded by a request that held the lock first
+                raise AdapterError(400, f"The lora adapter '{name}' has already been loaded.")
             self._attach(name, path, settings.get("base_model_name_or_path"))
             adapter = LoadedAdapter(name, path, int(time.time()))
-            self._loaded[name] = adapter
+            # A new dict, not an update: listing and model checks read it without the lock.
+            self._loaded = {**self._loaded, name: adapter}
         return adapter
 
     def _attach(self, name: str, path: str, trained_on: str | None) -> None:
@@ -142,7 +145,7 @@ class LoraAdapters:
                     # peft warns when the active adapter goes; using() sets the active one for every request.
                     warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted", category=UserWarning)
                     model.delete_adapter(name)  # type: ignore[attr-defined]
-            del self._loaded[name]
+            self._loaded = {k: v for k, v in self._loaded.items() if k != name}
 
     @contextmanager
     def using(self, name: str | None) -> Iterator[None]:

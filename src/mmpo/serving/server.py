@@ -292,10 +292,14 @@ class ChatServer(ThreadingHTTPServer):
         return RequestError(404, f"the model {model!r} does not exist; this server serves {served}", "model", kind="not_found_error", code="model_not_found")
 
     def model_cards(self) -> list[dict[str, Any]]:
-        """``GET /v1/models``'s ``data``: the base model, then each LoRA adapter with ``parent`` = the base model's
-        id and ``root`` = its path, as vLLM's model cards give them."""
-        cards = [{"id": self.model_name, "object": "model", "created": self.created, "owned_by": "mmpo",
-                  "root": self.root, "parent": None}]
+        """``GET /v1/models``'s ``data``: the base model (with ``max_model_len``, its context, for a chat model),
+        then each LoRA adapter with ``parent`` = the base model's id and ``root`` = its path, as vLLM's model
+        cards give them."""
+        base: dict[str, Any] = {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "mmpo",
+                                "root": self.root, "parent": None}
+        if self.chat_model is not None:
+            base["max_model_len"] = self.chat_model.max_positions
+        cards = [base]
         if self.adapters is not None:
             cards += [{"id": a.name, "object": "model", "created": a.created, "owned_by": "mmpo", "root": a.path,
                        "parent": self.model_name} for a in self.adapters.listed()]
