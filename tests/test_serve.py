@@ -239,8 +239,9 @@ def impatient_server(tiny_model_dir):
 
 def test_request_time_limit_stops_generation(impatient_server):
     body = {"messages": [{"role": "user", "content": "go on"}], "temperature": 1.0, "seed": 1, "max_tokens": 900}
-    status, payload = _call(impatient_server.url + "/chat/completions", body, key=None)
-    assert status == 504 and "time limit" in payload["error"]["message"]
+    for n in (1, 3):  # one answer, or n generated in one batch
+        status, payload = _call(impatient_server.url + "/chat/completions", {**body, "n": n}, key=None)
+        assert status == 504 and "time limit" in payload["error"]["message"]
     request = urllib.request.Request(impatient_server.url + "/chat/completions", data=json.dumps({**body, "stream": True}).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
     with urllib.request.urlopen(request, timeout=60) as response:
