@@ -237,6 +237,10 @@ def test_serve_cli_loads_lora_modules_and_counts_requests(tiny_model_dir, adapte
 
     assert main(["serve", "--model", str(tiny_model_dir), "--lora-modules", f"a1={adapters['a1']}"]) != 0
     assert "--lora-modules needs --enable-lora" in capsys.readouterr().err
+    missing = adapters["plain"] / "nowhere"
+    assert main(["serve", "--model", str(tiny_model_dir), "--port", "0", "--device", "cpu", "--enable-lora",
+                 "--lora-modules", f"a1={missing}"]) != 0
+    assert f"--lora-modules a1={missing}: No adapter found" in capsys.readouterr().err
     proc = subprocess.Popen(
         [sys.executable, "-m", "mmpo.cli.main", "serve", "--model", str(tiny_model_dir), "--port", "0", "--device", "cpu",
          "--quiet", "--enable-lora", "--lora-modules", f"a1={adapters['a1']}"],
