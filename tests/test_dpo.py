@@ -290,6 +290,9 @@ def test_saved_policy_loads_with_from_pretrained(tmp_path, tiny_model_dir, pair_
     assert sum(s["h"] for s in scores) / len(scores) == pytest.approx(results["margin"], rel=1e-4, abs=1e-6)
     report = json.loads((out / "data_report.json").read_text())
     assert report["train"]["kept"] + report["eval"]["kept"] == 16
+    from mmpo.evaluation.scoring import model_kind
+
+    assert model_kind(str(out)) == "policy"  # `mmpo eval pairs` / `mmpo serve` tell an adapter's kind too
 
     loaded = AutoModelForCausalLM.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

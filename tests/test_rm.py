@@ -167,6 +167,66 @@ def test_lora_run_saves_a_merged_model(tiny_model_dir, tiny_tokenizer, pair_file
     assert math.isfinite(results["nll"])
 
 
+@pytest.fixture(scope="module")
+def lora_runs(tiny_model_dir, graded_rows, write_jsonl, tmp_path_factory):
+    """Two identical LoRA runs, one saved merged (the default), one as its adapter (``merge_lora: false``)."""
+    root = tmp_path_factory.mktemp("rm-lora")
+    data = write_jsonl(root / "train.jsonl", graded_rows(12, seed=3))
+    held_out = shutil.copy(data, root / "held-out.jsonl")
+    runs = {}
+    for merge in (True, False):
+        out = root / ("merged" if merge else "adapter")
+        config = rm_config(tiny_model_dir, data, out, eval_data=str(held_out), allow_eval_overlap=True, lora_r=2,
+                           lora_alpha=8, max_steps=4, merge_lora=merge)
+        assert train_reward_model(config).saved == ("merged" if merge else "adapter")
+        runs["merged" if merge else "adapter"] = out
+    return data, runs
+
+
+def test_adapter_save_loads_with_the_merged_saves_rewards(lora_runs, tiny_tokenizer):
+    from mmpo.evaluation.scoring import model_kind, score_pairs
+
+    data, runs = lora_runs
+    adapter, merged = runs["adapter"], runs["merged"]
+    assert (adapter / "adapter_config.json").is_file() and not (adapter / "model.safetensors").exists()
+    assert json.loads((adapter / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
+    assert model_kind(str(adapter)) == "reward"
+    from_adapter = load_reward_model(str(adapter), tiny_tokenizer).eval()
+    from_merged = load_reward_model(str(merged), tiny_tokenizer).eval()
+    assert not hasattr(from_adapter, "peft_config") and from_adapter.config.pad_token_id == tiny_tokenizer.pad_token_id
+    features = {f["row"]: f for f in tokenized(data, tiny_tokenizer)}
+    scores = [json.loads(line) for line in (adapter / "eval_scores.jsonl").read_text().splitlines()]
+    assert len(scores) == 12
+    for s in scores:
+        f = features[s["row"]]
+        for ids in (f["prompt_ids"] + f["chosen_ids"], f["prompt_ids"] + f["rejected_ids"]):
+            assert reward_direct(from_adapter, ids) == pytest.approx(reward_direct(from_merged, ids), abs=1e-5)
+        h = reward_direct(from_adapter, f["prompt_ids"] + f["chosen_ids"]) - reward_direct(from_adapter, f["prompt_ids"] + f["rejected_ids"])
+        assert h == pytest.approx(s["h"], abs=1e-4)  # the rewards the run evaluated in memory
+    # `mmpo eval pairs` (and the graders, serving and labelling built on it) detect and load the adapter the same way.
+    pairs, _ = load_pairs(str(data), PairOptions(gamma=1.0))
+    from_adapter_scores = [r for pair in score_pairs(pairs, str(adapter), max_length=96, progress=False) for r in pair]
+    from_merged_scores = [r for pair in score_pairs(pairs, str(merged), max_length=96, progress=False) for r in pair]
+    assert from_adapter_scores == pytest.approx(from_merged_scores, abs=1e-5)
+    # The LoRA update is stored as its low-rank factors and the head, not as a second copy of every weight.
+    assert (adapter / "adapter_model.safetensors").stat().st_size * 5 < (merged / "model.safetensors").stat().st_size
+
+
+def test_adapter_save_holds_the_trained_head_and_update(lora_runs, tiny_model_dir, tiny_tokenizer):
+    data, runs = lora_runs
+    from_adapter = load_reward_model(str(runs["adapter"]), tiny_tokenizer).eval()
+    from_merged = load_reward_model(str(runs["merged"]), tiny_tokenizer).eval()
+    torch.manual_seed(0)
+    untrained = load_reward_model(str(tiny_model_dir), tiny_tokenizer).eval()  # the base with a fresh head
+    assert torch.equal(from_adapter.score.weight, from_merged.score.weight)
+    assert not torch.allclose(from_adapter.score.weight, untrained.score.weight)
+    q = from_adapter.model.layers[-1].self_attn.q_proj.weight
+    assert not torch.allclose(q, untrained.model.layers[-1].self_attn.q_proj.weight)  # the update was merged in
+    f = tokenized(data, tiny_tokenizer)[0]
+    ids = f["prompt_ids"] + f["chosen_ids"]
+    assert abs(reward_direct(from_adapter, ids) - reward_direct(untrained, ids)) > 1e-3
+
+
 def test_resume_continues_from_the_last_checkpoint(tiny_model_dir, pair_file, tmp_path, capsys):
     data = pair_file(n=24, seed=4)
     out = tmp_path / "resume"

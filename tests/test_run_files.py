@@ -98,4 +98,14 @@ def test_compare_keeps_lora_adapters_not_merged_copies(tiny_model_dir, pair_file
     assert set(json.loads((out / "comparison.json").read_text())["metrics"]) >= {"nll", "accuracy"}
     recipe = tmp_path / "r.yaml"
     recipe.write_text("merge_lora: true\n")
-    assert compare_saving("dpo", recipe) == {} and compare_saving("rm", None) == {}
+    assert compare_saving("dpo", recipe) == {} and compare_saving("rm", recipe) == {}
+
+
+def test_compare_keeps_reward_model_adapters_too():
+    from mmpo.config import RMConfig, load_config
+    from mmpo.experiments.compare import compare_saving
+
+    # Reward-model runs of a comparison are saved as adapters, like policies; an online run keeps its own saving.
+    assert compare_saving("rm", None) == {"merge_lora": False} == compare_saving("rm", "embedded/rm")
+    assert compare_saving("online", None) == {}
+    assert load_config(RMConfig, "embedded/rm", compare_saving("rm", "embedded/rm")).merge_lora is False

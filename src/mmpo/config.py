@@ -46,6 +46,7 @@ class TrainConfig:
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA path"})
     lora_target_modules: Any = field(default="all-linear", metadata={"help": "modules to adapt: all-linear, a name, or a list of names"})
     lora_layers: int | None = field(default=None, metadata={"help": "adapt only the last N blocks (none = all); backward stops below them"})
+    merge_lora: bool = field(default=True, metadata={"help": "save a LoRA run merged into its base as one float32 model (false = save the peft adapter, with a reward model's trained head)"})
     trunk_cache: Any = field(
         default="auto",
         metadata={
@@ -272,7 +273,6 @@ class DPOConfig(TrainConfig):
     learning_rate: float = field(default=5e-6, metadata={"help": "peak learning rate"})
     reference: str = field(default="auto", metadata={"help": "reference log-probs: auto | model | adapter | precomputed | none"})
     ref_model: str | None = field(default=None, metadata={"help": "reference model (none = the starting model)"})
-    merge_lora: bool = field(default=True, metadata={"help": "merge a LoRA adapter into the saved policy (false = save the adapter)"})
     output_dir: str = field(default="runs/dpo", metadata={"help": "run directory: checkpoints, metrics, the final model and its card"})
 
     def validate(self) -> None:

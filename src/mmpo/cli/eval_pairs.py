@@ -15,7 +15,7 @@ _UNSET = object()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a saved reward model or policy directory (detected from config.json)")
+    p.add_argument("--model", required=True, help="a saved reward model or policy directory (detected from config.json, or a LoRA adapter's adapter_config.json)")
     p.add_argument("--data", required=True, help="pair file (.jsonl/.json/.parquet/.csv) or a registered data set name")
     p.add_argument("--out", required=True, help="where to write the metrics (JSON)")
     p.add_argument("--scores", default=None, help="also write per-pair rewards here (JSONL)")

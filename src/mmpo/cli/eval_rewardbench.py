@@ -12,7 +12,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a saved reward model or policy directory (detected from config.json)")
+    p.add_argument("--model", required=True, help="a saved reward model or policy directory (detected from config.json, or a LoRA adapter's adapter_config.json)")
     p.add_argument("--ref-model", default=None, help="policy only: reference model; without it the implicit reward is reference-free")
     p.add_argument("--beta", type=float, default=None, help="policy only: implicit-reward scale (default: the model's config.yaml, else 0.1)")
     p.add_argument("--data", default=None, help="local copy of allenai/reward-bench (file or directory; default: the Hub)")

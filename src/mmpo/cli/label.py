@@ -30,7 +30,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="pair file (.jsonl/.json/.parquet/.csv) with prompt, chosen, rejected")
     p.add_argument("--out", required=True, help="labelled pair file to write (JSON Lines)")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--reward-model", help="a saved reward model directory (any AutoModelForSequenceClassification)")
+    which.add_argument("--reward-model", help="a saved reward model directory (any AutoModelForSequenceClassification, or an mmpo LoRA adapter)")
     which.add_argument("--judge-url", help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (key: $MMPO_JUDGE_API_KEY or $OPENAI_API_KEY)")
     which.add_argument("--checker", help="graded-tasks, or module:function called as fn(row, response) -> grade")
     p.add_argument("--overwrite", action="store_true",

@@ -19,7 +19,7 @@ import sys
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a saved causal LM or reward model directory, a hub id, or `embedded` (the kind is read from config.json)")
+    p.add_argument("--model", required=True, help="a saved causal LM or reward model directory, a hub id, or `embedded` (the kind is read from config.json, or a LoRA adapter's adapter_config.json)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one; the URL is printed)")
     p.add_argument("--served-model-name", default=None, help="model id reported by /v1/models (default: the folder name)")

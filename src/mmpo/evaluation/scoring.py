@@ -38,10 +38,24 @@ ModelKind = Literal["reward", "policy"]
 DEFAULT_BETA = 0.1  # DPOConfig's default, used when neither --beta nor the policy's config.yaml gives one
 
 
+# peft's task_type of an adapter directory -> the kind of model it is.
+ADAPTER_KINDS: dict[str, ModelKind] = {"SEQ_CLS": "reward", "CAUSAL_LM": "policy"}
+
+
 def model_kind(model_dir: str) -> ModelKind:
-    """``reward`` for a ``*ForSequenceClassification`` checkpoint, ``policy`` for ``*ForCausalLM``."""
+    """``reward`` for a ``*ForSequenceClassification`` checkpoint, ``policy`` for ``*ForCausalLM``; a peft adapter
+    directory by its ``task_type`` (``SEQ_CLS``: reward, ``CAUSAL_LM``: policy)."""
+    from mmpo.models.chat import is_adapter_dir
+    from mmpo.models.loading import adapter_config
+
     resolved = resolve_model_path(model_dir)
     config_file = Path(resolved) / "config.json"
+    if is_adapter_dir(resolved):
+        task_type = adapter_config(resolved).get("task_type")
+        if task_type not in ADAPTER_KINDS:
+            raise UserError(f"{Path(resolved) / 'adapter_config.json'}: task_type {task_type!r} is neither a reward model "
+                            "(SEQ_CLS) nor a policy (CAUSAL_LM)")
+        return ADAPTER_KINDS[task_type]
     if config_file.exists():
         architectures = json.loads(config_file.read_text()).get("architectures") or []
     elif Path(resolved).is_dir():

@@ -451,12 +451,15 @@ def summarize(run_dirs: dict[str, dict[int, Path]], losses: list[str], seeds: li
 
 
 def compare_saving(kind: str, recipe: str | Path | None) -> dict[str, Any]:
-    """How a comparison's policies are saved unless the recipe says: a LoRA run keeps its adapter
-    (``merge_lora: false``), not a merged copy of the whole model; the comparison reads only each run's
-    ``eval_scores.jsonl``, and the adapter loads with ``AutoModelForCausalLM.from_pretrained`` (peft) when wanted."""
+    """How a comparison's models are saved unless the recipe says: a LoRA run, reward model or policy, keeps
+    its adapter (``merge_lora: false``; a reward model's with its trained head), not a merged copy of the whole
+    model. The comparison reads only each run's ``eval_scores.jsonl``; a policy's adapter loads with
+    ``AutoModelForCausalLM.from_pretrained`` (peft), a reward model's with every mmpo command that scores
+    (:func:`mmpo.models.reward.load_reward_model`). Online runs keep their own saving (each round starts from
+    the last one's merged policy)."""
     from mmpo.config import read_recipe
 
-    if kind != "dpo" or (recipe is not None and "merge_lora" in read_recipe(recipe)):
+    if kind not in ("rm", "dpo") or (recipe is not None and "merge_lora" in read_recipe(recipe)):
         return {}
     return {"merge_lora": False}
 

@@ -66,7 +66,7 @@ class RewardModelGrader(Grader):
     def fingerprint(self) -> str:
         path = Path(self.model_dir)
         stamp = ""
-        for name in ("model.safetensors", "pytorch_model.bin", "config.json"):
+        for name in ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "config.json"):
             if (path / name).exists():
                 stat = (path / name).stat()
                 stamp = f"{stat.st_size}:{int(stat.st_mtime)}"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from mmpo.errors import UserError
@@ -24,6 +27,28 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
+    """A peft adapter directory's ``adapter_config.json`` (``base_model_name_or_path``, ``task_type``, ...)."""
+    import json
+
+    config_file = Path(adapter_dir) / "adapter_config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{config_file}: cannot read it ({e})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{config_file}: not a JSON object")
+    return config
+
+
+def adapter_base(adapter_dir: str | Path) -> str:
+    """The model a peft adapter directory was trained on (``base_model_name_or_path``), resolved like any model."""
+    base = adapter_config(adapter_dir).get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{Path(adapter_dir) / 'adapter_config.json'}: no base_model_name_or_path (the model the adapter was trained on)")
+    return resolve_model_path(base)
 
 
 def lora_config(config: Any, task_type: str, modules_to_save: list[str] | None = None, model: Any = None) -> Any:
@@ -144,15 +169,22 @@ def prepare_quantized_for_lora(model: Any, config: Any) -> Any:
     )
 
 
-def get_lora_model(model: Any, lora: Any) -> Any:
-    """peft's ``get_peft_model``, without the FutureWarning peft triggers by reading transformers' deprecated
+@contextlib.contextmanager
+def quiet_peft_wrapping() -> Iterator[None]:
+    """Drop the FutureWarning peft triggers when it wraps a model, by reading transformers' deprecated
     ``is_gradient_checkpointing`` property (a peft / transformers version skew, not something a user set)."""
     import warnings
 
-    from peft import get_peft_model
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+def get_lora_model(model: Any, lora: Any) -> Any:
+    """peft's ``get_peft_model`` (quietly, see :func:`quiet_peft_wrapping`)."""
+    from peft import get_peft_model
+
+    with quiet_peft_wrapping():
         return get_peft_model(model, lora)
 
 

@@ -74,20 +74,35 @@ def load_reward_model(name_or_path: str, tokenizer: Any, dtype: torch.dtype | No
     """``AutoModelForSequenceClassification`` with one output and ``config.pad_token_id`` from ``tokenizer``.
 
     ``name_or_path`` is a hub id, a local directory or ``embedded``. A causal-LM checkpoint gets a fresh
-    scalar head; a reward model saved by mmpo loads unchanged. ``dtype=None`` keeps the checkpoint's dtype.
+    scalar head; a reward model saved by mmpo loads unchanged. A peft adapter directory (``adapter_config.json``,
+    as ``mmpo rm`` saves a LoRA run under ``merge_lora: false``) is installed on its base, loaded in float32, with
+    its trained head and merged: ``W = W0 + B @ A * scale``, the same weights the merged save of the run holds
+    (:func:`mmpo.models.loading.merge_lora_float32`). ``dtype=None`` keeps the checkpoint's dtype.
     ``load_kwargs`` go to ``from_pretrained`` (see :func:`mmpo.models.loading.model_load_kwargs`).
     """
     from transformers import AutoModelForSequenceClassification
 
+    from mmpo.models.chat import is_adapter_dir
+    from mmpo.models.loading import adapter_base
+
     path = resolve_model_path(name_or_path, load_kwargs.get("revision"))
+    adapter = is_adapter_dir(path)
+    source = adapter_base(path) if adapter else path
     kwargs: dict[str, Any] = {"num_labels": 1, **load_kwargs}
-    if dtype is not None:
+    if adapter:
+        kwargs["dtype"] = torch.float32  # the merge is computed in float32; cast to ``dtype`` after
+    elif dtype is not None:
         kwargs.setdefault("dtype", dtype)
     try:
         with _quiet_new_head_report():
-            model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+            model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load {name_or_path!r} as a reward model: {str(e).splitlines()[0]}") from None
+        what = f"the base {source!r} of the adapter {name_or_path!r}" if adapter else repr(name_or_path)
+        raise UserError(f"cannot load {what} as a reward model: {str(e).splitlines()[0]}") from None
+    if adapter:
+        model = _merged_adapter(model, path, name_or_path)
+        if dtype is not None:
+            model = model.to(dtype)
     if tokenizer is not None and tokenizer.pad_token_id is not None:
         # Without it, batches larger than one cannot find each row's last token.
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -95,6 +110,20 @@ def load_reward_model(name_or_path: str, tokenizer: Any, dtype: torch.dtype | No
         if text_config is not model.config:
             text_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def _merged_adapter(base: Any, adapter_dir: str, name: str) -> Any:
+    """The adapter in ``adapter_dir`` (LoRA weights and its ``modules_to_save`` head) on ``base``, merged."""
+    from peft import PeftModel
+
+    from mmpo.models.loading import merge_lora_float32, quiet_peft_wrapping
+
+    try:
+        with quiet_peft_wrapping():
+            wrapped = PeftModel.from_pretrained(base, adapter_dir)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load the adapter {name!r} as a reward model: {str(e).splitlines()[0]}") from None
+    return merge_lora_float32(wrapped)
 
 
 def sequence_rewards(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

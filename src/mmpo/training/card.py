@@ -80,6 +80,16 @@ _LOSS_LINE = {
 }
 
 
+def _loading_lines(config: Any, kind: str, loader: str, name: str) -> list[str]:
+    """The card's two lines that load the saved model and its tokenizer. A reward model saved as its LoRA adapter
+    (``merge_lora: false``) is built on its base by transformers (peft installed), which needs the one-output head
+    and the pad token the run used."""
+    tokenizer = f'tokenizer = AutoTokenizer.from_pretrained("{name}")'
+    if kind == "reward_model" and getattr(config, "lora_r", 0) > 0 and not getattr(config, "merge_lora", True):
+        return [tokenizer, f'model = {loader}.from_pretrained("{name}", num_labels=1, pad_token_id=tokenizer.pad_token_id)  # LoRA adapter (peft)']
+    return [f'model = {loader}.from_pretrained("{name}")', tokenizer]
+
+
 def model_card_text(config: Any, kind: str, results: dict[str, Any], command: str | None = None) -> str:
     """README.md for a saved model: YAML metadata (see :func:`card_metadata`), then a short body."""
     command = command or invoking_command()
@@ -99,8 +109,7 @@ def model_card_text(config: Any, kind: str, results: dict[str, Any], command: st
         "",
         "```python",
         f"from transformers import AutoTokenizer, {loader}",
-        f'model = {loader}.from_pretrained("{name}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
+        *_loading_lines(config, kind, loader, name),
         "```",
         "",
         "## Held-out metrics",

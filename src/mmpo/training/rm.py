@@ -13,7 +13,8 @@ formula), e.g.
 * ``label_smoothing``  ``-(1 - eps) log sigmoid(h) - eps log sigmoid(-h)``, ``eps = config.label_smoothing``
 * ``scaled_bt``        ``-m log sigmoid(h)``, BT weighted by the score margin ``m`` (1 where the data gave none)
 
-Output directory: ``checkpoint-N/`` (resumable), the final model (LoRA merged) with its tokenizer,
+Output directory: ``checkpoint-N/`` (resumable), the final model (LoRA merged, or the adapter with its trained
+head under ``merge_lora: false``) with its tokenizer,
 ``config.yaml``, ``data_report.json``, ``metrics.jsonl``, ``eval_results.json`` (final held-out metrics)
 and ``eval_scores.jsonl`` (one line per held-out pair: row, h, p, margin).
 """
@@ -74,21 +75,25 @@ def build_model(config: RMConfig, tokenizer: Any) -> Any:
 
 
 def save_final_model(trainer: RewardTrainer, tokenizer: Any, output_dir: str, config: RMConfig) -> str:
-    """Save the trained model so ``AutoModelForSequenceClassification.from_pretrained(output_dir)`` loads it;
-    returns how: ``full`` (no LoRA), ``merged`` or ``adapter``.
+    """Save the trained model so :func:`mmpo.models.reward.load_reward_model` (every mmpo command that scores
+    with it) loads it; returns how: ``full`` (no LoRA), ``merged`` or ``adapter``.
 
-    A LoRA model is merged into the float32 weights of its backbone first
-    (:func:`mmpo.models.loading.merge_lora_float32`). Under DeepSpeed ZeRO-3 the weights are partitioned and
-    cannot be merged in place, so Trainer's own saver writes the adapter (merge it later with peft).
+    A LoRA model is merged into the float32 weights of its backbone (:func:`mmpo.models.loading.merge_lora_float32`),
+    which ``AutoModelForSequenceClassification.from_pretrained(output_dir)`` loads as well; with
+    ``merge_lora: false`` the peft adapter is saved instead (task SEQ_CLS: the LoRA weights and the fully trained
+    head, peft's ``modules_to_save``), which the loader merges into its base again. Under DeepSpeed ZeRO-3 the
+    weights are partitioned and cannot be merged in place, so the adapter is saved either way.
     """
     model = trainer.accelerator.unwrap_model(trainer.model)
     is_peft = hasattr(model, "merge_and_unload")
     if not is_peft:
         trainer.save_model(output_dir)  # handles ZeRO-3 / FSDP gathering; saves the tokenizer too
         return "full"
-    if trainer.is_deepspeed_enabled and getattr(trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3:
-        trainer.save_model(output_dir)
-        print(f"note: LoRA under ZeRO-3: saved the adapter in {output_dir}; merge it with peft's merge_and_unload")
+    zero3 = trainer.is_deepspeed_enabled and getattr(trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
+    if zero3 or not config.merge_lora:
+        trainer.save_model(output_dir)  # peft's save_pretrained: adapter_config.json + the adapter and head weights
+        if zero3 and config.merge_lora:
+            print(f"note: LoRA under ZeRO-3: saved the adapter in {output_dir} (mmpo's reward-model loader merges it)")
         return "adapter"
     if trainer.args.should_save:
         merged = merge_lora_float32(model, config.revision, config.trust_remote_code)
