@@ -23,8 +23,8 @@ class FakeServer:
     """vLLM's shapes: /v1/models (base + loaded adapters with ``parent``), chat completions with ``n`` and ``seed``
     (answers depend on model, prompt, seed and index only), runtime LoRA load / unload. ``fail_chat`` answers 500."""
 
-    def __init__(self, base: str = "tiny", fail_chat: bool = False, delay: float = 0.0):
-        self.base, self.fail_chat, self.delay = base, fail_chat, delay
+    def __init__(self, base: str = "tiny", fail_chat: bool = False, delay: float = 0.0, reply: str | None = None):
+        self.base, self.fail_chat, self.delay, self.reply = base, fail_chat, delay, reply
         self.adapters: dict[str, str] = {}
         self.chats: list[dict] = []
         self.calls: list[tuple[str, dict]] = []
@@ -66,9 +66,9 @@ class FakeServer:
                 owner.chats.append(body)
                 time.sleep(owner.delay)  # a server busy generating: the others get to take prompts
                 prompt = body["messages"][-1]["content"]
-                choices = [{"index": j, "message": {"role": "assistant",
-                                                    "content": f"{body['model']}|{prompt[-3:]}|{body['seed']}|{j}|xyz{j}"}}
-                           for j in range(body["n"])]
+                choices = [{"index": j, "message": {"role": "assistant", "content": owner.reply or
+                                                    f"{body['model']}|{prompt[-3:]}|{body.get('seed')}|{j}|xyz{j}"}}
+                           for j in range(body.get("n", 1))]
                 self._send(200, {"choices": choices})
 
         self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -265,3 +265,15 @@ def test_concurrent_grading_matches_one_at_a_time_and_resumes(tmp_path):
     parallel, _ = many.grade(samples, path, "grade")
     assert parallel == serial and len(threads) > 1
     assert sorted(x["i"] for x in read_jsonl(path)) == list(range(12))  # every prompt once
+
+
+def test_a_judge_on_several_urls_spreads_requests_and_leaves_a_dead_one_out(servers):
+    from mmpo.graders import ScoreItem, load_grader
+
+    a, b = servers(reply="[[7]]"), servers(reply="[[7]]")
+    dead = _dead_url()
+    grader = load_grader(f"judge:tiny@{a.url},{dead},{b.url}", concurrency=2, cache_path=None, progress=False)
+    items = [ScoreItem([{"role": "user", "content": f"q{i}"}], f"answer {i}", {}) for i in range(10)]
+    assert grader.score(items) == [7.0] * 10
+    assert a.chats and b.chats and len(a.chats) + len(b.chats) == 10
+    assert list(grader.client.down) == [f"{dead}/v1/chat/completions"]
