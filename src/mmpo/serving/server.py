@@ -58,6 +58,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from mmpo.models.chat import ChatModel, ContextOverflow, PromptTooLong, check_messages
+from mmpo.serving.adapters import AdapterError, LoraAdapters
+from mmpo.serving.choices import generate_choices
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 # OpenAI's defaults where a request leaves a field out (max_tokens: a bound, cut to what the context leaves).
@@ -66,6 +68,7 @@ DEFAULT_TOP_P = 1.0
 DEFAULT_MAX_TOKENS = 1024
 DEFAULT_REQUEST_TIMEOUT = 600.0
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+MAX_CHOICES = 128  # OpenAI's limit on n
 
 
 class RequestError(Exception):
@@ -93,8 +96,8 @@ def parse_chat_request(body: Any) -> dict[str, Any]:
     """Validated generation arguments from a chat-completions body; raises :class:`RequestError` (400).
 
     ``max_new_tokens`` is None when the request gives no limit; ``strict_length`` is True when it does (then
-    prompt + limit over the context is an error rather than a silent cut). ``stream`` and ``include_usage``
-    are for the server, the rest for :meth:`ChatModel.generate`.
+    prompt + limit over the context is an error rather than a silent cut). ``n`` (answers, 1 when absent),
+    ``stream`` and ``include_usage`` are for the server, the rest for :meth:`ChatModel.generate`.
     """
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")
@@ -107,8 +110,11 @@ def parse_chat_request(body: Any) -> dict[str, Any]:
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise RequestError(400, "'n' must be a positive integer", "n")
-    if n is not None and n > 1:
-        raise RequestError(400, f"n = {n}: this server returns one choice per request (n = 1); send the request {n} times instead", "n")
+    n = n or 1
+    if n > MAX_CHOICES:
+        raise RequestError(400, f"'n' must be at most {MAX_CHOICES}", "n")
+    if n > 1 and stream:
+        raise RequestError(400, "n > 1 is served for non-streaming requests only", "n")
     try:
         messages = check_messages(body.get("messages"))
     except ValueError as e:
@@ -141,6 +147,7 @@ def parse_chat_request(body: Any) -> dict[str, Any]:
         "seed": seed,
         "stop": stop,
         "logprobs": top if want_logprobs else None,
+        "n": n,
         "stream": stream,
         "include_usage": bool(options.get("include_usage")),
     }
@@ -196,8 +203,9 @@ class ChatServer(ThreadingHTTPServer):
     """A threading HTTP server holding the one model it serves: a :class:`ChatModel` (``chat_model``) or a
     reward model grader (``reward``, a :class:`mmpo.graders.reward_model.RewardModelGrader`).
 
-    ``model_names`` are the ids a request's ``model`` field may give: ``model_name`` and any ``aliases``.
-    ``requests_served`` counts every request answered (any status), ``requests_failed`` those answered
+    ``model_names`` are the ids of the base model a request's ``model`` field may give: ``model_name`` and any
+    ``aliases``; a chat server's ``adapters`` (:class:`LoraAdapters`, loadable when ``enable_lora``) add one id
+    each. ``root`` is the base model's path or hub id, listed by ``GET /v1/models``. ``requests_served`` counts every request answered (any status), ``requests_failed`` those answered
     with a status of 400 or more or never answered (client gone).
     """
 
@@ -213,14 +221,20 @@ class ChatServer(ThreadingHTTPServer):
         name: str | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         aliases: tuple[str, ...] = (),
+        enable_lora: bool = False,
+        root: str | None = None,
     ):
         if (chat_model is None) == (reward is None):
             raise ValueError("serve exactly one model: a chat model or a reward model")
+        if enable_lora and chat_model is None:
+            raise ValueError("LoRA adapters are served on a chat model only")
         super().__init__(address, ChatHandler)
         self.chat_model = chat_model
         self.reward = reward
         self.model_name = name or (chat_model.name if chat_model is not None else "reward-model")
         self.model_names = (self.model_name, *(a for a in aliases if a != self.model_name))
+        self.root = root
+        self.adapters = LoraAdapters(chat_model, enabled=enable_lora) if chat_model is not None else None
         self.api_key = api_key
         self.quiet = quiet
         self.request_timeout = request_timeout
@@ -242,16 +256,33 @@ class ChatServer(ThreadingHTTPServer):
         ok = self.requests_served - self.requests_failed
         return f"{self.requests_served} request{'s' if self.requests_served != 1 else ''} ({ok} ok, {self.requests_failed} errors)"
 
-    def check_model(self, body: Any) -> None:
-        """A 404 (``model_not_found``) when ``body["model"]`` names a model this server does not serve."""
+    def check_model(self, body: Any) -> str | None:
+        """The LoRA adapter ``body["model"]`` names, None for the base model (or no ``model`` field); a 404
+        (``model_not_found``) when it names a model this server does not serve."""
         model = body.get("model") if isinstance(body, dict) else None
-        if model is None:
-            return
+        if model is None or model in self.model_names:
+            return None
         if not isinstance(model, str):
             raise RequestError(400, "'model' must be a string", "model")
-        if model not in self.model_names:
-            served = " or ".join(repr(n) for n in self.model_names)
-            raise RequestError(404, f"the model {model!r} does not exist; this server serves {served}", "model", kind="not_found_error", code="model_not_found")
+        if self.adapters is not None and model in self.adapters:
+            return model
+        raise self.model_not_found(model)
+
+    def model_not_found(self, model: str) -> RequestError:
+        """The 404 (``model_not_found``) for a request naming ``model``, listing what is served."""
+        names = [*self.model_names, *(a.name for a in self.adapters.listed())] if self.adapters is not None else self.model_names
+        served = " or ".join(repr(n) for n in names)
+        return RequestError(404, f"the model {model!r} does not exist; this server serves {served}", "model", kind="not_found_error", code="model_not_found")
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        """``GET /v1/models``'s ``data``: the base model, then each LoRA adapter with ``parent`` = the base model's
+        id and ``root`` = its path, as vLLM's model cards give them."""
+        cards = [{"id": self.model_name, "object": "model", "created": self.created, "owned_by": "mmpo",
+                  "root": self.root, "parent": None}]
+        if self.adapters is not None:
+            cards += [{"id": a.name, "object": "model", "created": a.created, "owned_by": "mmpo", "root": a.path,
+                       "parent": self.model_name} for a in self.adapters.listed()]
+        return cards
 
     @property
     def kind(self) -> str:
@@ -357,8 +388,7 @@ class ChatHandler(BaseHTTPRequestHandler):
                 return
             self._check_auth()
             if path == "/v1/models":
-                model = {"id": self.server.model_name, "object": "model", "created": self.server.created, "owned_by": "mmpo"}
-                self._send_json(200, {"object": "list", "data": [model]})
+                self._send_json(200, {"object": "list", "data": self.server.model_cards()})
                 return
             raise RequestError(404, f"no such endpoint: GET {path}", kind="not_found_error")
         except RequestError as e:
@@ -374,8 +404,11 @@ class ChatHandler(BaseHTTPRequestHandler):
                 if self.server.kind != "chat":
                     raise RequestError(400, "this server serves a reward model: POST /v1/score (vLLM score API) or /pooling instead")
                 body = self._parse_json(raw)
-                self.server.check_model(body)
-                self._chat(body)
+                self._chat(body, self.server.check_model(body))
+            elif path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+                if self.server.adapters is None:
+                    raise RequestError(400, f"{path} needs a chat model; this server serves a reward model")
+                self._adapter_request(path.endswith("/load_lora_adapter"), self._parse_json(raw))
             elif path in ("/v1/score", "/score", "/pooling", "/v1/pooling"):
                 if self.server.kind != "reward":
                     raise RequestError(400, f"{path} needs a reward model; this server serves a chat model (/v1/chat/completions)")
@@ -408,15 +441,49 @@ class ChatHandler(BaseHTTPRequestHandler):
             "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
         })
 
-    def _chat(self, body: Any) -> None:
+    def _adapter_request(self, load: bool, body: Any) -> None:
+        """vLLM's runtime LoRA endpoints: ``{"lora_name", "lora_path"}`` loads an adapter, ``{"lora_name"}``
+        unloads one; success is a 200 with vLLM's plain-text line ``Success: LoRA adapter 'NAME' added
+        successfully.`` (``removed`` for an unload)."""
+        adapters = self.server.adapters
+        if not adapters.enabled:
+            raise RequestError(404, "loading LoRA adapters at runtime is off: start mmpo serve with --enable-lora", kind="not_found_error")
+        if not isinstance(body, dict):
+            raise RequestError(400, "the request body must be a JSON object")
+        name, path = body.get("lora_name"), body.get("lora_path")
+        if not (isinstance(name, str) and name):
+            raise RequestError(400, "Both 'lora_name' and 'lora_path' must be provided." if load else "'lora_name' must be provided.", "lora_name")
+        if load and not (isinstance(path, str) and path):
+            raise RequestError(400, "Both 'lora_name' and 'lora_path' must be provided.", "lora_path")
+        if load and name in self.server.model_names:
+            raise RequestError(400, f"'{name}' is the base model's id; load the adapter under another name", "lora_name")
+        try:
+            if load:
+                adapters.load(name, path)
+            else:
+                adapters.unload(name)
+        except AdapterError as e:
+            raise RequestError(e.status, e.message, e.param, kind="not_found_error" if e.status == 404 else "invalid_request_error") from None
+        self.log_message("LoRA adapter %r %s", name, f"loaded from {path}" if load else "unloaded")
+        data = f"Success: LoRA adapter '{name}' {'added' if load else 'removed'} successfully.".encode("utf-8")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _chat(self, body: Any, adapter: str | None) -> None:
+        """Answer a chat-completions request with the base model (``adapter`` None) or the LoRA adapter named."""
         request = parse_chat_request(body)
         stream, include_usage, max_key = request.pop("stream"), request.pop("include_usage"), request.pop("max_key")
+        n = request.pop("n")
+        model_id = adapter or self.server.model_name
         deadline = time.monotonic() + self.server.request_timeout
         chat_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         started = {"yes": False}
 
         def chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> dict[str, Any]:
-            return {"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": self.server.model_name,
+            return {"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model_id,
                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
 
         def send_event(payload: Any) -> None:
@@ -442,10 +509,15 @@ class ChatHandler(BaseHTTPRequestHandler):
             start_stream()
             send_event(chunk({"content": piece}, None))
 
+        chat = self.server.chat_model
         try:
-            completion = self.server.chat_model.generate(
-                **request, deadline=deadline, cancelled=self._client_gone, on_text=on_text if stream else None
-            )
+            with self.server.adapters.using(adapter):
+                if n == 1:
+                    choices = [chat.generate(**request, deadline=deadline, cancelled=self._client_gone, on_text=on_text if stream else None)]
+                else:
+                    choices = generate_choices(chat, n=n, **request, deadline=deadline, cancelled=self._client_gone)
+        except AdapterError:  # unloaded while this request waited for the model
+            raise self.server.model_not_found(adapter or "") from None
         except ContextOverflow as e:
             raise RequestError(400, str(e), max_key) from None
         except PromptTooLong as e:
@@ -459,20 +531,18 @@ class ChatHandler(BaseHTTPRequestHandler):
                 self._stream_error(send_event, f"generation failed: {type(e).__name__}: {e}", 500)
                 return
             raise RequestError(500, f"generation failed: {type(e).__name__}: {e}", kind="server_error") from None
-        if completion.finish_reason == "cancelled":
+        if any(c.finish_reason == "cancelled" for c in choices):
             self.close_connection = True
-            self.log_message("client disconnected; generation stopped after %d tokens", completion.completion_tokens)
+            self.log_message("client disconnected; generation stopped after %d tokens", sum(c.completion_tokens for c in choices))
             return
-        usage = {
-            "prompt_tokens": completion.prompt_tokens,
-            "completion_tokens": completion.completion_tokens,
-            "total_tokens": completion.prompt_tokens + completion.completion_tokens,
-        }
-        timed_out = completion.finish_reason == "timeout"
+        # The prompt is counted once, the completions all together (OpenAI's and vLLM's usage for n > 1).
+        prompt_tokens, completion_tokens = choices[0].prompt_tokens, sum(c.completion_tokens for c in choices)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+        timed_out = any(c.finish_reason == "timeout" for c in choices)
         if stream:
             try:
                 start_stream()
-                send_event(chunk({}, "length" if timed_out else completion.finish_reason))
+                send_event(chunk({}, "length" if timed_out else choices[0].finish_reason))
                 if timed_out:
                     self._stream_error(send_event, self._timeout_message(), 504, done=False)
                 if include_usage:
@@ -485,12 +555,11 @@ class ChatHandler(BaseHTTPRequestHandler):
             return
         if timed_out:
             raise RequestError(504, self._timeout_message(), kind="timeout_error")
-        message: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": completion.text},
-                                   "logprobs": None, "finish_reason": completion.finish_reason}
-        if completion.logprobs is not None:
-            message["logprobs"] = {"content": completion.logprobs}
-        self._send_json(200, {"id": chat_id, "object": "chat.completion", "created": created, "model": self.server.model_name,
-                              "choices": [message], "usage": usage})
+        answers = [{"index": i, "message": {"role": "assistant", "content": c.text},
+                    "logprobs": None if c.logprobs is None else {"content": c.logprobs}, "finish_reason": c.finish_reason}
+                   for i, c in enumerate(choices)]
+        self._send_json(200, {"id": chat_id, "object": "chat.completion", "created": created, "model": model_id,
+                              "choices": answers, "usage": usage})
 
     def _timeout_message(self) -> str:
         return f"generation stopped at the server's time limit of {self.server.request_timeout:g} s per request"
@@ -515,8 +584,12 @@ def make_server(
     name: str | None = None,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     aliases: tuple[str, ...] = (),
+    enable_lora: bool = False,
+    root: str | None = None,
 ) -> ChatServer:
     """A bound (not yet serving) server for a chat model or a reward model grader; ``port=0`` picks a free
-    port, readable from ``server.url``. ``aliases``: more ids a request's ``model`` may give."""
+    port, readable from ``server.url``. ``aliases``: more ids a request's ``model`` may give. ``enable_lora``:
+    accept ``POST /v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` (a chat model only). ``root``: the
+    base model's path, listed by ``GET /v1/models``."""
     return ChatServer((host, port), chat_model, api_key=api_key, quiet=quiet, reward=reward, name=name,
-                      request_timeout=request_timeout, aliases=aliases)
+                      request_timeout=request_timeout, aliases=aliases, enable_lora=enable_lora, root=root)
