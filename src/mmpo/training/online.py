@@ -541,6 +541,9 @@ class OnlineRun:
         if pairs:
             self._say(r, f"train ({len(pairs)} pairs, {cfg.steps_per_round} steps, loss {cfg.loss})")
             record.update(self.train(r, rd / "pairs.jsonl"))
+            if cfg.sampler_urls is not None:
+                # Load the new adapter on the servers now (and unload the last one): the servers hold the latest policy.
+                self.use_policy(self.policy_of(r))
         else:
             # Nothing to learn from: the policy is carried over unchanged (said, and recorded).
             print(f"round {r}: no pairs with different grades; the policy is carried over ({self.policy_of(r - 1)})",
