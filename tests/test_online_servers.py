@@ -38,6 +38,7 @@ def _greedy(url: str, model: str, prompt: str) -> str:
         return json.loads(r.read())["choices"][0]["message"]["content"]
 
 
+@pytest.mark.slow
 def test_two_rounds_on_two_mmpo_serve_processes_survive_a_killed_server(tiny_model_dir, tmp_path, monkeypatch, subprocess_env):
     monkeypatch.setenv("MMPO_CACHE", str(tmp_path / "cache"))
     procs = [_serve(tiny_model_dir, subprocess_env) for _ in range(2)]

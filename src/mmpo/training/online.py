@@ -103,8 +103,7 @@ class OnlineConfig(DPOConfig):
             if self.lora_r <= 0:
                 # vLLM loads LoRA adapters at run time but cannot swap a server's base weights.
                 raise UserError("sampler_urls needs lora_r > 0: servers load each round's LoRA adapter at run time but "
-                                "cannot swap full weights; for full fine-tuning drop sampler_urls (sample in this "
-                                "process), or run one round at a time and restart the servers on round-R/policy")
+                                "cannot swap full weights; for full fine-tuning drop sampler_urls (sample in this process)")
             if self.reference == "adapter":
                 raise UserError("reference: adapter with sampler_urls: each round trains the last round's adapter on, so "
                                 "its base with the adapter off is the starting model only in round 1; use reference: "
