@@ -155,3 +155,49 @@ def _error_detail(e: urllib.error.HTTPError) -> str:
         return str(json.loads(body)["error"]["message"])[:300]
     except (ValueError, KeyError, TypeError):
         return body.strip()[:300] or str(e.reason)
+
+
+class JudgeClientPool:
+    """Requests spread round-robin over several endpoints serving the same model, each a :class:`JudgeClient`
+    with its own retries. An endpoint that refuses every request (:class:`JudgeConfigError`: refused connection,
+    bad key or model) is left out from then on; a request that fails for good on one endpoint is tried once on
+    the next. With every endpoint left out, :class:`JudgeConfigError` names each and why."""
+
+    def __init__(self, clients: list[JudgeClient]):
+        if not clients:
+            raise UserError("a judge needs at least one URL")
+        self.clients = clients
+        self.url = ",".join(c.url for c in clients)
+        self.model = clients[0].model
+        self.down: dict[str, str] = {}
+        self._next = 0
+        import threading
+
+        self._lock = threading.Lock()
+
+    def _pick(self, skip: JudgeClient | None = None) -> JudgeClient | None:
+        with self._lock:
+            live = [c for c in self.clients if c.url not in self.down and c is not skip]
+            if not live:
+                return None
+            self._next += 1
+            return live[self._next % len(live)]
+
+    def request(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The decoded answer from the next live endpoint (see the class docstring)."""
+        tried: JudgeClient | None = None
+        while True:
+            client = self._pick(skip=tried)
+            if client is None:
+                if tried is not None and tried.url not in self.down:
+                    raise JudgeRequestError(f"{tried.url} failed and no other judge endpoint is left to try")
+                raise JudgeConfigError("every judge endpoint failed: " + "; ".join(self.down.values()))
+            try:
+                return client.request(payload)
+            except JudgeConfigError as e:
+                with self._lock:
+                    self.down[client.url] = str(e)
+            except JudgeRequestError:
+                if tried is not None:
+                    raise
+                tried = client

@@ -6,7 +6,8 @@
   or ``{"kind": "checker", "checker": "graded-tasks" | "module:function"}``; other keys go to the grader's
   constructor (``cache_path``, ``batch_size``, ``progress``, ``samples``, ``verdict_from``, ``averaging``, ...);
 * a string ``reward_model:DIR``, ``judge:MODEL@URL``, ``checker:NAME``, or a bare existing directory
-  (a reward model).
+  (a reward model). A judge's URL may be several, separated by commas (``judge:MODEL@URL1,URL2``; in a
+  mapping also a list): its requests are spread over them.
 
 See :mod:`mmpo.graders.base` for the contract (``score``, ``compare``, missing values, caching).
 """

@@ -188,6 +188,33 @@ def get_lora_model(model: Any, lora: Any) -> Any:
         return get_peft_model(model, lora)
 
 
+def adapter_base(path: str) -> str | None:
+    """The base model a peft LoRA adapter directory names (``adapter_config.json``'s ``base_model_name_or_path``),
+    or None when ``path`` is no adapter directory."""
+    import json
+    from pathlib import Path
+
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{config}: no base_model_name_or_path: cannot tell which model the adapter belongs to")
+    return str(base)
+
+
+def continue_lora(model: Any, adapter_dir: str) -> Any:
+    """``model`` (the adapter's base, loaded) with the LoRA adapter of ``adapter_dir`` on it, trainable: training
+    goes on from that adapter, so the result is still one adapter on the same base (what a LoRA server loads)."""
+    import warnings
+
+    from peft import PeftModel
+
+    with warnings.catch_warnings():  # the same peft / transformers skew as in get_lora_model
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+
+
 def trainable_summary(model: Any, config: Any) -> str:
     """``LoRA r=16: training 1,303,104 of 135,818,688 parameters (0.96%)``: the line rm and dpo both print."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -56,6 +56,8 @@ from mmpo.evaluation.metrics import pair_metrics
 from mmpo.losses import LOSSES, LossSettings, dpo_logits, needs_reference, simpo_logits
 from mmpo.models.embedded import resolve_model_path
 from mmpo.models.loading import (
+    adapter_base,
+    continue_lora,
     get_lora_model,
     lora_config,
     model_load_kwargs,
@@ -345,12 +347,22 @@ class PolicyTask(Task):
     def build_model(self, config: DPOConfig, tokenizer: Any, data: PreparedData) -> Any:
         """The policy (+LoRA) and its reference; precomputed reference log-probs are attached to the features."""
         mode = self.reference_mode = resolve_reference_mode(config.loss, config.reference, config.lora_r, config.ref_model)
+        # A LoRA run that starts from a LoRA adapter directory trains that adapter on (the result stays one adapter
+        # on the same base); its base with the adapter off is then not the starting policy.
+        start_adapter = adapter_base(resolve_model_path(config.model)) if config.lora_r > 0 else None
+        if start_adapter is not None and mode == "adapter":
+            if config.reference == "adapter":
+                raise UserError(f"reference: adapter: model {config.model} is a LoRA adapter, so its base with the adapter "
+                                "off is not the starting policy; use reference: precomputed or model")
+            mode = self.reference_mode = "precomputed"
         bf16 = use_bf16(config.bf16)
         dtype = _model_dtype(config, bf16)
-        model = load_causal_lm(config.model, **model_load_kwargs(config, dtype))
+        model = load_causal_lm(start_adapter or config.model, **model_load_kwargs(config, dtype))
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         model.config.use_cache = False  # no generation during training; the KV cache only costs memory
+        if start_adapter is not None:
+            model = continue_lora(prepare_quantized_for_lora(model, config), resolve_model_path(config.model))
 
         self.train_features, self.eval_features = data.train, data.eval
         if mode == "precomputed":
@@ -364,7 +376,7 @@ class PolicyTask(Task):
                 load_causal_lm(config.ref_model, **_reference_load_kwargs(config, dtype)) if config.ref_model else copy.deepcopy(model)
             )
 
-        if config.lora_r > 0:
+        if config.lora_r > 0 and start_adapter is None:
             model = prepare_quantized_for_lora(model, config)  # QLoRA: a 4/8-bit base
             model = get_lora_model(model, lora_config(config, "CAUSAL_LM", model=model))
             print(trainable_summary(model, config))

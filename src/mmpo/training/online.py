@@ -32,6 +32,7 @@ import json
 import math
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,13 @@ class OnlineConfig(DPOConfig):
     grader_retries: int = field(default=2, metadata={"help": "retries of a failed grading call before its answers count as missing"})
     grader_retry_wait: float = field(default=0.5, metadata={"help": "seconds before the first retry; doubled for each further one"})
     steps_per_round: int = field(default=16, metadata={"help": "training steps on each round's pairs"})
+    sampler_urls: Any = field(default=None, metadata={"help": "OpenAI-compatible servers (vLLM, mmpo serve) that sample the rounds' answers: a list or URLs separated by commas; none = sample in this process"})
+    sampler_model: str | None = field(default=None, metadata={"help": "the base model's name on the sampler_urls servers; none = the model their /v1/models lists"})
+    adapter_dir: str | None = field(default=None, metadata={"help": "with sampler_urls: a folder the servers can read where each round's LoRA adapter is copied before they load it; none = the round's own policy/ folder"})
+    sampler_concurrency: int = field(default=4, metadata={"help": "with sampler_urls: requests in flight per server"})
+    sampler_retries: int = field(default=2, metadata={"help": "with sampler_urls: retries of a request that times out or gets a 5xx before its server counts as down"})
+    sampler_timeout: float = field(default=300.0, metadata={"help": "with sampler_urls: seconds one request may take"})
+    grader_concurrency: int = field(default=1, metadata={"help": "prompts graded at once (threads); above 1 the grader must be safe to call from several threads (checkers and judges are)"})
     round_reference: str = field(default="initial", metadata={"help": "reference policy of every round: initial (the starting model) or previous (the last round's policy)"})
     output_dir: str = field(default="runs/online", metadata={"help": "where rounds, checkpoints and log.jsonl go"})
 
@@ -88,6 +96,18 @@ class OnlineConfig(DPOConfig):
         if self.ref_model is not None and self.round_reference == "previous":
             raise UserError("ref_model is the reference of round_reference: initial only; with round_reference: previous "
                             "each round's reference is the last round's policy: drop ref_model or use round_reference: initial")
+        if self.sampler_urls is not None:
+            from mmpo.training.sampling import parse_urls
+
+            self.sampler_urls = parse_urls(self.sampler_urls, "sampler_urls")
+            if self.lora_r <= 0:
+                # vLLM loads LoRA adapters at run time but cannot swap a server's base weights.
+                raise UserError("sampler_urls needs lora_r > 0: servers load each round's LoRA adapter at run time but "
+                                "cannot swap full weights; for full fine-tuning drop sampler_urls (sample in this process)")
+            if self.reference == "adapter":
+                raise UserError("reference: adapter with sampler_urls: each round trains the last round's adapter on, so "
+                                "its base with the adapter off is the starting model only in round 1; use reference: "
+                                "auto, precomputed or model")
         if self.reference == "adapter" and self.round_reference == "initial":
             # From round 2 on, the LoRA base with its adapter off is the last round's policy, not the initial model.
             raise UserError("reference: adapter with round_reference: initial: from round 2 on the adapter's base is the "
@@ -106,6 +126,10 @@ ONLINE_RANGES = {
     "grader_retries": (">= 0", {"low": 0}),
     "grader_retry_wait": (">= 0", {"low": 0}),
     "steps_per_round": (">= 1", {"low": 1}),
+    "sampler_concurrency": (">= 1", {"low": 1}),
+    "sampler_retries": (">= 0", {"low": 0}),
+    "sampler_timeout": ("> 0", {"low": 0, "low_open": True}),
+    "grader_concurrency": (">= 1", {"low": 1}),
 }
 
 
@@ -299,9 +323,55 @@ class OnlineRun:
     eval_rows: list[dict[str, Any]]
     out: Path
     started: float = field(default_factory=time.time)
+    sampler: Any = None  # a mmpo.training.sampling.Sampler; None = made from the config on first use
 
     def round_dir(self, r: int) -> Path:
         return self.out / f"round-{r}"
+
+    def get_sampler(self) -> Any:
+        if self.sampler is None:
+            self.sampler = make_sampler(self.config)
+        return self.sampler
+
+    def adapter_name(self, policy: str) -> str:
+        """The name a round's policy is served under: ``<output_dir name>-<hash of its path>-round-R`` (the hash
+        keeps runs that share servers apart)."""
+        run = hashlib.sha256(str(self.out.resolve()).encode()).hexdigest()[:6]
+        return f"{self.out.name}-{run}-{Path(policy).parent.name}"
+
+    def served_policy(self, policy: str) -> tuple[str, str | None]:
+        """``(name, path)`` a sampler answers with for ``policy`` (a :meth:`policy_of` value): the starting model
+        as itself (path None); with ``sampler_urls`` a round's adapter under :meth:`adapter_name`, copied to
+        ``adapter_dir`` first when that is set (once; the copy appears whole or not at all)."""
+        if policy == self.config.model:
+            return policy, None
+        if self.config.sampler_urls is None:
+            return policy, policy
+        name = self.adapter_name(policy)
+        path = Path(policy).resolve()
+        if self.config.adapter_dir is not None:
+            target = Path(os.path.expanduser(str(self.config.adapter_dir))).resolve() / name
+            if not target.is_dir():
+                import shutil
+                import tempfile
+
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
+                for f in path.iterdir():
+                    if f.is_file():
+                        shutil.copy2(f, tmp / f.name)
+                os.replace(tmp, target)
+            path = target
+        return name, str(path)
+
+    def use_policy(self, policy: str) -> None:
+        """Point the sampler at ``policy``; with servers, record in the round's ``adapter.json`` that it is loaded."""
+        name, path = self.served_policy(policy)
+        sampler = self.get_sampler()
+        sampler.use(name, path)
+        if path is not None and self.config.sampler_urls is not None:
+            state = {"name": name, "path": path, "loaded_on": [s.base for s in sampler.live()]}
+            atomic_write_text(Path(policy).parent / "adapter.json", json.dumps(state, indent=2))
 
     def policy_of(self, r: int) -> str:
         """The policy after round ``r`` (round 0 = the starting model): the last round's up to ``r`` that trained
@@ -322,14 +392,14 @@ class OnlineRun:
         return [rows[i] for i in picked]
 
     def generate(self, model: str, rows: list[dict[str, Any]], path: Path, num: int, temperature: float, desc: str, seed_key: str) -> list[dict[str, Any]]:
-        """Answers for ``rows`` in batches of ``generation_batch_size``, appended to ``path`` batch by batch;
-        batches already in the file are kept, so a rerun continues."""
-        from tqdm.auto import tqdm
-
-        from mmpo.models.chat import ChatModel, generate_batch
+        """Answers for ``rows`` from the sampler, in its batches (``generation_batch_size`` prompts in process, one
+        per request with servers), appended to ``path`` batch by batch as they finish; batches already in the
+        file are kept, so a rerun continues. Each batch has its own seed, so a redone batch gives the same answers."""
+        from mmpo.training.sampling import SamplingSettings
 
         cfg = self.config
-        bs = max(1, cfg.generation_batch_size)
+        sampler = self.get_sampler()
+        bs = max(1, sampler.batch_size)
         n_batches = math.ceil(len(rows) / bs)
         have = read_jsonl(path)
         done_batches = {b for b in {x["batch"] for x in have} if sum(x["batch"] == b for x in have) == len(rows[b * bs:(b + 1) * bs])}
@@ -338,39 +408,52 @@ class OnlineRun:
             write_jsonl_atomic(path, kept)  # drop a batch cut short by a crash; it is redone below
         todo = [b for b in range(n_batches) if b not in done_batches]
         if todo:
-            import torch
+            self.use_policy(model)
 
-            from mmpo.training.args import use_bf16
-
-            # Sampling and held-out answers run in the precision training runs in (bf16: auto).
-            autocast = torch.bfloat16 if use_bf16(cfg.bf16) else None
-            chat = ChatModel.load(model)
-            for b in tqdm(todo, desc=desc, unit="batch", disable=None):
+            def record(k: int, texts: list[list[str]]) -> None:
+                b = todo[k]
                 batch = rows[b * bs:(b + 1) * bs]
-                texts = generate_batch(chat, [x["messages"] for x in batch], num, max_new_tokens=cfg.max_new_tokens,
-                                       temperature=temperature, top_p=cfg.top_p, seed=_seed(cfg.seed, seed_key, b),
-                                       autocast_dtype=autocast)
                 append_jsonl(path, [{"batch": b, "i": b * bs + j, "prompt": x["prompt"], "meta": _meta(x), "answers": t}
                                     for j, (x, t) in enumerate(zip(batch, texts))])
-            del chat
-        out = sorted(read_jsonl(path), key=lambda x: x["i"])
-        return out
+
+            sampler.sample([[x["messages"] for x in rows[b * bs:(b + 1) * bs]] for b in todo],
+                           [_seed(cfg.seed, seed_key, b) for b in todo],
+                           SamplingSettings(num, temperature, cfg.top_p, cfg.max_new_tokens), record, desc=desc)
+        return sorted(read_jsonl(path), key=lambda x: x["i"])
 
     def grade(self, samples: list[dict[str, Any]], path: Path, desc: str) -> tuple[list[dict[str, Any]], int]:
-        """Every answer's grade, one line per prompt appended to ``path``; graded prompts are kept on rerun."""
+        """Every answer's grade, one line per prompt appended to ``path`` as it finishes (``grader_concurrency``
+        prompts at once); graded prompts are kept on rerun."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from tqdm.auto import tqdm
 
         done = {x["i"]: x for x in read_jsonl(path)}
-        failed_calls = 0
         todo = [s for s in samples if s["i"] not in done]
-        for s in tqdm(todo, desc=desc, unit="prompt", disable=None if todo else True):
-            messages = _messages(s["prompt"])
-            requests = [ScoreItem(messages, a, s["meta"]) for a in s["answers"]]
+        lock = threading.Lock()
+
+        def grade_one(s: dict[str, Any]) -> int:
+            requests = [ScoreItem(_messages(s["prompt"]), a, s["meta"]) for a in s["answers"]]
             grades, failed = grade_with_retries(self.grader, requests, self.config.grader_retries, self.config.grader_retry_wait)
-            failed_calls += failed
             rec = {**s, "grades": grades}
-            append_jsonl(path, [rec])
-            done[s["i"]] = rec
+            with lock:
+                append_jsonl(path, [rec])
+                done[s["i"]] = rec
+            return failed
+
+        bar = tqdm(total=len(todo), desc=desc, unit="prompt", disable=None if todo else True)
+        failed_calls = 0
+        workers = min(self.config.grader_concurrency, max(1, len(todo)))
+        if workers == 1:
+            for s in todo:
+                failed_calls += grade_one(s)
+                bar.update(1)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                for failed in pool.map(grade_one, todo):
+                    failed_calls += failed
+                    bar.update(1)
+        bar.close()
         return [done[s["i"]] for s in samples], failed_calls
 
     def evaluate(self, r: int, path: Path) -> dict[str, float]:
@@ -398,6 +481,9 @@ class OnlineRun:
         # ref_model None means "the starting model itself". `reference: auto` resolves per round: the LoRA base
         # (adapter) while the reference is the starting model, precomputed log-probs of the other model otherwise.
         ref = (cfg.ref_model or cfg.model) if cfg.round_reference == "initial" else start
+        if cfg.sampler_urls is not None:
+            # Servers load the round's policy as a LoRA adapter: keep it one (trained on from the last round's).
+            values["merge_lora"] = False
         values.update(
             model=start,
             ref_model=None if ref == start else ref,
@@ -454,6 +540,9 @@ class OnlineRun:
         if pairs:
             self._say(r, f"train ({len(pairs)} pairs, {cfg.steps_per_round} steps, loss {cfg.loss})")
             record.update(self.train(r, rd / "pairs.jsonl"))
+            if cfg.sampler_urls is not None:
+                # Load the new adapter on the servers now (and unload the last one): the servers hold the latest policy.
+                self.use_policy(self.policy_of(r))
         else:
             # Nothing to learn from: the policy is carried over unchanged (said, and recorded).
             print(f"round {r}: no pairs with different grades; the policy is carried over ({self.policy_of(r - 1)})",
@@ -468,6 +557,21 @@ class OnlineRun:
         print(f"== round {r}/{self.config.rounds}: {phase}  (elapsed {elapsed / 60:.1f} min)", flush=True)
 
 
+def make_sampler(config: OnlineConfig) -> Any:
+    """The config's sampler: :class:`~mmpo.training.sampling.ServerSampler` over ``sampler_urls``, else
+    :class:`~mmpo.training.sampling.InProcessSampler` in the precision training runs in (bf16: auto)."""
+    from mmpo.training.sampling import InProcessSampler, ServerSampler
+
+    if config.sampler_urls is not None:
+        return ServerSampler(config.sampler_urls, model=config.sampler_model, concurrency=config.sampler_concurrency,
+                             retries=config.sampler_retries, timeout=config.sampler_timeout)
+    import torch
+
+    from mmpo.training.args import use_bf16
+
+    return InProcessSampler(config.generation_batch_size, torch.bfloat16 if use_bf16(config.bf16) else None)
+
+
 def _meta(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in ("prompt", "messages")}
 
@@ -476,8 +580,10 @@ def _messages(prompt: Any) -> list[Message]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
 
 
-# Keys an online run may change and still continue in its directory: more rounds extend it.
-EXTENDABLE_KEYS = frozenset({"rounds"})
+# Keys an online run may change and still continue in its directory: more rounds extend it; the servers and how
+# hard they and the grader are driven do not change what is sampled (switching to or from servers does).
+EXTENDABLE_KEYS = frozenset({"rounds", "sampler_urls", "sampler_concurrency", "sampler_retries", "sampler_timeout",
+                             "grader_concurrency"})
 
 
 def refuse_other_settings(config: OnlineConfig, out: Path) -> None:
@@ -491,6 +597,9 @@ def refuse_other_settings(config: OnlineConfig, out: Path) -> None:
     if not saved_path.is_file():
         return
     saved = yaml.safe_load(saved_path.read_text()) or {}
+    if (saved.get("sampler_urls") is None) != (config.sampler_urls is None):
+        was = "servers (sampler_urls)" if saved.get("sampler_urls") is not None else "this process"
+        raise UserError(f"{out} holds an online run sampled in {was}: keep sampling that way, or choose another output_dir")
     current = {k: v for k, v in config_as_saved(config).items() if k not in EXTENDABLE_KEYS}
     diffs = settings_differences(saved, current, config_as_saved(OnlineConfig()))
     if diffs:
