@@ -43,8 +43,11 @@ def adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
     return config
 
 
-def adapter_base(adapter_dir: str | Path) -> str:
-    """The model a peft adapter directory was trained on (``base_model_name_or_path``), resolved like any model."""
+def adapter_base(adapter_dir: str | Path) -> str | None:
+    """The model a peft adapter directory was trained on (``adapter_config.json``'s ``base_model_name_or_path``),
+    resolved like any model; None when ``adapter_dir`` holds no ``adapter_config.json``."""
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        return None
     base = adapter_config(adapter_dir).get("base_model_name_or_path")
     if not base:
         raise UserError(f"{Path(adapter_dir) / 'adapter_config.json'}: no base_model_name_or_path (the model the adapter was trained on)")
@@ -186,21 +189,6 @@ def get_lora_model(model: Any, lora: Any) -> Any:
 
     with quiet_peft_wrapping():
         return get_peft_model(model, lora)
-
-
-def adapter_base(path: str) -> str | None:
-    """The base model a peft LoRA adapter directory names (``adapter_config.json``'s ``base_model_name_or_path``),
-    or None when ``path`` is no adapter directory."""
-    import json
-    from pathlib import Path
-
-    config = Path(path) / "adapter_config.json"
-    if not config.is_file():
-        return None
-    base = json.loads(config.read_text()).get("base_model_name_or_path")
-    if not base:
-        raise UserError(f"{config}: no base_model_name_or_path: cannot tell which model the adapter belongs to")
-    return str(base)
 
 
 def continue_lora(model: Any, adapter_dir: str) -> Any:
