@@ -106,6 +106,40 @@ def test_two_response_groups_give_the_pair_layouts_loss_and_gradients(loss, attn
         assert torch.allclose(g, pair_grads[name], atol=1e-5), name
 
 
+@pytest.mark.parametrize("loss", ["mmpo", "dpo", "ipo", "simpo_mmpo", "listwise"])
+def test_two_response_groups_give_the_pair_layouts_policy_loss_and_gradients(loss):
+    from mmpo.training.dpo import policy_loss, policy_rewards, response_rewards
+
+    groups = group_features(n=5, k=2, seed=5)
+    pairs = pairs_of(groups, SETTINGS.gamma, drop_ties=loss in ("dpo", "ipo"))
+    collate = SharedPromptCollator(pad_token_id=PAD, pack=True)
+    model, reference = build("llama", "policy", lora=False), build("llama", "policy", lora=False, seed=1)
+    settings = LossSettings(gamma=SETTINGS.gamma, beta=0.5, label_smoothing=0.0)
+
+    pair_batch = collate(pairs)
+    with torch.no_grad():
+        ref, _ = shared_response_logps(reference, pair_batch)
+    logps, n_tokens = shared_response_logps(model, pair_batch)
+    n = len(pairs)
+    chosen, rejected = policy_rewards(loss, logps[:n], logps[n:], n_tokens[:n], n_tokens[n:], ref[:n], ref[n:], beta=0.5)
+    pair_loss = policy_loss(loss, chosen, rejected, pair_batch["p"], 0.5, margin=pair_batch["margin"], settings=settings).mean()
+    pair_loss.backward()
+    pair_grads = grads(model)
+    model.zero_grad()
+
+    group_batch = collate(groups)
+    with torch.no_grad():
+        ref, _ = shared_response_logps(reference, group_batch)
+    logps, n_tokens = shared_response_logps(model, group_batch)
+    rewards = response_rewards(loss, logps, n_tokens, ref, beta=0.5).view(2, -1).t()
+    losses, _, _ = group_losses(loss, rewards, group_batch["scores"], group_batch["group_mask"], settings)
+    group_loss = losses.mean()
+    group_loss.backward()
+    assert abs(group_loss.item() - pair_loss.item()) <= 1e-5
+    for name, g in grads(model).items():
+        assert torch.allclose(g, pair_grads[name], atol=1e-5), name
+
+
 # --- (b) the mask isolates a group's responses -------------------------------------------------------------------
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -260,8 +294,8 @@ def test_layout_keys_are_checked(tmp_path):
         layout = overrides.pop("layout")
         with pytest.raises(UserError, match=message):
             data_config("d.jsonl", layout, **overrides).validate()
-    with pytest.raises(UserError, match="layout: groups trains reward models"):
-        load_config(DPOConfig, None, {"data": "d.jsonl", "layout": "groups"}).validate()
+    with pytest.raises(UserError, match="use simpo_margin: 0 with layout: groups"):
+        load_config(DPOConfig, None, {"data": "d.jsonl", "layout": "groups", "loss": "simpo", "simpo_margin": 0.5}).validate()
 
 
 # --- (e) training ------------------------------------------------------------------------------------------------
@@ -289,3 +323,40 @@ def test_reward_model_trains_on_groups_with_the_listwise_loss(tiny_model_dir, tm
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     assert shapes == [(2, 4)] * 3  # every step trained on 2 groups of 4 responses, one forward each
     assert AutoModelForSequenceClassification.from_pretrained(out).config.num_labels == 1
+
+
+@pytest.mark.parametrize("reference", ["precomputed", "model"])
+def test_policy_trains_on_groups_with_the_listwise_loss(tiny_model_dir, tmp_path, monkeypatch, reference):
+    """At the first step the policy is its reference, so every implicit reward is 0 and the listwise loss of a
+    group of k responses is log k: the reference log-probs reached the right responses (precomputed ones through
+    the cache's pairs, an odd group's last response paired with its first)."""
+    from mmpo.config import DPOConfig
+    from mmpo.training.dpo import PolicyTrainer, train_policy
+
+    seen = []
+    scored = PolicyTrainer.group_rewards
+
+    def spy(self, model, batch):
+        rewards = scored(self, model, batch)
+        seen.append((rewards.detach().clone(), batch["group_mask"].clone()))
+        return rewards
+
+    monkeypatch.setattr(PolicyTrainer, "group_rewards", spy)
+    monkeypatch.setenv("MMPO_CACHE", str(tmp_path / "cache"))
+    data = {"source": "alpaca_graded", "path": write_alpaca(tmp_path / "a.jsonl.gz", alpaca_rows(12, models=5))}
+    out = tmp_path / "run"
+    config = load_config(DPOConfig, None, dict(
+        model=str(tiny_model_dir), data=data, output_dir=str(out), max_length=96, layout="groups", group_size=3,
+        loss="listwise", reference=reference, per_device_train_batch_size=4, per_device_eval_batch_size=8,
+        learning_rate=5e-3, max_steps=2, logging_steps=1, eval_split=0.25, bf16=False, seed=3,
+    ))
+    summary = train_policy(config)
+    assert summary.global_step == 2 and summary.details["reference"] == reference and summary.metrics["n"] > 0
+    (first, mask), (second, _) = seen
+    # Groups of 5 responses split as 3 + 2; at the first step the policy is the reference: every reward is 0.
+    assert mask.shape[1] == 3 and not mask.all() and mask.sum() > 4
+    assert first[mask].abs().max() < 1e-4 and second[mask].abs().max() > 1e-3
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    k = mask.sum(dim=1).double()
+    assert abs(next(r["loss"] for r in logged if "loss" in r) - k.log().mean().item()) < 1e-4
+    assert (out / "config.json").is_file()

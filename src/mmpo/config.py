@@ -297,8 +297,9 @@ class DPOConfig(TrainConfig):
     def validate(self) -> None:
         super().validate()
         check_loss(self.loss, "policy", "policy")
-        if self.layout == "groups":
-            raise UserError("layout: groups trains reward models (mmpo rm); train policies with layout: pairs")
+        if self.layout == "groups" and self.simpo_margin and self.loss in ("simpo", "simpo_mmpo"):
+            raise UserError("simpo_margin offsets a pair's chosen response, which a group does not name: "
+                            "use simpo_margin: 0 with layout: groups")
         if not self.odpo_alpha >= 0:
             raise UserError(f"odpo_alpha must be >= 0 (got {self.odpo_alpha})")
         if self.odpo_offset not in ODPO_OFFSETS:

@@ -78,15 +78,23 @@ def feature_responses(feature: dict[str, Any]) -> list[list[int]]:
 
 
 def group_fields(features: list[dict[str, Any]], k: int) -> dict[str, torch.Tensor]:
-    """Per-group tensors: ``scores`` ``[G, k]`` (the responses' scores, NaN where a group has fewer than ``k``),
-    ``group_mask`` ``[G, k]`` (True where a response is present) and ``row`` (the group's source row)."""
-    scores = torch.full((len(features), k), float("nan"), dtype=torch.float32)
+    """Per-group tensors: ``scores`` ``[G, k]`` float64 (the responses' scores, NaN where a group has fewer than
+    ``k``; float64 so pair margins and targets round as the pair pipeline's do), ``group_mask`` ``[G, k]`` (True
+    where a response is present), ``row`` (the group's source row) and, where the features carry them,
+    ``reference_logps`` ``[G, k]`` (0 where absent)."""
+    scores = torch.full((len(features), k), float("nan"), dtype=torch.float64)
     mask = torch.zeros((len(features), k), dtype=torch.bool)
+    reference = torch.zeros((len(features), k), dtype=torch.float32) if "reference_logps" in features[0] else None
     for i, f in enumerate(features):
         n = len(f["scores"])
-        scores[i, :n] = torch.tensor([float(s) for s in f["scores"]], dtype=torch.float32)
+        scores[i, :n] = torch.tensor([float(s) for s in f["scores"]], dtype=torch.float64)
         mask[i, :n] = True
-    return {"scores": scores, "group_mask": mask, "row": torch.tensor([int(f.get("row", -1)) for f in features], dtype=torch.long)}
+        if reference is not None:
+            reference[i, :n] = torch.tensor([float(x) for x in f["reference_logps"]], dtype=torch.float32)
+    out = {"scores": scores, "group_mask": mask, "row": torch.tensor([int(f.get("row", -1)) for f in features], dtype=torch.long)}
+    if reference is not None:
+        out["reference_logps"] = reference
+    return out
 
 
 @dataclass
