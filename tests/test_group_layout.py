@@ -140,6 +140,14 @@ def test_two_response_groups_give_the_pair_layouts_policy_loss_and_gradients(los
         assert torch.allclose(g, pair_grads[name], atol=1e-5), name
 
 
+def test_length_grouping_counts_a_groups_prompt_once_and_every_response():
+    from mmpo.data.sampler import pair_tokens
+
+    group = {"prompt_ids": [1, 2, 3], "response_ids": [[4], [5, 6], [7, 8, 9]], "scores": [0.0, 1.0, 2.0]}
+    assert pair_tokens(group) == 3 + 1 + 2 + 3
+    assert pair_tokens({"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4, 5]}) == 5
+
+
 # --- (b) the mask isolates a group's responses -------------------------------------------------------------------
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

@@ -20,10 +20,14 @@ and the losses are the policy entries of the registry :data:`mmpo.losses.LOSSES`
 * ``rpo_sq``, ``rpo_fwd_kl``, ``rpo_bwd_kl``  squared distance / forward KL / backward KL between h and
                   gamma * margin (as Bernoulli logits for the KLs; RPO as in NeMo-Aligner)
 * ``gdpo``        -log sigmoid((2p - 1) h)                         (GDPO, geometric averaging)
+* ``listwise``    -sum_i softmax(gamma s)_i log softmax(r)_i over a group's implicit rewards (``layout: groups``;
+                  on a pair it is ``mmpo``)
 
 Chosen and rejected are scored in ONE forward pass: spans ``[prompt | chosen | rejected]`` with the prompt
 encoded once (``prefix_sharing``, :mod:`mmpo.models.shared_prefix`; several pairs per row with ``packing``), or
-the 2B rows ``prompt + response``. The reference is a frozen copy, the LoRA base with the adapter disabled, or log-probs precomputed and cached
+the 2B rows ``prompt + response``. Under ``layout: groups`` a prompt's k responses share one row
+``[prompt | r_1 | ... | r_k]`` and each gets its implicit reward :func:`response_rewards`; the loss is the
+listwise one or a pairwise one over all pairs of the group (:func:`mmpo.losses.group_losses`). The reference is a frozen copy, the LoRA base with the adapter disabled, or log-probs precomputed and cached
 (:mod:`mmpo.models.reference`).
 
 Logged with every training log and every evaluation (as ``train_*`` / ``eval_*``): loss, accuracy of
