@@ -8,6 +8,8 @@ Cases:
 * ``memory``: a memory timeline of mmpo's and TRL's runs, phase by phase (``memory_profile.py``).
 * ``layouts``: one training step per pair layout and attention kernel, no trainer around it (``layouts.py``;
   CUDA first, else CPU).
+* ``groups``: ``layout: groups`` against the pairs made from the same responses, tokens per step and a reward
+  model's step time on ``alpaca_graded`` (``groups.py``).
 
 ``python -m benchmarks CASE --help`` lists a case's options.
 """
@@ -27,6 +29,8 @@ def _load(case: str) -> Callable[[list[str]], None]:
         from .memory_profile import main
     elif case == "layouts":
         from .layouts import main
+    elif case == "groups":
+        from .groups import main
     else:
         raise SystemExit(f"unknown case {case!r}; choose from {', '.join(CASES)}")
     return main
@@ -39,7 +43,7 @@ def _trl(argv: list[str]) -> None:
     finish_run(*run(argv))
 
 
-CASES = ("trl", "report", "memory", "layouts")
+CASES = ("trl", "report", "memory", "layouts", "groups")
 
 
 def main(argv: list[str]) -> None:

@@ -121,7 +121,7 @@ def test_committed_results_hold_no_path_of_the_machine_they_ran_on():
 def test_entry_point_lists_the_cases_and_rejects_an_unknown_one():
     run = [sys.executable, "-m", "benchmarks"]
     listed = subprocess.run(run + ["--help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert all(f"``{case}``" in listed for case in ("trl", "report", "memory", "layouts"))
+    assert all(f"``{case}``" in listed for case in ("trl", "report", "memory", "layouts", "groups"))
     bad = subprocess.run(run + ["nope"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown case 'nope'" in bad.stderr
 

@@ -69,11 +69,14 @@ def _check_gradients(fn, *extra: torch.Tensor) -> None:
 # --- the registry ----------------------------------------------------------------------------------------
 
 def test_registry_kinds_and_flags():
-    assert losses_for("rm") == ("mmpo", "bt", "margin", "label_smoothing", "scaled_bt")
+    assert losses_for("rm") == ("mmpo", "bt", "margin", "label_smoothing", "scaled_bt", "listwise")
     assert losses_for("policy") == (
         "mmpo", "dpo", "cdpo", "ipo", "simpo", "simpo_mmpo", "odpo", "rdpo", "rpo_sq", "rpo_fwd_kl", "rpo_bwd_kl", "gdpo",
+        "listwise",
     )
-    assert [n for n in LOSSES if uses_soft_targets(n)] == ["mmpo", "simpo_mmpo", "rpo_sq", "rpo_fwd_kl", "rpo_bwd_kl", "gdpo"]
+    assert [n for n in LOSSES if uses_soft_targets(n)] == [
+        "mmpo", "simpo_mmpo", "rpo_sq", "rpo_fwd_kl", "rpo_bwd_kl", "gdpo", "listwise"]
+    assert [n for n in LOSSES if LOSSES[n].group_fn is not None] == ["listwise"]
     assert not uses_soft_targets("no_such_loss")
     assert [n for n in losses_for("policy") if not needs_reference(n)] == ["simpo", "simpo_mmpo"]
     with pytest.raises(ValueError, match="kind"):

@@ -72,6 +72,17 @@ class TrainConfig:
                           "disappears (exact; see mmpo.models.shared_prefix); auto = on where attention runs per pair "
                           "(CPU under SDPA)"},
     )
+    layout: str = field(
+        default="pairs",
+        metadata={"help": "pairs | groups: train on pairs, or on each prompt's graded responses together, one row "
+                          "[prompt | r_1 | ... | r_k] per group (needs prefix_sharing and per-response scores; "
+                          "batch sizes count groups; held-out data stays pairs; see docs/performance.md)"},
+    )
+    group_size: int = field(
+        default=8,
+        metadata={"help": "layout groups: most responses in one group; a prompt with more is split into near-equal "
+                          "groups, its responses dealt in an order seeded by seed"},
+    )
     group_by_length: bool = field(
         default=False,
         metadata={"help": "order training pairs so each step's pairs have similar token counts (random blocks of up "
@@ -115,7 +126,7 @@ class TrainConfig:
     learning_rate: float = field(default=1e-5, metadata={"help": "peak learning rate"})
     num_train_epochs: float = field(default=1.0, metadata={"help": "passes over the training pairs (max_steps > 0 overrides)"})
     max_steps: int = field(default=-1, metadata={"help": "optimiser steps to train (-1 = num_train_epochs)"})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "pairs per device per step"})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "pairs (layout groups: groups) per device per step"})
     per_device_eval_batch_size: int = field(default=16, metadata={"help": "pairs per device per evaluation batch"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "batches accumulated into one optimiser step"})
     lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers learning-rate schedule: linear | cosine | constant | ..."})
@@ -170,6 +181,14 @@ class TrainConfig:
             isinstance(self.eval_gamma, bool) or not isinstance(self.eval_gamma, (int, float)) or not self.eval_gamma > 0
         ):
             raise UserError(f"eval_gamma must be 'same', a number > 0 or none (got {self.eval_gamma!r})")
+        if self.layout not in ("pairs", "groups"):
+            raise UserError(f"layout must be pairs or groups (got {self.layout!r})")
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 2:
+            raise UserError(f"group_size must be a whole number >= 2 (got {self.group_size!r})")
+        if self.layout == "groups" and not self.prefix_sharing:
+            raise UserError("layout: groups scores each group in one shared row: it needs prefix_sharing: true")
+        if self.layout == "groups" and str(self.trunk_cache).lower() == "true":
+            raise UserError("layout: groups scores each group in one shared row, which the trunk cache cannot hold: set trunk_cache: auto or false")
         if self.over_length not in ("drop", "truncate"):
             raise UserError(f"over_length must be drop or truncate (got {self.over_length!r})")
         if self.load_in_4bit and self.load_in_8bit:
@@ -278,6 +297,9 @@ class DPOConfig(TrainConfig):
     def validate(self) -> None:
         super().validate()
         check_loss(self.loss, "policy", "policy")
+        if self.layout == "groups" and self.simpo_margin and self.loss in ("simpo", "simpo_mmpo"):
+            raise UserError("simpo_margin offsets a pair's chosen response, which a group does not name: "
+                            "use simpo_margin: 0 with layout: groups")
         if not self.odpo_alpha >= 0:
             raise UserError(f"odpo_alpha must be >= 0 (got {self.odpo_alpha})")
         if self.odpo_offset not in ODPO_OFFSETS:

@@ -40,6 +40,9 @@ __all__ = [
     "preference_strength",
     "scaled_bt_loss",
     "listwise_soft_loss",
+    "group_pairs",
+    "drops_ties",
+    "group_losses",
     "LossSettings",
     "Loss",
     "LOSSES",
@@ -301,7 +304,7 @@ def scaled_bt_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
 
 
 def listwise_soft_loss(
-    rewards: torch.Tensor, scores: torch.Tensor, gamma: float, mask: torch.Tensor | None = None
+    rewards: torch.Tensor, scores: torch.Tensor, gamma: float | None, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Listwise soft target for a prompt with ``k`` graded responses: cross-entropy between two softmaxes.
 
@@ -309,21 +312,59 @@ def listwise_soft_loss(
     ``[groups, k]`` (``r``: reward-model rewards or DPO's implicit rewards); returns ``[groups]``. ``mask``
     (bool, ``[groups, k]``) marks the responses present when groups have fewer than ``k``. With ``k = 2`` this
     is exactly :func:`mmpo_loss` (``q_1 = sigmoid(gamma * (s_1 - s_2))``); equal scores give the uniform target.
+    ``gamma=None`` (hard labels) is the limit ``gamma -> inf``: ``q`` uniform over the top-scored responses.
     """
-    if not gamma > 0:
+    if gamma is not None and not gamma > 0:
         raise ValueError(f"gamma must be > 0 (got {gamma})")
     r, s = _wide(rewards), _wide(scores)
     if r.shape != s.shape or r.dim() != 2:
         raise ValueError(f"rewards and scores must both be [groups, k] (got {tuple(r.shape)} and {tuple(s.shape)})")
-    logits, target_logits_ = r, gamma * s.to(r)
-    if mask is not None:
-        absent = ~mask.bool().to(r.device)
-        logits = r.masked_fill(absent, float("-inf"))
-        target_logits_ = target_logits_.masked_fill(absent, float("-inf"))
+    present = torch.ones_like(r, dtype=torch.bool) if mask is None else mask.bool().to(r.device)
+    s = s.to(r).masked_fill(~present, float("-inf"))
+    if gamma is None:
+        target_logits_ = torch.where(s == s.max(dim=-1, keepdim=True).values, 0.0, float("-inf")).to(r)
+    else:
+        target_logits_ = gamma * s
+    logits = r.masked_fill(~present, float("-inf"))
     q = torch.softmax(target_logits_, dim=-1)
     log_model = torch.log_softmax(logits, dim=-1)
     # 0 * -inf at an absent response is 0, not NaN.
     return -(q * torch.where(q > 0, log_model, torch.zeros_like(log_model))).sum(dim=-1)
+
+
+def group_pairs(
+    rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, gamma: float | None, drop_ties: bool
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """All ``C(k, 2)`` pairs of each group's present responses as the pair losses take them.
+
+    For responses ``a < b`` of a group (``rewards``, ``scores``, ``mask`` all ``[groups, k]``), in group order then
+    ``(a, b)`` order, the pair is oriented as the pair pipeline orients it (chosen = the higher score, ``b`` only
+    when it scores strictly higher): ``margin = s_chosen - s_rejected >= 0`` and ``p = sigmoid(gamma * margin)``
+    (1 under ``gamma=None``; a tie then has no target). Ties (``margin = 0``) are left out when ``drop_ties`` or
+    ``gamma`` is None, as :func:`mmpo.data.pairs.retarget` drops them. The margin and ``p`` are computed in
+    float64, then rounded to float32, as the pair pipeline computes them. Returns
+    ``(chosen_rewards, rejected_rewards, {"p", "margin"})``, one entry per pair.
+    """
+    k = rewards.shape[-1]
+    a, b = torch.triu_indices(k, k, offset=1, device=rewards.device)
+    s = scores.double()
+    s_a, s_b, r_a, r_b = s[:, a], s[:, b], rewards[:, a], rewards[:, b]
+    keep = mask[:, a].bool() & mask[:, b].bool()
+    margin = (s_a - s_b).abs()
+    if drop_ties or gamma is None:
+        keep = keep & (margin != 0)
+    b_wins = s_b > s_a
+    chosen = torch.where(b_wins, r_b, r_a)[keep]
+    rejected = torch.where(b_wins, r_a, r_b)[keep]
+    margin = margin[keep]
+    p = torch.ones_like(margin) if gamma is None else torch.sigmoid(gamma * margin)
+    return chosen, rejected, {"p": p.float(), "margin": margin.float()}
+
+
+def drops_ties(loss: str, gamma: float | None) -> bool:
+    """Whether ``loss``'s training pairs leave ties out: under hard labels, or when it ignores ``p``
+    (:func:`uses_soft_targets`)."""
+    return gamma is None or not uses_soft_targets(loss)
 
 
 # --- the registry: one line per loss ---------------------------------------------------------------------
@@ -349,6 +390,7 @@ class LossSettings:
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, PairBatch, LossSettings], torch.Tensor]
+GroupLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, LossSettings], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -359,6 +401,8 @@ class Loss:
     ``margin`` (NaN where unknown), and :class:`LossSettings`. ``uses_soft_targets``: the loss reads the soft
     target ``p`` (so ``gamma`` shapes it). ``needs_reference``: for a policy, ``h`` is DPO's implicit reward
     difference against a reference (False: SimPO's reference-free, length-normalised rewards).
+    ``group_fn(rewards, scores, mask, settings) -> [groups]``: a listwise loss on a group's ``k`` responses
+    (``layout: groups``); None: the loss is pairwise and a group trains on all its pairs (:func:`group_losses`).
     """
 
     name: str
@@ -367,6 +411,7 @@ class Loss:
     needs_reference: bool
     fn: LossFn
     formula: str
+    group_fn: GroupLossFn | None = None
 
 
 def _margin(batch: PairBatch) -> torch.Tensor:
@@ -417,8 +462,30 @@ LOSSES: dict[str, Loss] = {
              "KL(p || sigmoid(h)) between Bernoullis: MMPO minus the target's entropy (RPO, backward KL)"),
         Loss("gdpo", _POLICY, True, True, lambda c, r, b, s: gdpo_loss(c, r, b["p"]),
              "-log sigmoid((2p - 1) h) (GDPO, geometric averaging)"),
+        # On a pair the listwise target is MMPO's (k = 2), so pairs (held-out ones included) train and score as mmpo.
+        Loss("listwise", _BOTH, True, True, lambda c, r, b, s: mmpo_loss(c, r, b["p"]),
+             "-sum_i q_i log softmax(r)_i over a prompt's responses, q = softmax(gamma * score) (layout: groups; "
+             "on a pair it is mmpo)",
+             group_fn=lambda r, sc, m, s: listwise_soft_loss(r, sc, s.gamma, m)),
     )
 }
+
+
+def group_losses(
+    loss: str, rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, settings: LossSettings
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(losses, chosen, rejected)`` for a batch of groups (``rewards``, ``scores``, ``mask`` ``[groups, k]``).
+
+    A listwise loss (``group_fn``) gives one loss per group; a pairwise one one per pair of :func:`group_pairs`
+    (all ``C(k, 2)`` pairs of each group, ties left out as :func:`drops_ties` says), so the mean is the mean over
+    the same pairs the pair layout would train on. ``chosen`` / ``rejected`` are those pairs' rewards either way
+    (for statistics).
+    """
+    spec = LOSSES[loss]
+    chosen, rejected, pair_batch = group_pairs(rewards, scores, mask, settings.gamma, drops_ties(loss, settings.gamma))
+    if spec.group_fn is not None:
+        return spec.group_fn(rewards, scores, mask, settings), chosen, rejected
+    return spec.fn(chosen, rejected, pair_batch, settings), chosen, rejected
 
 
 def losses_for(kind: str) -> tuple[str, ...]:

@@ -181,6 +181,10 @@ def make_pair(raw: dict[str, Any], ref: RowRef, options: PairOptions, report: Da
     kind = _strength_kind(raw, ref)
     margin: float | None = None
     judged: float | None = None
+    # Each response's own score, where the row gives it (layout: groups rebuilds a prompt's responses from them):
+    # score_chosen / score_rejected, or a converter's response_scores (a tuple, which no data file can hold).
+    given = raw.get("response_scores")
+    scores: tuple[float, float] | None = given if isinstance(given, tuple) else None
     if kind == "p_chosen":
         judged = number(raw["p_chosen"], ref, "p_chosen")
         if not 0.0 <= judged <= 1.0:
@@ -194,11 +198,13 @@ def make_pair(raw: dict[str, Any], ref: RowRef, options: PairOptions, report: Da
             margin = number(raw["margin"], ref, "margin")
         else:
             # Rounded so that 4.2 - 0.0 and 8.7 - 4.5 are the same margin in reports and bins.
-            margin = round(number(raw.get("score_chosen"), ref, "score_chosen") - number(raw.get("score_rejected"), ref, "score_rejected"), 9)
+            scores = (number(raw.get("score_chosen"), ref, "score_chosen"), number(raw.get("score_rejected"), ref, "score_rejected"))
+            margin = round(scores[0] - scores[1], 9)
         if margin < 0:
             if not _order_conflict(ref, "margin" if kind == "margin" else "score_chosen", options, report):
                 return None
             chosen, rejected, margin = rejected, chosen, -margin
+            scores = None if scores is None else (scores[1], scores[0])
     if margin == 0 or judged == 0.5:
         if options.gamma is None and options.hard_ties == "drop":
             report.drop("tie under hard labels (gamma none)")
@@ -210,6 +216,8 @@ def make_pair(raw: dict[str, Any], ref: RowRef, options: PairOptions, report: Da
     meta: dict[str, Any] = {"group": group if group is not None else json.dumps(prompt, sort_keys=True)}
     if judged is not None:
         meta["judged"] = judged
+    if scores is not None and kind in ("scores", "margin"):
+        meta["scores"] = scores
     return PreferencePair(
         prompt, chosen, rejected, p=target_probability(margin, judged, options.gamma), margin=margin,
         source=ref.where, row=ref.row, meta=meta,

@@ -11,6 +11,8 @@ split             :func:`split_by_prompt` / a held-out spec       never one prom
 targets           :func:`mmpo.data.pairs.retarget`                training targets (ties the loss cannot use
                                                                  dropped), held-out truth (``eval_gamma``)
 tokens            :func:`tokenize_pairs`                          truncate or drop over-length pairs
+groups            :func:`mmpo.data.groups.make_groups`,           ``layout: groups`` only: the training pairs
+                  :func:`tokenize_groups`                         of each prompt as groups of responses
 ================  =============================================  ==========================================
 
 :func:`load_pairs` runs read to selection for one spec; :func:`prepare_data` runs the whole line for a run's
@@ -121,6 +123,8 @@ class DataPlan:
     max_prompt_length: int
     over_length: str
     allow_eval_overlap: bool = False
+    layout: str = "pairs"
+    group_size: int = 8
 
     @classmethod
     def from_config(cls, config: Any) -> "DataPlan":
@@ -144,6 +148,8 @@ class DataPlan:
             max_prompt_length=config.prompt_budget,
             over_length=getattr(config, "over_length", "truncate"),
             allow_eval_overlap=bool(getattr(config, "allow_eval_overlap", False)),
+            layout=getattr(config, "layout", "pairs"),
+            group_size=getattr(config, "group_size", 8),
         )
 
 
@@ -152,9 +158,10 @@ class PreparedData:
     train: list[dict[str, Any]]
     eval: list[dict[str, Any]]
     reports: dict[str, DataReport]
+    notes: tuple[str, ...] = ()  # lines printed after the reports (the groups of layout: groups)
 
     def render(self) -> str:
-        return "\n".join(r.render() for r in self.reports.values())
+        return "\n".join([*(r.render() for r in self.reports.values()), *self.notes])
 
 
 def _prompt_bucket(pair: PreferencePair, seed: int) -> float:
@@ -207,14 +214,14 @@ def check_held_out(train: list[PreferencePair], held: list[PreferencePair], eval
 
 
 def tokenize_pairs(pairs: list[PreferencePair], tokenizer: Any, max_length: int, max_prompt_length: int, report: DataReport,
-                   over_length: str = "truncate") -> list[dict[str, Any]]:
+                   over_length: str = "truncate", cache: dict | None = None) -> list[dict[str, Any]]:
     """Tokenize once; pairs that cannot fit (or, with ``over_length: drop``, that do not fit) are dropped and
-    counted in ``report``."""
+    counted in ``report``. ``cache`` (a dict) may be shared with :func:`tokenize_groups`."""
     if over_length not in OVER_LENGTH:
         raise UserError(f"over_length must be {' or '.join(OVER_LENGTH)} (got {over_length!r})")
     stats = TruncationStats()
     out = []
-    cache: dict = {}  # each prompt and answer is tokenized once (scored-response data repeats them)
+    cache = {} if cache is None else cache  # each prompt and answer is tokenized once (scored-response data repeats them)
     for pair in pairs:
         tok = tokenize_pair(tokenizer, pair, max_length, max_prompt_length, stats, over_length=over_length, cache=cache)
         if tok is not None:
@@ -230,9 +237,35 @@ def tokenize_pairs(pairs: list[PreferencePair], tokenizer: Any, max_length: int,
     return out
 
 
+def tokenize_groups(pairs: list[PreferencePair], tokenizer: Any, plan: DataPlan, cache: dict | None = None) -> list[dict[str, Any]]:
+    """The training features of ``layout: groups``: ``pairs`` gathered into groups
+    (:func:`mmpo.data.groups.make_groups`) and tokenized response by response as :func:`tokenize_pairs` tokenizes
+    pairs (:func:`mmpo.data.tokenize.tokenize_group`); a group left with fewer than two responses is dropped."""
+    from mmpo.data.groups import make_groups
+    from mmpo.data.tokenize import tokenize_group
+
+    out = []
+    for group in make_groups(pairs, plan.group_size, plan.seed):
+        feature = tokenize_group(tokenizer, group, plan.max_length, plan.max_prompt_length, plan.over_length, cache)
+        if feature is not None:
+            out.append(feature)
+    return out
+
+
+def group_summary(features: list[dict[str, Any]]) -> str:
+    """One line on a run's training groups: how many, their sizes and the pairs they hold."""
+    sizes = [len(f["response_ids"]) for f in features]
+    pairs = sum(k * (k - 1) // 2 for k in sizes)
+    if not sizes:
+        return "layout groups: no training groups"
+    return (f"layout groups: {len(sizes)} training groups of {min(sizes)}-{max(sizes)} responses "
+            f"(mean {sum(sizes) / len(sizes):.1f}), {pairs} pairs within them")
+
+
 def prepare_data(config: Any, tokenizer: Any) -> PreparedData:
     """The whole line for a run: read, select and split ``config.data`` (or read ``config.eval_data``), give the
-    held-out pairs their ``eval_gamma`` targets, tokenize both sides."""
+    held-out pairs their ``eval_gamma`` targets, tokenize both sides. Under ``layout: groups`` the training
+    features are groups (:func:`tokenize_groups`); the held-out ones stay pairs."""
     from mmpo.data.synthetic import generate_if_default_and_missing
 
     # The graded-tasks set a recipe names under ``$MMPO_CACHE/data/graded-tasks-<seed>/`` is written on first use.
@@ -242,9 +275,14 @@ def prepare_data(config: Any, tokenizer: Any) -> PreparedData:
     pairs, train_report = load_pairs(plan.train_spec, plan.train_options)
     train, held, eval_report = split_stage(plan, pairs, train_report)
     reports = {"train": train_report, "eval": eval_report}
-    train_tok = tokenize_pairs(train, tokenizer, plan.max_length, plan.max_prompt_length, train_report, plan.over_length)
+    cache: dict = {}
+    train_tok = tokenize_pairs(train, tokenizer, plan.max_length, plan.max_prompt_length, train_report, plan.over_length, cache)
+    if plan.layout == "groups":
+        # The report stays the pairs' (what was read, dropped and cut); the groups are built from the same pairs.
+        train_tok = tokenize_groups(train, tokenizer, plan, cache)
     eval_tok = tokenize_pairs(held, tokenizer, plan.max_length, plan.max_prompt_length, eval_report, plan.over_length)
     for name, report in reports.items():
         for warning in report.warnings:
             print(f"WARNING: {name} data {report.source}: {warning}", file=sys.stderr)
-    return PreparedData(train_tok, eval_tok, reports)
+    notes = (group_summary(train_tok),) if plan.layout == "groups" else ()
+    return PreparedData(train_tok, eval_tok, reports, notes)

@@ -51,3 +51,17 @@ class PreferencePair:
             "source": self.source,
             "row": self.row,
         }
+
+
+@dataclass
+class PreferenceGroup:
+    """A prompt with ``k >= 2`` graded responses (``layout: groups``): ``responses[i]`` (assistant messages) has
+    score ``scores[i]`` on the scale pair margins use (``margin = score_chosen - score_rejected``), so the pair
+    of responses ``a`` and ``b`` has target ``p = sigmoid(gamma * (scores[a] - scores[b]))``.
+    ``source``/``row`` point back at the input (the first pair the group was built from)."""
+
+    prompt: list[Message]
+    responses: list[list[Message]]
+    scores: list[float]
+    source: str = ""
+    row: int = -1

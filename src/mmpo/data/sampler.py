@@ -16,10 +16,13 @@ import torch
 from torch.utils.data import Sampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
+from mmpo.data.collate import feature_responses
+
 
 def pair_tokens(feature: dict[str, Any]) -> int:
-    """A pair's tokens in the shared layout: ``len(prompt) + len(chosen) + len(rejected)``; the sort key."""
-    return len(feature["prompt_ids"]) + len(feature["chosen_ids"]) + len(feature["rejected_ids"])
+    """A pair's tokens in the shared layout: ``len(prompt) + len(chosen) + len(rejected)`` (a group's: the prompt
+    and every response); the sort key."""
+    return len(feature["prompt_ids"]) + sum(len(r) for r in feature_responses(feature))
 
 
 class LengthGroupedPairSampler(Sampler[int]):

@@ -238,6 +238,7 @@ def scored_response_rows(prompt: Any, responses: list[tuple[str, Any, float]], g
 
     chosen = the higher score, ``margin = s_chosen - s_rejected`` (>= 0), so ``sigmoid(gamma * margin)`` with
     gamma = 1 is the judge's implied probability; equal scores give margin 0, a tie (see mmpo.data.pairs).
+    ``response_scores`` = ``(s_chosen, s_rejected)`` (what ``layout: groups`` puts a prompt's responses back together with).
     Pairs come in response order (i < j); the per-prompt cap (``pairs_per_prompt``) samples k of them.
     """
     rows = []
@@ -247,7 +248,7 @@ def scored_response_rows(prompt: Any, responses: list[tuple[str, Any, float]], g
             if s_b > s_a:
                 (name_a, text_a, s_a), (name_b, text_b, s_b) = (name_b, text_b, s_b), (name_a, text_a, s_a)
             rows.append({"prompt": prompt, "chosen": text_a, "rejected": text_b, "margin": s_a - s_b,
-                         "group": group, "responses": (name_a, name_b)})
+                         "group": group, "responses": (name_a, name_b), "response_scores": (s_a, s_b)})
     return rows
 
 

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from mmpo.data.records import Message, PreferencePair
+from mmpo.data.records import Message, PreferenceGroup, PreferencePair
 from mmpo.errors import DataError
 
 # Used when a tokenizer has no chat template (tiny test tokenizers, encoder backbones).
@@ -72,14 +72,15 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _encode(tokenizer: Any, pair: PreferencePair, cache: dict | None) -> tuple[list[int], list[int], list[int]]:
-    """Prompt, chosen and rejected ids before any cut. ``cache`` memoizes them by prompt and by (prompt, answer):
-    scored-response data repeats each answer in many pairs (17 for 18 answers), so each is tokenized once."""
-    prompt_key = json.dumps(pair.prompt, sort_keys=True)
+def _encode(tokenizer: Any, prompt: list[Message], responses: list[list[Message]], source: str, row: int,
+            cache: dict | None) -> tuple[list[int], list[list[int]]]:
+    """Prompt ids and each response's ids before any cut. ``cache`` memoizes them by prompt and by (prompt,
+    answer): scored-response data repeats each answer in many pairs (17 for 18 answers), so each is tokenized once."""
+    prompt_key = json.dumps(prompt, sort_keys=True)
     if cache is not None and prompt_key in cache:
         prompt_text, prompt_ids = cache[prompt_key]
     else:
-        prompt_text = render_prompt(tokenizer, pair.prompt)
+        prompt_text = render_prompt(tokenizer, prompt)
         prompt_ids = _ids(tokenizer, prompt_text)
         if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False) and (
             not prompt_ids or prompt_ids[0] != tokenizer.bos_token_id
@@ -87,20 +88,28 @@ def _encode(tokenizer: Any, pair: PreferencePair, cache: dict | None) -> tuple[l
             prompt_ids = [tokenizer.bos_token_id] + prompt_ids
         if cache is not None:
             cache[prompt_key] = (prompt_text, prompt_ids)
-    responses = []
-    for response in (pair.chosen, pair.rejected):
+    out = []
+    for response in responses:
         key = (prompt_key, json.dumps(response, sort_keys=True))
         if cache is not None and key in cache:
-            responses.append(cache[key])
+            out.append(list(cache[key]))
             continue
         try:
-            ids = _ids(tokenizer, render_response(tokenizer, pair.prompt, response, prompt_text))
+            ids = _ids(tokenizer, render_response(tokenizer, prompt, response, prompt_text))
         except ValueError as e:
-            raise DataError(pair.source or "data", pair.row, "prompt", str(e)) from None
+            raise DataError(source or "data", row, "prompt", str(e)) from None
         if cache is not None:
             cache[key] = ids
-        responses.append(ids)
-    return list(prompt_ids), list(responses[0]), list(responses[1])
+        out.append(list(ids))
+    return list(prompt_ids), out
+
+
+def _cut_prompt(tokenizer: Any, prompt_ids: list[int], max_prompt_length: int) -> list[int]:
+    """The prompt's last ``max_prompt_length`` tokens, keeping a leading BOS: models expect it at position 0."""
+    if len(prompt_ids) <= max_prompt_length:
+        return prompt_ids
+    head = prompt_ids[:1] if prompt_ids[0] == tokenizer.bos_token_id else []
+    return head + prompt_ids[len(prompt_ids) - (max_prompt_length - len(head)):]
 
 
 def tokenize_pair(
@@ -122,7 +131,7 @@ def tokenize_pair(
         raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length})")
     stats = stats if stats is not None else TruncationStats()
     stats.pairs += 1
-    prompt_ids, chosen_ids, rejected_ids = _encode(tokenizer, pair, cache)
+    prompt_ids, (chosen_ids, rejected_ids) = _encode(tokenizer, pair.prompt, [pair.chosen, pair.rejected], pair.source, pair.row, cache)
     if over_length == "drop":
         # Whole sequences only: a pair that fits in max_length is kept uncut (its prompt may pass the prompt budget).
         if len(prompt_ids) + max(len(chosen_ids), len(rejected_ids)) > max_length:
@@ -133,9 +142,7 @@ def tokenize_pair(
             return None
         return TokenizedPair(prompt_ids, chosen_ids, rejected_ids, pair.p, pair.margin, pair.row)
     if len(prompt_ids) > max_prompt_length:
-        # Cut from the left but keep a leading BOS: models expect it at position 0.
-        head = prompt_ids[:1] if prompt_ids[0] == tokenizer.bos_token_id else []
-        prompt_ids = head + prompt_ids[len(prompt_ids) - (max_prompt_length - len(head)):]
+        prompt_ids = _cut_prompt(tokenizer, prompt_ids, max_prompt_length)
         stats.prompt_truncated += 1
     room = max_length - len(prompt_ids)
     if room <= 0 or not chosen_ids or not rejected_ids:
@@ -144,3 +151,24 @@ def tokenize_pair(
     if len(chosen_ids) > room or len(rejected_ids) > room:
         stats.response_truncated += 1
     return TokenizedPair(prompt_ids, chosen_ids[:room], rejected_ids[:room], pair.p, pair.margin, pair.row)
+
+
+def tokenize_group(
+    tokenizer: Any, group: PreferenceGroup, max_length: int, max_prompt_length: int, over_length: str = "truncate",
+    cache: dict | None = None,
+) -> dict[str, Any] | None:
+    """A group's feature ``{prompt_ids, response_ids, scores, row}`` under :func:`tokenize_pair`'s rule, response
+    by response, so every pair of the group is tokenized as its pair would be: ``over_length="drop"`` leaves out a
+    response whose prompt + response exceeds ``max_length`` (kept whole otherwise); ``truncate`` cuts the prompt
+    to its last ``max_prompt_length`` tokens and each response to the room left. None when fewer than two
+    responses remain."""
+    prompt_ids, responses = _encode(tokenizer, group.prompt, group.responses, group.source, group.row, cache)
+    if over_length == "drop":
+        kept = [(ids, s) for ids, s in zip(responses, group.scores) if ids and len(prompt_ids) + len(ids) <= max_length]
+    else:
+        prompt_ids = _cut_prompt(tokenizer, prompt_ids, max_prompt_length)
+        room = max_length - len(prompt_ids)
+        kept = [(ids[:room], s) for ids, s in zip(responses, group.scores) if ids] if room > 0 else []
+    if len(kept) < 2:
+        return None
+    return {"prompt_ids": prompt_ids, "response_ids": [ids for ids, _ in kept], "scores": [s for _, s in kept], "row": group.row}

@@ -122,16 +122,17 @@ def shared_response_logps(model: Any, batch: dict[str, torch.Tensor], full_logit
 
     One forward over the rows of spans ``[prompt | chosen | rejected]`` (one pair per row, or packed); returns
     ``(logps [2B], n_tokens [2B])``,
-    chosen first then rejected, as :func:`response_logps` returns them for the two-row layout.
+    chosen first then rejected, as :func:`response_logps` returns them for the two-row layout. A batch of groups
+    gives ``[k * B]``, response ``j`` of group ``i`` at ``j * B + i`` (0 for an absent one).
     """
     source = batch["logp_source"]
-    n_pairs = batch["p"].shape[0]
+    n_out = batch["score_at"].shape[0]  # one per response slot
     rows, targets_at = (source >= 0).nonzero(as_tuple=True)
     sources = source[rows, targets_at]
     targets = batch["input_ids"][rows, targets_at]
     out_index = batch["logp_out"][rows, targets_at]
-    logps = scored_logps(model, shared_forward_inputs(model, batch), rows, sources, targets, out_index, 2 * n_pairs, full_logits)
-    n_tokens = torch.zeros(2 * n_pairs, dtype=torch.long, device=source.device).index_add(
+    logps = scored_logps(model, shared_forward_inputs(model, batch), rows, sources, targets, out_index, n_out, full_logits)
+    n_tokens = torch.zeros(n_out, dtype=torch.long, device=source.device).index_add(
         0, out_index, torch.ones_like(out_index)
     )
     return logps, n_tokens

@@ -277,3 +277,31 @@ def attach_reference_logps(features: list[dict[str, Any]], chosen: torch.Tensor,
         {**f, "reference_chosen_logps": float(c), "reference_rejected_logps": float(r)}
         for f, c, r in zip(features, chosen.tolist(), rejected.tolist())
     ]
+
+
+def responses_as_pairs(features: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list[tuple[int, int]]]]:
+    """Groups (``layout: groups``) as the pairs the reference cache scores: each group's responses two by two
+    (an odd one out paired with the group's first), and where each response's value lands
+    (``(pair index, 0 chosen / 1 rejected)`` per response), for :func:`attach_group_reference_logps`."""
+    pairs: list[dict[str, Any]] = []
+    where: list[list[tuple[int, int]]] = []
+    for f in features:
+        responses = f["response_ids"]
+        slots = []
+        for a in range(0, len(responses), 2):
+            b = a + 1 if a + 1 < len(responses) else 0
+            # p is a placeholder the collator wants; only the token ids enter the log-probs and the cache key.
+            pairs.append({"prompt_ids": f["prompt_ids"], "chosen_ids": responses[a], "rejected_ids": responses[b], "p": 1.0})
+            slots.append((len(pairs) - 1, 0))
+            if b:
+                slots.append((len(pairs) - 1, 1))
+        where.append(slots)
+    return pairs, where
+
+
+def attach_group_reference_logps(features: list[dict[str, Any]], where: list[list[tuple[int, int]]], chosen: torch.Tensor,
+                                 rejected: torch.Tensor) -> list[dict[str, Any]]:
+    """Copies of the groups ``features`` carrying ``reference_logps`` (one per response), read from the values
+    the reference cache gave the pairs of :func:`responses_as_pairs`."""
+    values = (chosen.tolist(), rejected.tolist())
+    return [{**f, "reference_logps": [values[side][i] for i, side in slots]} for f, slots in zip(features, where)]

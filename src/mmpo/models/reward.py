@@ -149,7 +149,8 @@ def add_lora(model: Any, config: Any) -> Any:
 
 def shared_sequence_rewards(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Rewards for a prefix-shared batch (:class:`mmpo.data.collate.SharedPromptCollator`): float32 ``[2B]``,
-    chosen first then rejected, equal to :func:`sequence_rewards` on the two-row layout.
+    chosen first then rejected, equal to :func:`sequence_rewards` on the two-row layout (a batch of groups:
+    ``[k * B]``, response ``j`` of group ``i`` at ``j * B + i``).
 
     The model runs its own forward (so wrappers' hooks run); the head's per-position output is caught and
     read at each response's ``score_at`` (row, position), since the model itself would pool only each row's

@@ -10,7 +10,9 @@ With the rejected part's positions restarted at the prompt's length, every chose
 exactly the keys, at exactly the positions, it would see in its own ``prompt + response`` row: the outputs
 equal the two-row layout's up to floating-point summation order, for one prompt's worth less work.
 Packing puts several such spans in one row; the mask then also requires query and key to belong to the same
-pair, and positions restart at 0 for each pair.
+pair, and positions restart at 0 for each pair. A group of ``k`` responses to one prompt (``layout: groups``) is
+the same span with ``k`` response segments ``[prompt | r_1 | ... | r_k]``, each restarting at the prompt's
+length; a pair is the group ``k = 2``.
 
 The mask goes to the model ready-made, which transformers' ``masking_utils.create_causal_mask`` passes through
 unchanged for every architecture built on it (Llama, Qwen2, Mistral, Gemma-2, ...): a boolean ``[B, 1, T, T]``
@@ -123,29 +125,36 @@ def prefix_sharing_unsupported(model: Any, max_length: int | None = None) -> str
 SPANS_KWARG = "shared_prefix_spans"
 
 
-def two_row_gather(spans: list[tuple[int, int, int, int, int]], rows: int, width: int, device: Any) -> dict[str, Any]:
-    """Index maps between the shared layout ``[rows, width]`` and two causal rows per pair ``[2B, L]``.
+def two_row_gather(spans: list[tuple[int, ...]], rows: int, width: int, device: Any) -> dict[str, Any]:
+    """Index maps between the shared layout ``[rows, width]`` and one causal row per response ``[n, L]``.
 
-    Pair ``i`` (``spans[i] = (row, start, P, C, R)``) becomes row ``2i = [prompt | chosen]`` and row
-    ``2i + 1 = [prompt | rejected]``, right-padded to ``L = max(P + max(C, R))``. ``to_rows[j * L + t]`` is the
-    flat shared position ``row * width + s`` that fills slot ``t`` of two-row row ``j``; ``from_rows[row * width + s]``
-    is the flat two-row slot whose output is shared position ``s``'s (a prompt token's from the chosen row).
-    Padding on either side points at slot 0: a two-row padding slot sits after its row's real tokens, so no real
-    query attends to it under the causal mask, and a shared padding position's output is never read.
+    Span ``i`` (``spans[i] = (row, start, P, L_1, ..., L_k)``; a pair is ``(row, start, P, C, R)``) becomes one row
+    ``[prompt | response j]`` per response with ``L_j > 0`` (one prompt-only row if none has), in order, so pair
+    ``i`` becomes rows ``2i`` (chosen) and ``2i + 1`` (rejected); rows are right-padded to ``L = max(P + max_j L_j)``.
+    ``to_rows[j * L + t]`` is the flat shared position ``row * width + s`` that fills slot ``t`` of row ``j``;
+    ``from_rows[row * width + s]`` is the flat slot whose output is shared position ``s``'s (a prompt token's from
+    its span's first row). Padding on either side points at slot 0: a padding slot sits after its row's real
+    tokens, so no real query attends to it under the causal mask, and a shared padding position's output is never
+    read.
     """
-    n = len(spans)
-    length = max((p + max(c, r) for _, _, p, c, r in spans), default=1)
-    to_rows = torch.zeros((2 * n, length), dtype=torch.long)
+    per_span = [[n for n in span[3:] if n > 0] or [0] for span in spans]
+    n = sum(len(lengths) for lengths in per_span)
+    length = max((span[2] + max(lengths) for span, lengths in zip(spans, per_span)), default=1)
+    to_rows = torch.zeros((n, length), dtype=torch.long)
     from_rows = torch.zeros((rows * width,), dtype=torch.long)
-    for i, (row, start, p, c, r) in enumerate(spans):
+    out = 0
+    for span, lengths in zip(spans, per_span):
+        row, start, p = span[:3]
         base = row * width + start
-        chosen = torch.arange(base, base + p + c)
-        rejected = torch.cat([torch.arange(base, base + p), torch.arange(base + p + c, base + p + c + r)])
-        to_rows[2 * i, : p + c] = chosen
-        to_rows[2 * i + 1, : p + r] = rejected
-        from_rows[chosen] = torch.arange(2 * i * length, 2 * i * length + p + c)
-        from_rows[base + p + c : base + p + c + r] = torch.arange((2 * i + 1) * length + p, (2 * i + 1) * length + p + r)
-    return {"to_rows": to_rows.view(-1).to(device), "from_rows": from_rows.to(device), "shape": (2 * n, length)}
+        prompt = torch.arange(base, base + p)
+        from_rows[prompt] = torch.arange(out * length, out * length + p)
+        begin = base + p  # where the next response starts in the shared row
+        for n_j in lengths:
+            to_rows[out, : p + n_j] = torch.cat([prompt, torch.arange(begin, begin + n_j)])
+            from_rows[begin : begin + n_j] = torch.arange(out * length + p, out * length + p + n_j)
+            begin += n_j
+            out += 1
+    return {"to_rows": to_rows.view(-1).to(device), "from_rows": from_rows.to(device), "shape": (n, length)}
 
 
 def _bfloat16_on_cpu(value: torch.Tensor) -> bool:
@@ -212,11 +221,11 @@ def span_attention(
         return _SDPA(module, query, key, value, attention_mask, **kwargs)
     import torch.nn.functional as F
 
-    rows2, length = layout["shape"]
+    n_rows, length = layout["shape"]
 
-    def to_two_rows(x: torch.Tensor) -> torch.Tensor:  # [rows, heads, T, dim] -> [2B, heads, L, dim]
+    def to_two_rows(x: torch.Tensor) -> torch.Tensor:  # [rows, heads, T, dim] -> [responses, heads, L, dim]
         flat = x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3])
-        return flat.index_select(0, layout["to_rows"]).view(rows2, length, x.shape[1], x.shape[3]).transpose(1, 2)
+        return flat.index_select(0, layout["to_rows"]).view(n_rows, length, x.shape[1], x.shape[3]).transpose(1, 2)
 
     dropout = kwargs.get("dropout", 0.0) or 0.0
     if dropout == 0.0 and _bfloat16_on_cpu(value):

@@ -201,6 +201,15 @@ class PairTrainer(Trainer):
         """Per-pair loss from the rewards and the batch's targets."""
         raise NotImplementedError
 
+    def group_rewards(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[groups, k]`` rewards of a batch of groups (``layout: groups``), response ``j`` of group ``i`` at ``[i, j]``."""
+        raise NotImplementedError(f"{type(self).__name__} does not train on groups")
+
+    def group_loss(self, rewards: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(losses, chosen, rejected)`` for a batch of groups: per-group or per-pair losses and the rewards of
+        the group's pairs (:func:`mmpo.losses.group_losses`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not train on groups")
+
     # --- the frozen-trunk cache (mmpo.models.trunk_cache) -------------------------------------------------
     def trunk_forward(self, model: torch.nn.Module, forward: Forward, batch: dict[str, torch.Tensor]) -> Any:
         """``forward(model, batch)``, with the frozen lower blocks' output from the trunk cache when there is one."""
@@ -296,9 +305,16 @@ class PairTrainer(Trainer):
         return super()._clip_grad_norm(model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        chosen, rejected, extras = self.pair_rewards(model, inputs)
-        losses = self.pair_loss(chosen, rejected, inputs)
-        loss = losses.mean()
+        if "group_mask" in inputs:  # layout: groups (held-out batches stay pairs)
+            rewards = self.group_rewards(model, inputs)
+            losses, chosen, rejected = self.group_loss(rewards, inputs)
+            extras: dict[str, torch.Tensor] = {}
+            # A batch whose groups hold no pair the loss trains on (all ties) contributes nothing, not NaN.
+            loss = losses.mean() if losses.numel() else rewards.sum() * 0.0
+        else:
+            chosen, rejected, extras = self.pair_rewards(model, inputs)
+            losses = self.pair_loss(chosen, rejected, inputs)
+            loss = losses.mean()
         if not torch.isfinite(loss):
             rows = inputs["row"].tolist() if "row" in inputs else []
             raise FloatingPointError(

@@ -20,10 +20,14 @@ and the losses are the policy entries of the registry :data:`mmpo.losses.LOSSES`
 * ``rpo_sq``, ``rpo_fwd_kl``, ``rpo_bwd_kl``  squared distance / forward KL / backward KL between h and
                   gamma * margin (as Bernoulli logits for the KLs; RPO as in NeMo-Aligner)
 * ``gdpo``        -log sigmoid((2p - 1) h)                         (GDPO, geometric averaging)
+* ``listwise``    -sum_i softmax(gamma s)_i log softmax(r)_i over a group's implicit rewards (``layout: groups``;
+                  on a pair it is ``mmpo``)
 
 Chosen and rejected are scored in ONE forward pass: spans ``[prompt | chosen | rejected]`` with the prompt
 encoded once (``prefix_sharing``, :mod:`mmpo.models.shared_prefix`; several pairs per row with ``packing``), or
-the 2B rows ``prompt + response``. The reference is a frozen copy, the LoRA base with the adapter disabled, or log-probs precomputed and cached
+the 2B rows ``prompt + response``. Under ``layout: groups`` a prompt's k responses share one row
+``[prompt | r_1 | ... | r_k]`` and each gets its implicit reward :func:`response_rewards`; the loss is the
+listwise one or a pairwise one over all pairs of the group (:func:`mmpo.losses.group_losses`). The reference is a frozen copy, the LoRA base with the adapter disabled, or log-probs precomputed and cached
 (:mod:`mmpo.models.reference`).
 
 Logged with every training log and every evaluation (as ``train_*`` / ``eval_*``): loss, accuracy of
@@ -53,7 +57,7 @@ from mmpo.config import DPOConfig, check_loss
 from mmpo.data.pipeline import PreparedData
 from mmpo.errors import UserError
 from mmpo.evaluation.metrics import pair_metrics
-from mmpo.losses import LOSSES, LossSettings, dpo_logits, needs_reference, simpo_logits
+from mmpo.losses import LOSSES, LossSettings, group_losses, needs_reference
 from mmpo.models.embedded import resolve_model_path
 from mmpo.models.loading import (
     adapter_base,
@@ -67,10 +71,12 @@ from mmpo.models.loading import (
 )
 from mmpo.models.policy import freeze, load_causal_lm, save_policy
 from mmpo.models.reference import (
+    attach_group_reference_logps,
     attach_reference_logps,
     cached_reference_logps,
     model_identity,
     resolve_reference_mode,
+    responses_as_pairs,
 )
 from mmpo.training.args import use_bf16
 from mmpo.training.base import PairTrainer
@@ -78,6 +84,26 @@ from mmpo.training.run import Task, TrainSummary, train
 
 
 # --- the math on recorded log-probs ------------------------------------------------------------------------
+
+def response_rewards(
+    loss: str, logps: torch.Tensor, lengths: torch.Tensor, reference_logps: torch.Tensor | None, beta: float,
+    average_logps: bool = False,
+) -> torch.Tensor:
+    """Each response's implicit reward: ``beta * (log pi(y|x) - log pi_ref(y|x))`` for the DPO family (on
+    per-token averages ``log pi / |y|``, policy and reference alike, with ``average_logps``), ``beta * log pi(y|x)
+    / |y|`` for the reference-free SimPO family. A pair's ``h`` is the difference of its two responses' rewards
+    (SimPO's target margin aside, :func:`policy_rewards`)."""
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0 (got {beta})")
+    if not needs_reference(loss):
+        return beta * logps.float() / lengths.float().clamp(min=1)
+    if reference_logps is None:
+        raise ValueError(f"loss {loss!r} needs reference log-probabilities")
+    if average_logps:
+        n = lengths.float().clamp(min=1)
+        logps, reference_logps = logps / n, reference_logps.float() / n
+    return beta * (logps.float() - reference_logps.float())
+
 
 def policy_rewards(
     loss: str,
@@ -91,22 +117,15 @@ def policy_rewards(
     simpo_margin: float = 0.0,
     average_logps: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pair (chosen, rejected) rewards whose difference is ``h``.
-
-    DPO family: ``beta * (log pi - log pi_ref)`` (:func:`mmpo.losses.dpo_logits`) on summed response log-probs,
-    or with ``average_logps`` on per-token averages ``log pi(y|x) / |y|`` (policy and reference alike; IPO's
-    ``ipo_logps: averaged``). SimPO family: ``beta * log pi / |y|`` with ``simpo_margin`` taken off chosen
-    (:func:`mmpo.losses.simpo_logits`).
+    """Per-pair (chosen, rejected) rewards whose difference is ``h``: :func:`response_rewards` of each side, with
+    SimPO's ``simpo_margin`` taken off chosen (as :func:`mmpo.losses.simpo_logits`; the DPO family's are
+    :func:`mmpo.losses.dpo_logits`).
     """
-    if not needs_reference(loss):
-        return simpo_logits(policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths, beta, simpo_margin)
-    if reference_chosen_logps is None or reference_rejected_logps is None:
+    if needs_reference(loss) and (reference_chosen_logps is None or reference_rejected_logps is None):
         raise ValueError(f"loss {loss!r} needs reference log-probabilities")
-    if average_logps:
-        chosen_n, rejected_n = chosen_lengths.float().clamp(min=1), rejected_lengths.float().clamp(min=1)
-        policy_chosen_logps, reference_chosen_logps = policy_chosen_logps / chosen_n, reference_chosen_logps.float() / chosen_n
-        policy_rejected_logps, reference_rejected_logps = policy_rejected_logps / rejected_n, reference_rejected_logps.float() / rejected_n
-    return dpo_logits(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta)
+    chosen = response_rewards(loss, policy_chosen_logps, chosen_lengths, reference_chosen_logps, beta, average_logps)
+    rejected = response_rewards(loss, policy_rejected_logps, rejected_lengths, reference_rejected_logps, beta, average_logps)
+    return (chosen - simpo_margin if not needs_reference(loss) else chosen), rejected
 
 
 def policy_loss(
@@ -253,6 +272,26 @@ class PolicyTrainer(PairTrainer):
             margin=batch["margin"], settings=self.loss_settings,
         )
 
+    def group_rewards(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each response's implicit reward (:func:`response_rewards`), ``[groups, k]``; the reference's log-probs
+        come from the batch (precomputed), the reference model or the LoRA base, scored on the same rows."""
+        k = batch["group_mask"].shape[1]
+        mode = self.reference_mode
+        reference = None
+        if mode == "precomputed":
+            if "reference_logps" not in batch:
+                raise RuntimeError("reference: precomputed, but the batch carries no reference log-probs")
+            reference = batch["reference_logps"].t().reshape(-1)  # [k * groups], response-major as the logps
+        elif mode != "none":
+            reference = torch.cat(self.reference_logps(model, batch))  # the two halves put back together
+        logps, n_tokens = self.trunk_forward(model, self.batch_logps, batch)
+        rewards = response_rewards(self.loss_name, logps, n_tokens, reference, self.beta, self.average_logps)
+        return rewards.view(k, -1).t()
+
+    def group_loss(self, rewards: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        settings = dataclasses.replace(self.loss_settings, beta=self.beta, label_smoothing=self.label_smoothing)
+        return group_losses(self.loss_name, rewards, batch["scores"], batch["group_mask"], settings)
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
@@ -313,14 +352,19 @@ def _precompute(config: DPOConfig, model: torch.nn.Module, dtype: torch.dtype, b
     out, info = {}, {}
     # Every rank takes part: on a cache miss each computes its shard (see cached_reference_logps).
     for split, feats in features.items():
+        groups = bool(feats) and "response_ids" in feats[0]  # layout: groups: the responses go through as pairs
+        pairs, where = responses_as_pairs(feats) if groups else (feats, [])
         cached = cached_reference_logps(
-            get_model, feats, identity, settings, pad_token_id,
+            get_model, pairs, identity, settings, pad_token_id,
             batch_size=config.per_device_eval_batch_size, device=device,
             autocast_dtype=torch.bfloat16 if bf16 else None, desc=f"reference log-probs ({split})",
             prefix_sharing=config.prefix_sharing, packing=config.packing,
         )
-        out[split] = attach_reference_logps(feats, cached.chosen, cached.rejected)
-        info[split] = {"path": str(cached.path), "from_cache": cached.from_cache, "pairs": len(feats)}
+        if groups:
+            out[split] = attach_group_reference_logps(feats, where, cached.chosen, cached.rejected)
+        else:
+            out[split] = attach_reference_logps(feats, cached.chosen, cached.rejected)
+        info[split] = {"path": str(cached.path), "from_cache": cached.from_cache, "pairs": len(pairs)}
         print(f"reference log-probs ({split}): {'reused' if cached.from_cache else 'computed and cached'} at {cached.path}")
     if "model" in loaded and loaded["model"] is not model:
         del loaded["model"]

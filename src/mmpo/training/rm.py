@@ -3,6 +3,9 @@
 The model is ``AutoModelForSequenceClassification`` with one output (see :mod:`mmpo.models.reward`). A
 batch of B pairs is scored in ONE forward pass, as B rows ``[prompt | chosen | rejected]`` with the prompt
 shared (``prefix_sharing``, :mod:`mmpo.models.shared_prefix`) or as 2B rows, chosen first; ``h = r(chosen) - r(rejected)``.
+Under ``layout: groups`` a batch holds groups of a prompt's responses, one row ``[prompt | r_1 | ... | r_k]`` each,
+scored in one forward; the loss is the listwise one or a pairwise one over all pairs of each group
+(:func:`mmpo.losses.group_losses`).
 
 Losses (``config.loss``): the reward-model entries of the registry :data:`mmpo.losses.LOSSES` (each with its
 formula), e.g.
@@ -12,6 +15,7 @@ formula), e.g.
 * ``margin``           ``-log sigmoid(h - m)``, ``m`` the raw score margin, 0 where the data gave none
 * ``label_smoothing``  ``-(1 - eps) log sigmoid(h) - eps log sigmoid(-h)``, ``eps = config.label_smoothing``
 * ``scaled_bt``        ``-m log sigmoid(h)``, BT weighted by the score margin ``m`` (1 where the data gave none)
+* ``listwise``         ``-sum_i softmax(gamma s)_i log softmax(r)_i`` over a group's responses (on a pair: ``mmpo``)
 
 Output directory: ``checkpoint-N/`` (resumable), the final model (LoRA merged, or the adapter with its trained
 head under ``merge_lora: false``) with its tokenizer,
@@ -26,7 +30,7 @@ from typing import Any
 import torch
 
 from mmpo.config import RMConfig, check_loss
-from mmpo.losses import LOSSES, LossSettings
+from mmpo.losses import LOSSES, LossSettings, group_losses
 from mmpo.models.loading import merge_lora_float32, model_load_kwargs, trainable_summary
 from mmpo.models.reward import add_lora, load_reward_model
 from mmpo.training.base import PairTrainer
@@ -63,6 +67,13 @@ class RewardTrainer(PairTrainer):
 
     def pair_loss(self, chosen, rejected, batch):
         return reward_pair_loss(self.loss_name, chosen, rejected, batch, settings=self.loss_settings)
+
+    def group_rewards(self, model, batch):
+        rewards = self.trunk_forward(model, self.data_collator.rewards, batch)  # [k * groups], response-major
+        return rewards.view(batch["group_mask"].shape[1], -1).t()
+
+    def group_loss(self, rewards, batch):
+        return group_losses(self.loss_name, rewards, batch["scores"], batch["group_mask"], self.loss_settings)
 
 
 def build_model(config: RMConfig, tokenizer: Any) -> Any:

@@ -116,6 +116,7 @@ def build_run(task: Task, config: Any) -> Run:
     printed on the main process), seed, model, trunk cache, collator, trainer, trunk-cache prefill."""
     from transformers import set_seed
 
+    from mmpo.data.collate import SharedPromptCollator
     from mmpo.data.pipeline import prepare_data
     from mmpo.host_memory import prepare_host
     from mmpo.models.loading import load_tokenizer
@@ -139,15 +140,20 @@ def build_run(task: Task, config: Any) -> Run:
     if not eval_features:
         print("no held-out pairs: skipping evaluation (set eval_data or eval_split > 0)")
         extra["eval_strategy"] = "no"
-    # A cached trunk needs one sequence per row: it takes the place of prefix sharing / packing for this run.
-    trunk = build_trunk_cache(config, model, task.loss_kind, use_bf16(config.bf16))
+    groups = getattr(config, "layout", "pairs") == "groups"
+    # A cached trunk needs one sequence per row: it takes the place of prefix sharing / packing for this run
+    # (not of a group's shared row).
+    trunk = None if groups else build_trunk_cache(config, model, task.loss_kind, use_bf16(config.bf16))
+    batching = pair_batching(
+        model, tokenizer.pad_token_id, config.prefix_sharing and trunk is None, config.max_length, *task.scored_also(),
+        packing=config.packing if trunk is None else False,
+    )
+    if groups and not isinstance(batching.collate, SharedPromptCollator):
+        raise UserError("layout: groups needs a model that takes the shared-prompt mask (see the note above); use layout: pairs")
     trainer = task.trainer_class(
         model=model,
         args=training_arguments(config, **extra),
-        data_collator=pair_batching(
-            model, tokenizer.pad_token_id, config.prefix_sharing and trunk is None, config.max_length, *task.scored_also(),
-            packing=config.packing if trunk is None else False,
-        ),
+        data_collator=batching,
         train_dataset=train_features,
         eval_dataset=eval_features or None,
         processing_class=tokenizer,
