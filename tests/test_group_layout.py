@@ -24,7 +24,7 @@ from mmpo.losses import LOSSES, LossSettings, group_losses, listwise_soft_loss, 
 from mmpo.models.logps import response_logps, shared_response_logps
 from mmpo.models.reward import shared_sequence_rewards
 from mmpo.training.rm import reward_pair_loss
-from tests.test_prefix_sharing import PAD, VOCAB, assert_rel_close, build, grads
+from tests.test_prefix_sharing import PAD, VOCAB, build, grads
 
 SETTINGS = LossSettings(gamma=0.7)
 

@@ -7,7 +7,6 @@ import random
 import shutil
 
 import pytest
-import torch
 
 from mmpo.data.sampler import LengthGroupedPairSampler, pair_tokens
 from mmpo.errors import UserError

@@ -322,6 +322,7 @@ def test_serve_embedded_model_and_judge_mt_bench_over_http(tmp_path, mt_bench):
     answers = tmp_path / "answers.jsonl"
     with open(answers, "w") as f:
         for qid in (152, 104):
+            assert qid in questions, f"MT-bench question {qid} is not in {files.questions}"
             turns = [f"My answer to part {k + 1}: it depends." for k in range(2)]
             f.write(json.dumps({"question_id": qid, "model_id": "written-by-test", "choices": [{"index": 0, "turns": turns}]}) + "\n")
 
