@@ -285,3 +285,32 @@ def test_online_comparison_of_three_losses(tmp_path):
     assert set(c["gain_over_base"]) == set(finals) and c["gain_over_base"]["dpo"]["mean"] == pytest.approx(2.0)
     md = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| mean_grade (higher better) | 1 | mmpo |" in md and "- odpo: +2.167" in md
+
+
+def test_plot_with_many_long_loss_names_has_no_overlapping_tick_labels(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from mmpo.experiments.compare import plot_comparison
+
+    losses = ["mmpo", "margin", "label_smoothing", "scaled_bt", "rpo_fwd_kl", "bt"]
+    rng = np.random.default_rng(0)
+    values = {loss: {s: {"nll": float(rng.uniform(0.6, 0.8)), "accuracy": float(rng.uniform(0.5, 0.7))} for s in range(3)}
+              for loss in losses}
+    comparison = compare_values(values, losses, [0, 1, 2], metrics=("nll", "accuracy"))
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    plot_comparison(comparison, tmp_path / "c.png")
+    (fig,) = figures
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        labels = ax.get_xticklabels()
+        assert len(labels) == len(losses)
+        for a, b in zip(labels, labels[1:]):
+            angle = math.radians(a.get_rotation())
+            if angle == 0:
+                assert not a.get_window_extent(renderer).overlaps(b.get_window_extent(renderer)), "loss names overlap"
+            else:  # parallel slanted lines of text: apart by the tick spacing times sin(angle), perpendicular
+                spacing = ax.transData.transform((1, 0))[0] - ax.transData.transform((0, 0))[0]
+                line_height = a.get_fontsize() * fig.dpi / 72 * 1.2
+                assert spacing * math.sin(angle) > line_height, "slanted loss names overlap"
+    plt.close("all")

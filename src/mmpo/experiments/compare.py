@@ -339,7 +339,9 @@ def plot_comparison(comparison: dict[str, Any], path: Path, title: str = "") -> 
 
     losses = comparison["losses"]
     metrics = list(comparison["metrics"])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(2.7 * len(metrics) + 0.6, 3.6))
+    many = len(losses) > 3  # names slanted, so several long ones do not overlap
+    panel = max(2.7, 0.5 * len(losses) + 0.5)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(panel * len(metrics) + 0.6, 4.4 if many else 3.6))
     axes = np.atleast_1d(axes)
     baseline = losses[-1]
     for ax, metric in zip(axes, metrics):
@@ -359,10 +361,10 @@ def plot_comparison(comparison: dict[str, Any], path: Path, title: str = "") -> 
                 mark = "distinguishable" if d["distinguishable"] else "not distinguishable"
                 sub += f"\n{losses[0]}-{baseline}: {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]\n{mark}"
         else:  # * marks a loss whose difference from the baseline is distinguishable from zero
-            ticks = [f"{loss}\n(baseline)" if loss == baseline else loss + ("*" if diffs[loss]["distinguishable"] else "")
+            ticks = [f"{loss} (baseline)" if loss == baseline else loss + ("*" if diffs[loss]["distinguishable"] else "")
                      for loss in losses]
             sub += f"\n* = differs from {baseline}"
-        ax.set_xticks(range(len(losses)), ticks, **({"fontsize": 8} if len(losses) > 3 else {}))
+        ax.set_xticks(range(len(losses)), ticks, **({"fontsize": 8, "rotation": 40, "ha": "right"} if many else {}))
         ax.set_xlim(-0.6, len(losses) - 0.4)
         ax.set_title(sub, fontsize=8.5)
         ax.grid(axis="y", alpha=0.3)
