@@ -20,11 +20,14 @@ from mmpo.training.sampling import SamplingSettings, ServerSampler, parse_urls
 
 
 class FakeServer:
-    """vLLM's shapes: /v1/models (base + loaded adapters with ``parent``), chat completions with ``n`` and ``seed``
-    (answers depend on model, prompt, seed and index only), runtime LoRA load / unload. ``fail_chat`` answers 500."""
+    """vLLM's shapes: /v1/models (base + loaded adapters with ``parent`` and ``root``), chat completions with ``n``
+    and ``seed`` (answers depend on model, prompt, seed and index only), runtime LoRA load / unload. ``fail_chat``
+    answers 500, a prompt containing ``reject`` 400 (over the context)."""
 
-    def __init__(self, base: str = "tiny", fail_chat: bool = False, delay: float = 0.0, reply: str | None = None):
+    def __init__(self, base: str = "tiny", fail_chat: bool = False, delay: float = 0.0, reply: str | None = None,
+                 reject: str | None = None, fail_message: str = "boom"):
         self.base, self.fail_chat, self.delay, self.reply = base, fail_chat, delay, reply
+        self.reject, self.fail_message = reject, fail_message  # reject: a prompt containing it is answered 400
         self.adapters: dict[str, str] = {}
         self.chats: list[dict] = []
         self.calls: list[tuple[str, dict]] = []
@@ -60,7 +63,9 @@ class FakeServer:
                     owner.adapters.pop(body["lora_name"], None)
                     return self._send(200, "Success")
                 if owner.fail_chat:
-                    return self._send(500, {"error": {"message": "boom"}})
+                    return self._send(500, {"error": {"message": owner.fail_message}})
+                if owner.reject and owner.reject in body["messages"][-1]["content"]:
+                    return self._send(400, {"error": {"message": "maximum context length is 96 tokens"}})
                 if body["model"] not in (owner.base, *owner.adapters):
                     return self._send(404, {"error": {"message": "model not found", "code": "model_not_found"}})
                 owner.chats.append(body)
@@ -277,3 +282,114 @@ def test_a_judge_on_several_urls_spreads_requests_and_leaves_a_dead_one_out(serv
     assert grader.score(items) == [7.0] * 10
     assert a.chats and b.chats and len(a.chats) + len(b.chats) == 10
     assert list(grader.client.down) == [f"{dead}/v1/chat/completions"]
+
+
+def _adapter(folder: Path, weights: bytes) -> str:
+    """A stand-in LoRA adapter folder (what the fake server and the fingerprint read)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(weights)
+    return str(folder)
+
+
+def test_a_prompt_the_servers_refuse_stops_in_one_line_without_marking_servers_down(servers):
+    a, b = servers(reject="prompt 002"), servers(reject="prompt 002")
+    got: dict[int, list[list[str]]] = {}
+    sampler = ServerSampler([a.url, b.url], concurrency=1, retries=1, timeout=10)
+    sampler.use("tiny", None)
+    with pytest.raises(UserError) as e:
+        sampler.sample(_prompts(5), list(range(5)), SamplingSettings(2, 1.0, 1.0, 4), got.__setitem__, desc="round 1")
+    message = str(e.value)
+    assert "\n" not in message and "prompt 002" in message and "maximum context length" in message
+    assert any(s.url.removesuffix("/v1") in message for s in (a, b))
+    assert all(s.down is None for s in sampler.servers)  # the prompt is the problem, not the servers
+    assert 2 not in got
+
+
+def test_a_server_error_mentioning_404_does_not_reload_the_adapter(servers, tmp_path):
+    a = servers()
+    sampler = ServerSampler([a.url], concurrency=1, retries=0, timeout=10)
+    sampler.use("run-x-round-1", _adapter(tmp_path / "ad", b"w"))
+    a.fail_chat, a.fail_message = True, "upstream at port 4041 failed"  # a 500 whose text holds "404"
+    before = len(a.calls)
+    with pytest.raises(UserError, match="every sampling server failed"):
+        sampler.sample(_prompts(1), [1], SamplingSettings(2, 1.0, 1.0, 4), lambda b, t: None)
+    assert [p for p, _ in a.calls[before:]] == ["/v1/chat/completions"]  # one try, no reload and retry
+
+
+def test_an_adapter_listed_from_another_path_is_loaded_again(servers, tmp_path):
+    a = servers()
+    a.adapters["run-x-round-1"] = "/elsewhere/old-weights"  # left from an earlier run under the same name
+    sampler = ServerSampler([a.url], retries=0, timeout=10)
+    path = _adapter(tmp_path / "ad", b"w")
+    sampler.use("run-x-round-1", path)
+    assert a.adapters == {"run-x-round-1": path}
+
+
+def _server_run(tmp_path, **kw) -> OnlineRun:
+    config = OnlineConfig(prompts="unused", model=str(tmp_path / "base"), sampler_urls="http://127.0.0.1:1",
+                          lora_r=4, **kw)
+    return OnlineRun(config, _grade, [], [], tmp_path / "run")
+
+
+def test_adapter_names_and_copies_follow_the_weights(tmp_path):
+    run = _server_run(tmp_path, adapter_dir=str(tmp_path / "shared"))
+    policy = _adapter(tmp_path / "run" / "round-1" / "policy", b"first weights")
+    name, path = run.served_policy(policy)
+    assert (Path(path) / "adapter_model.safetensors").read_bytes() == b"first weights"
+    # The run is started over in the same output_dir (or adapter_dir is reused): new weights, same round.
+    _adapter(tmp_path / "run" / "round-1" / "policy", b"other weights")
+    name2, path2 = run.served_policy(policy)
+    assert name2 != name and name2.endswith("-round-1") and path2 != path
+    assert (Path(path2) / "adapter_model.safetensors").read_bytes() == b"other weights"
+    assert run.served_policy(policy) == (name2, path2)  # the same weights: the same name and copy
+
+
+def test_an_adapter_copy_made_meanwhile_by_another_process_is_kept(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    run = _server_run(tmp_path, adapter_dir=str(tmp_path / "shared"))
+    policy = _adapter(tmp_path / "run" / "round-1" / "policy", b"weights")
+    real_replace = os.replace
+
+    def racing_replace(src, dst):
+        shutil.copytree(src, dst)  # the other process's copy lands first
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", racing_replace)
+    name, path = run.served_policy(policy)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert Path(path) == (tmp_path / "shared" / name).resolve()
+    assert (Path(path) / "adapter_model.safetensors").read_bytes() == b"weights"
+    assert [p.name for p in (tmp_path / "shared").iterdir()] == [name]  # no temporary folder left
+
+
+def test_a_rerun_unloads_its_own_adapters_left_on_the_servers(servers, tmp_path):
+    import hashlib
+
+    a = servers()
+    run = _server_run(tmp_path)
+    run.config.sampler_urls = [a.url]
+    run_hash = hashlib.sha256(str((tmp_path / "run").resolve()).encode()).hexdigest()[:6]
+    a.adapters[f"run-{run_hash}-round-1"] = "/old/run/round-1/policy"  # the last process's adapter
+    a.adapters["another-run-round-1"] = "/other/policy"  # not this run's: left alone
+    policy = _adapter(tmp_path / "run" / "round-2" / "policy", b"weights")
+    run.use_policy(policy)
+    name = json.loads((tmp_path / "run" / "round-2" / "adapter.json").read_text())["name"]
+    assert a.adapters == {name: policy, "another-run-round-1": "/other/policy"}
+
+
+def test_servers_refuse_an_adapter_model_and_a_shared_reward_model_refuses_threads(tmp_path):
+    adapter = _adapter(tmp_path / "sft-adapter", b"w")
+    with pytest.raises(UserError, match="is a LoRA adapter") as e:
+        OnlineConfig(prompts="p.jsonl", model=adapter, sampler_urls="http://a:1", lora_r=4).validate()
+    assert "\n" not in str(e.value)
+    OnlineConfig(prompts="p.jsonl", model=adapter, lora_r=4).validate()  # sampled in process: it loads the adapter
+    with pytest.raises(UserError, match="grader_concurrency > 1 with a reward_model grader"):
+        OnlineConfig(prompts="p.jsonl", grader=f"reward_model:{tmp_path}", grader_concurrency=2).validate()
+    with pytest.raises(UserError, match="grader_concurrency > 1 with a reward_model grader"):
+        OnlineConfig(prompts="p.jsonl", grader={"kind": "reward_model", "path": str(tmp_path)},
+                     grader_concurrency=2).validate()
+    OnlineConfig(prompts="p.jsonl", grader="judge:m@http://a:1", grader_concurrency=4).validate()
+    OnlineConfig(prompts="p.jsonl", grader=f"reward_model:{tmp_path}", grader_concurrency=1).validate()

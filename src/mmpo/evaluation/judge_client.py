@@ -29,11 +29,21 @@ API_KEY_ENV = ("MMPO_JUDGE_API_KEY", "OPENAI_API_KEY")
 
 
 class JudgeRequestError(Exception):
-    """One request failed for good (retries exhausted, or a non-retryable answer)."""
+    """One request failed for good (retries exhausted, or a non-retryable answer); ``status`` is the HTTP status
+    of a non-retryable answer (None otherwise)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class JudgeConfigError(UserError):
-    """The endpoint refuses every request (bad URL, API key or model): stop instead of failing each one."""
+    """The endpoint refuses every request (bad URL, API key or model): stop instead of failing each one;
+    ``status`` is the HTTP status (None for a refused connection or unknown host)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 def chat_completions_url(url: str) -> str:
@@ -122,9 +132,9 @@ class JudgeClient:
             except urllib.error.HTTPError as e:
                 detail = _error_detail(e)
                 if e.code in FATAL_STATUS:
-                    raise JudgeConfigError(f"judge endpoint {self.url} answered HTTP {e.code}: {detail}") from None
+                    raise JudgeConfigError(f"judge endpoint {self.url} answered HTTP {e.code}: {detail}", status=e.code) from None
                 if e.code not in RETRY_STATUS and e.code < 500:
-                    raise JudgeRequestError(f"HTTP {e.code}: {detail}") from None
+                    raise JudgeRequestError(f"HTTP {e.code}: {detail}", status=e.code) from None
                 last_problem, retry_after = f"HTTP {e.code}: {detail}", e.headers.get("Retry-After")
             except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as e:
                 reason = getattr(e, "reason", e)

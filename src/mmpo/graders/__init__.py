@@ -20,7 +20,7 @@ from typing import Any
 from mmpo.errors import UserError
 from mmpo.graders.base import Grader, PairItem, ScoreItem, sigmoid
 
-__all__ = ["Grader", "PairItem", "ScoreItem", "load_grader", "sigmoid"]
+__all__ = ["Grader", "PairItem", "ScoreItem", "grader_kind", "load_grader", "sigmoid"]
 
 KINDS = ("reward_model", "judge", "checker")
 
@@ -39,6 +39,11 @@ def _parse_string(spec: str) -> dict[str, Any]:
     if Path(spec).expanduser().is_dir():
         return {"kind": "reward_model", "path": spec}
     raise UserError(f"grader {spec!r}: expected reward_model:DIR, judge:MODEL@URL, checker:NAME or a model directory")
+
+
+def grader_kind(spec: str | dict[str, Any]) -> Any:
+    """The kind (one of :data:`KINDS`, as written) a grader spec names, without loading the grader."""
+    return _parse_string(spec)["kind"] if isinstance(spec, str) else dict(spec).get("kind")
 
 
 def load_grader(spec: str | dict[str, Any], **overrides: Any) -> Grader:

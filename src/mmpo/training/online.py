@@ -42,7 +42,7 @@ from typing import Any
 from mmpo.config import DPOConfig, check_ranges
 from mmpo.data.records import Message, prompt_overlap
 from mmpo.errors import UserError
-from mmpo.graders import ScoreItem
+from mmpo.graders import ScoreItem, grader_kind
 from mmpo.host_memory import prepare_host
 from mmpo.io import append_jsonl, atomic_write_text, read_jsonl, write_jsonl_atomic
 from mmpo.training.files import RunFiles
@@ -104,10 +104,20 @@ class OnlineConfig(DPOConfig):
                 # vLLM loads LoRA adapters at run time but cannot swap a server's base weights.
                 raise UserError("sampler_urls needs lora_r > 0: servers load each round's LoRA adapter at run time but "
                                 "cannot swap full weights; for full fine-tuning drop sampler_urls (sample in this process)")
+            from mmpo.models.chat import is_adapter_dir
+
+            if is_adapter_dir(os.path.expanduser(str(self.model))):
+                # The servers serve the base model; round 1 and round 0's evaluation would sample it, not the adapter.
+                raise UserError(f"model {self.model} is a LoRA adapter: with sampler_urls the servers would sample "
+                                "their base model, not it; give the adapter merged into its base (peft's merge_and_unload) instead")
             if self.reference == "adapter":
                 raise UserError("reference: adapter with sampler_urls: each round trains the last round's adapter on, so "
                                 "its base with the adapter off is the starting model only in round 1; use reference: "
                                 "auto, precomputed or model")
+        if self.grader_concurrency > 1 and grader_kind(self.grader) == "reward_model":
+            # One reward model is shared by every grading thread, and its forward passes are not thread-safe.
+            raise UserError("grader_concurrency > 1 with a reward_model grader: the one model would be called from "
+                            "several threads at once; set grader_concurrency: 1 (checkers and judges may go above 1)")
         if self.reference == "adapter" and self.round_reference == "initial":
             # From round 2 on, the LoRA base with its adapter off is the last round's policy, not the initial model.
             raise UserError("reference: adapter with round_reference: initial: from round 2 on the adapter's base is the "
@@ -330,19 +340,30 @@ class OnlineRun:
 
     def get_sampler(self) -> Any:
         if self.sampler is None:
+            from mmpo.training.sampling import ServerSampler
+
             self.sampler = make_sampler(self.config)
+            if isinstance(self.sampler, ServerSampler):
+                self.sampler.adapter_prefix = self.adapter_prefix()
         return self.sampler
 
-    def adapter_name(self, policy: str) -> str:
-        """The name a round's policy is served under: ``<output_dir name>-<hash of its path>-round-R`` (the hash
-        keeps runs that share servers apart)."""
+    def adapter_prefix(self) -> str:
+        """``<output_dir name>-<hash of its path>-``: every adapter name of this run starts with it (the hash keeps
+        runs that share servers apart)."""
         run = hashlib.sha256(str(self.out.resolve()).encode()).hexdigest()[:6]
-        return f"{self.out.name}-{run}-{Path(policy).parent.name}"
+        return f"{self.out.name}-{run}-"
+
+    def adapter_name(self, policy: str) -> str:
+        """The name a round's policy is served under: :meth:`adapter_prefix` + ``<fingerprint of its weights>-round-R``
+        (:func:`adapter_fingerprint`), so different weights never share a name, also across runs in the same
+        output_dir."""
+        return f"{self.adapter_prefix()}{adapter_fingerprint(policy)}-{Path(policy).parent.name}"
 
     def served_policy(self, policy: str) -> tuple[str, str | None]:
         """``(name, path)`` a sampler answers with for ``policy`` (a :meth:`policy_of` value): the starting model
         as itself (path None); with ``sampler_urls`` a round's adapter under :meth:`adapter_name`, copied to
-        ``adapter_dir`` first when that is set (once; the copy appears whole or not at all)."""
+        ``adapter_dir`` first when that is set (into a folder of that name, once; the copy appears whole or not at
+        all, and one another process made first is kept)."""
         if policy == self.config.model:
             return policy, None
         if self.config.sampler_urls is None:
@@ -360,7 +381,13 @@ class OnlineRun:
                 for f in path.iterdir():
                     if f.is_file():
                         shutil.copy2(f, tmp / f.name)
-                os.replace(tmp, target)
+                try:
+                    os.replace(tmp, target)
+                except OSError:
+                    # Another process copied the same adapter meanwhile (its name carries the weights' fingerprint).
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    if not target.is_dir() or adapter_fingerprint(str(target)) != adapter_fingerprint(str(path)):
+                        raise
             path = target
         return name, str(path)
 
@@ -555,6 +582,23 @@ class OnlineRun:
     def _say(self, r: int, phase: str) -> None:
         elapsed = time.time() - self.started
         print(f"== round {r}/{self.config.rounds}: {phase}  (elapsed {elapsed / 60:.1f} min)", flush=True)
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def adapter_fingerprint(adapter_dir: str) -> str:
+    """The first 10 hex digits of the sha256 of the adapter's weights file (``adapter_model.safetensors``, else
+    ``adapter_model.bin``); UserError when ``adapter_dir`` holds neither."""
+    for name in ADAPTER_WEIGHTS:
+        weights = Path(adapter_dir) / name
+        if weights.is_file():
+            digest = hashlib.sha256()
+            with weights.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            return digest.hexdigest()[:10]
+    raise UserError(f"{adapter_dir}: no {' or '.join(ADAPTER_WEIGHTS)}: not a LoRA adapter the servers can load")
 
 
 def make_sampler(config: OnlineConfig) -> Any:

@@ -13,7 +13,10 @@ which policy answers next.
   taking prompts first-free from one queue. Requests go through :class:`mmpo.evaluation.judge_client.JudgeClient`
   and its retry policy (timeouts and 5xx retried with backoff; a refused connection fails at once). A server
   that still fails is marked down and its prompt goes back to the queue for the others; when every server is
-  down the run stops with one line naming each URL and what failed, and what was finished stays on disk.
+  down the run stops with one line naming each URL and what failed, and what was finished stays on disk. A
+  request refused for itself (HTTP 4xx other than 401, 403, 404, 408 and 429, e.g. 400 for a prompt plus
+  ``max_tokens`` over the context) marks no server down: the run stops with one line naming the prompt, the URL
+  and the server's message.
 
   A policy that is a LoRA adapter is loaded at run time (vLLM: ``--enable-lora`` and
   ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``): ``POST /v1/load_lora_adapter`` ``{"lora_name", "lora_path"}``
@@ -116,7 +119,20 @@ def parse_urls(value: Any, key: str) -> list[str]:
 
 
 class ServerDown(Exception):
-    """A server failed for good; the message says how."""
+    """A server failed for good; the message says how, ``status`` the HTTP status of its answer (None: none)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+# 4xx answers that say something about the server (key, model name, load) rather than about the one request.
+SERVER_STATUS = frozenset({401, 403, 404, 408, 429})
+
+
+class PromptRejected(Exception):
+    """A server refused one request for what it holds (HTTP 4xx outside :data:`SERVER_STATUS`, e.g. 400 for a
+    prompt plus ``max_tokens`` over the context): every server would refuse it, so no server is marked down."""
 
 
 class Server:
@@ -154,17 +170,21 @@ class Server:
         except (ValueError, KeyError, TypeError):
             raise ServerDown(f"{self.base}/v1/models: not an OpenAI model list: {body[:200]}") from None
 
-    def lists(self, name: str) -> bool:
-        return any(m.get("id") == name for m in self.models())
+    def lists(self, name: str, path: str | None = None) -> bool:
+        """True when the server lists ``name`` (and, with ``path``, its model card's ``root`` is ``path``)."""
+        return any(m.get("id") == name and (path is None or m.get("root") == path) for m in self.models())
 
     def load_adapter(self, name: str, path: str) -> None:
-        """Load the LoRA adapter at ``path`` as ``name`` unless the server lists it already; a refusal that
-        leaves it unlisted (no runtime LoRA, unreadable path) raises :class:`ServerDown` with the server's words."""
-        if self.lists(name):
+        """Load the LoRA adapter at ``path`` as ``name`` unless the server lists it already from ``path`` (listed
+        from another path, it is unloaded and loaded again); a refusal that leaves it unlisted (no runtime LoRA,
+        unreadable path) raises :class:`ServerDown` with the server's words."""
+        if self.lists(name, path):
             return
+        if self.lists(name):
+            self.unload_adapter(name)  # a stale adapter under this name: serve the weights at ``path``
         status, body = self._call("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
         # "already loaded" (400) counts as loaded when the server lists it.
-        if not self.lists(name):
+        if not self.lists(name, path):
             raise ServerDown(f"{self.base}/v1/load_lora_adapter {name} from {path}: HTTP {status}: {body.strip()[:200]} "
                              "(vLLM needs --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, and the path must be "
                              "readable where the server runs)")
@@ -174,11 +194,14 @@ class Server:
         self._call("POST", "/v1/unload_lora_adapter", {"lora_name": name})
 
     def complete(self, payload: dict[str, Any], n: int) -> list[str]:
-        """The ``n`` answers' texts in choice order; :class:`ServerDown` when the server fails for good."""
+        """The ``n`` answers' texts in choice order; :class:`ServerDown` when the server fails for good,
+        :class:`PromptRejected` when it refuses this request (see :data:`SERVER_STATUS`)."""
         try:
             data = self.client.request(payload)
         except (JudgeConfigError, JudgeRequestError) as e:
-            raise ServerDown(f"{self.base}: {e}") from None
+            if e.status is not None and 400 <= e.status < 500 and e.status not in SERVER_STATUS:
+                raise PromptRejected(f"{self.base} answered {e}") from None
+            raise ServerDown(f"{self.base}: {e}", status=e.status) from None
         choices = data.get("choices")
         if not isinstance(choices, list) or len(choices) != n:
             got = len(choices) if isinstance(choices, list) else 0
@@ -198,8 +221,10 @@ class ServerSampler:
     batch_size = 1
 
     def __init__(self, urls: Sequence[str], model: str | None = None, concurrency: int = 4, retries: int = 2,
-                 timeout: float = 300.0, api_key: str | None = None):
+                 timeout: float = 300.0, api_key: str | None = None, adapter_prefix: str | None = None):
         self.servers = [Server(u, retries, timeout, api_key or api_key_from_env()) for u in urls]
+        # Adapters named with this prefix belong to this run: use() unloads those it does not answer with.
+        self.adapter_prefix = adapter_prefix
         self.concurrency = concurrency
         self.base_model = model
         self.model: str | None = None  # the served name requests use
@@ -240,7 +265,8 @@ class ServerSampler:
 
     def use(self, name: str, path: str | None) -> None:
         """Answer with the base model (``path`` None) or the LoRA adapter at ``path`` loaded as ``name`` on every
-        live server; the adapter used before is unloaded."""
+        live server; the adapter used before, and any other adapter a server lists whose name starts with
+        ``adapter_prefix``, is unloaded."""
         previous = self.model
         if path is None:
             self.model = self._base_name()
@@ -248,13 +274,21 @@ class ServerSampler:
             self._each_live(lambda s: s.load_adapter(name, path))
             self.adapters[name] = path
             self.model = name
-        if previous is not None and previous != self.model and previous in self.adapters:
-            for s in self.live():
-                try:
-                    s.unload_adapter(previous)
-                except ServerDown:
-                    pass  # a server that cannot be reached holds nothing to unload
-            del self.adapters[previous]
+        stale = {previous} if previous is not None and previous != self.model and previous in self.adapters else set()
+        for s in self.live():
+            try:
+                others = set(stale)
+                if self.adapter_prefix:
+                    # A run's own adapters left from before a rerun (this process never loaded them) go too.
+                    others |= {str(m.get("id")) for m in s.models()
+                               if m.get("parent") and str(m.get("id")).startswith(self.adapter_prefix)}
+                others.discard(self.model)
+                for old in others:
+                    s.unload_adapter(old)
+            except ServerDown:
+                pass  # a server that cannot be reached holds nothing to unload
+        for old in stale:
+            del self.adapters[old]
 
     def _reload(self, server: Server) -> bool:
         """Load the current adapter again on ``server`` (it restarted and lost it); True when it worked."""
@@ -289,13 +323,19 @@ class ServerSampler:
                            "temperature": settings.temperature, "top_p": settings.top_p,
                            "max_tokens": settings.max_new_tokens, "seed": (seeds[b] + j) % 2**31}
                 try:
-                    out.append(server.complete(payload, settings.n))
-                except ServerDown as e:
-                    # A server that restarted has lost the adapter (404 for its name): load it again, try once more.
-                    if "404" in str(e) and self._reload(server):
+                    try:
                         out.append(server.complete(payload, settings.n))
-                    else:
-                        raise
+                    except ServerDown as e:
+                        # A server that restarted has lost the adapter (404 for its name): load it again, try once more.
+                        if e.status == 404 and self._reload(server):
+                            out.append(server.complete(payload, settings.n))
+                        else:
+                            raise
+                except PromptRejected as e:
+                    words = " ".join(str(messages[-1].get("content", "")).split()[:8]) if messages else ""
+                    raise UserError(f"{desc}: the prompt {words!r}... was refused: {e}; "
+                                    "every server would refuse it: shorten or remove it, or lower max_new_tokens "
+                                    "(prompts answered so far are kept)") from None
             return out
 
         def worker(server: Server) -> None:
