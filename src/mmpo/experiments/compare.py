@@ -458,7 +458,7 @@ def compare_saving(kind: str, recipe: str | Path | None) -> dict[str, Any]:
     model. The comparison reads only each run's ``eval_scores.jsonl``; a policy's adapter loads with
     ``AutoModelForCausalLM.from_pretrained`` (peft), a reward model's with every mmpo command that scores
     (:func:`mmpo.models.reward.load_reward_model`). Online runs keep their own saving (each round starts from
-    the last one's merged policy)."""
+    the last one's policy: merged when sampled in process, the adapter trained on with ``sampler_urls``)."""
     from mmpo.config import read_recipe
 
     if kind not in ("rm", "dpo") or (recipe is not None and "merge_lora" in read_recipe(recipe)):
