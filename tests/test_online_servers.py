@@ -95,7 +95,8 @@ def test_two_rounds_on_two_mmpo_serve_processes_survive_a_killed_server(tiny_mod
         assert procs[1][0].poll() is not None
         assert sorted(x["i"] for x in read_jsonl(out / "round-2" / "samples.jsonl")) == list(range(6))
         ids = [m["id"] for m in _get(urls[0] + "/models")["data"]]
-        assert ids == [tiny_model_dir.name, r1.replace("round-1", "round-2")]  # round 1's adapter unloaded
+        r2 = json.loads((out / "round-2" / "adapter.json").read_text())["name"]
+        assert ids == [tiny_model_dir.name, r2]  # round 1's adapter unloaded
     finally:
         for proc, _ in procs:
             proc.kill()
