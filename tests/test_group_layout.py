@@ -20,7 +20,7 @@ import torch
 from mmpo.config import RMConfig, load_config
 from mmpo.data.collate import SharedPromptCollator
 from mmpo.errors import DataError, UserError
-from mmpo.losses import LOSSES, LossSettings, group_losses, listwise_soft_loss, mmpo_loss
+from mmpo.losses import LOSSES, LossSettings, group_losses, group_pairs, listwise_soft_loss, mmpo_loss
 from mmpo.models.logps import response_logps, shared_response_logps
 from mmpo.models.reward import shared_sequence_rewards
 from mmpo.training.rm import reward_pair_loss
@@ -290,6 +290,28 @@ def test_margin_only_pairs_cannot_be_grouped_but_a_lone_pair_can(tiny_tokenizer,
     path = write_jsonl(tmp_path / "lone.jsonl", rows[2:])
     (group,) = prepare_data(data_config(str(path), "groups", eval_split=0.0), tiny_tokenizer).train
     assert group["scores"] == [3.0, 0.0]
+
+
+@pytest.mark.parametrize("loss", ["bt", "mmpo"])
+def test_scores_equal_up_to_float_error_tie_in_both_layouts(tiny_tokenizer, write_jsonl, tmp_path, loss):
+    """0.3 and 0.1 + 0.2 are one score: a tie as a pair and in a group (bt drops it, mmpo keeps it at p = 0.5)."""
+    from mmpo.data.pipeline import prepare_data
+
+    rows = [{"prompt": "q", "chosen": "a", "rejected": "b", "score_chosen": 0.3, "score_rejected": 0.1 + 0.2},
+            {"prompt": "q", "chosen": "c", "rejected": "a", "score_chosen": 1.0, "score_rejected": 0.3},
+            {"prompt": "q", "chosen": "c", "rejected": "b", "score_chosen": 1.0, "score_rejected": 0.1 + 0.2}]
+    path = str(write_jsonl(tmp_path / "ties.jsonl", rows))
+    pairs = prepare_data(data_config(path, "pairs", eval_split=0.0, loss=loss), tiny_tokenizer).train
+    groups = prepare_data(data_config(path, "groups", eval_split=0.0, loss=loss), tiny_tokenizer).train
+    batch = SharedPromptCollator(pad_token_id=PAD)(groups)
+    rewards = torch.zeros(batch["group_mask"].shape)
+    drop = loss == "bt"
+    chosen, _, pair_batch = group_pairs(rewards, batch["scores"], batch["group_mask"], 1.0, drop_ties=drop)
+    assert len(pairs) == chosen.numel() == (2 if drop else 3)
+    assert sorted(pair_batch["margin"].tolist()) == sorted(torch.tensor([f["margin"] for f in pairs]).tolist())
+    ties = pair_batch["margin"] == 0
+    assert ties.sum() == sum(f["margin"] == 0 for f in pairs) == (0 if drop else 1)
+    assert (pair_batch["p"][ties] == 0.5).all() and all(f["p"] == 0.5 for f in pairs if f["margin"] == 0)
 
 
 def test_layout_keys_are_checked(tmp_path):

@@ -130,3 +130,14 @@ def test_simpo_logits_are_length_normalised():
     chosen, rejected = simpo_logits(torch.tensor([-6.0]), torch.tensor([-6.0]), torch.tensor([3]), torch.tensor([2]), beta=2.0, target_margin=0.5)
     assert chosen.item() == pytest.approx(2.0 * -2.0 - 0.5)
     assert rejected.item() == pytest.approx(2.0 * -3.0)
+
+
+def test_score_margin_is_one_rule_for_floats_and_tensors():
+    from mmpo.losses import score_margin
+
+    assert score_margin(0.3, 0.1 + 0.2) == 0 and score_margin(8.7, 4.5) == score_margin(4.2, 0.0) == 4.2
+    chosen = torch.tensor([0.3, 8.7, 1.0000000004, 1.0000000006, -2.5], dtype=torch.float64)
+    rejected = torch.tensor([0.1 + 0.2, 4.5, 1.0, 1.0, 0.75], dtype=torch.float64)
+    margins = score_margin(chosen, rejected)
+    assert margins.tolist() == [score_margin(c, r) for c, r in zip(chosen.tolist(), rejected.tolist())]
+    assert margins.tolist() == [0.0, 4.2, 0.0, 1e-9, -3.25]
