@@ -141,3 +141,17 @@ def test_score_margin_is_one_rule_for_floats_and_tensors():
     margins = score_margin(chosen, rejected)
     assert margins.tolist() == [score_margin(c, r) for c, r in zip(chosen.tolist(), rejected.tolist())]
     assert margins.tolist() == [0.0, 4.2, 0.0, 1e-9, -3.25]
+
+
+def test_a_policys_response_rewards_are_the_pair_rewards_of_dpo_and_simpo():
+    from mmpo.training.dpo import response_rewards
+
+    logps, ref = torch.tensor([-6.0, -3.5, -9.0]), torch.tensor([-5.0, -4.0, -9.5])
+    lengths = torch.tensor([3, 0, 4])
+    chosen, rejected = dpo_logits(logps, logps.flip(0), ref, ref.flip(0), beta=0.3)
+    assert torch.equal(response_rewards("mmpo", logps, lengths, ref, beta=0.3), chosen)
+    assert torch.equal(response_rewards("mmpo", logps.flip(0), lengths, ref.flip(0), beta=0.3), rejected)
+    chosen, rejected = simpo_logits(logps, logps.flip(0), lengths, lengths.flip(0), beta=2.0, target_margin=0.5)
+    assert torch.equal(response_rewards("simpo", logps, lengths, None, beta=2.0), chosen + 0.5)
+    assert torch.equal(response_rewards("simpo", logps.flip(0), lengths.flip(0), None, beta=2.0), rejected)
+    assert torch.allclose(chosen, torch.tensor([-4.0, -7.0, -4.5]) - 0.5)

@@ -26,8 +26,10 @@ __all__ = [
     "bt_loss",
     "margin_loss",
     "label_smoothing_loss",
+    "dpo_rewards",
     "dpo_logits",
     "ipo_loss",
+    "simpo_rewards",
     "simpo_logits",
     "odpo_offset",
     "odpo_loss",
@@ -127,6 +129,13 @@ def label_smoothing_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.T
     return mmpo_loss(chosen_rewards, rejected_rewards, torch.tensor(1.0 - epsilon))
 
 
+def dpo_rewards(logps: torch.Tensor, reference_logps: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO's implicit reward of each response: ``beta * (log pi(y|x) - log pi_ref(y|x))``."""
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0 (got {beta})")
+    return beta * (logps.float() - reference_logps.float())
+
+
 def dpo_logits(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
@@ -134,15 +143,12 @@ def dpo_logits(
     reference_rejected_logps: torch.Tensor,
     beta: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """DPO's implicit rewards ``beta * (log pi(y|x) - log pi_ref(y|x))`` for chosen and rejected.
+    """DPO's implicit rewards ``beta * (log pi(y|x) - log pi_ref(y|x))`` for chosen and rejected
+    (:func:`dpo_rewards` of each).
 
     Their difference is the policy's preference logit ``h``; feed the pair to any loss above.
     """
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0 (got {beta})")
-    chosen = beta * (policy_chosen_logps.float() - reference_chosen_logps.float())
-    rejected = beta * (policy_rejected_logps.float() - reference_rejected_logps.float())
-    return chosen, rejected
+    return dpo_rewards(policy_chosen_logps, reference_chosen_logps, beta), dpo_rewards(policy_rejected_logps, reference_rejected_logps, beta)
 
 
 def ipo_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, beta: float) -> torch.Tensor:
@@ -154,6 +160,13 @@ def ipo_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, beta:
     return (log_ratio_diff - 1.0 / (2.0 * beta)) ** 2
 
 
+def simpo_rewards(logps: torch.Tensor, lengths: torch.Tensor, beta: float) -> torch.Tensor:
+    """SimPO's reference-free reward of each response: ``beta * log pi(y|x) / |y|`` (``|y|`` at least 1)."""
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0 (got {beta})")
+    return beta * logps.float() / lengths.float().clamp(min=1)
+
+
 def simpo_logits(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
@@ -162,16 +175,14 @@ def simpo_logits(
     beta: float,
     target_margin: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """SimPO's reference-free rewards: ``beta * log pi(y|x) / |y|``; the target margin is taken off chosen.
+    """SimPO's reference-free rewards (:func:`simpo_rewards`): ``beta * log pi(y|x) / |y|``; the target margin is
+    taken off chosen.
 
     ``h = beta * (avg_logp_w - avg_logp_l) - target_margin``; use with :func:`bt_loss` (SimPO) or
     :func:`mmpo_loss` (its soft-target variant).
     """
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0 (got {beta})")
-    chosen = beta * policy_chosen_logps.float() / chosen_lengths.float().clamp(min=1) - target_margin
-    rejected = beta * policy_rejected_logps.float() / rejected_lengths.float().clamp(min=1)
-    return chosen, rejected
+    chosen = simpo_rewards(policy_chosen_logps, chosen_lengths, beta) - target_margin
+    return chosen, simpo_rewards(policy_rejected_logps, rejected_lengths, beta)
 
 
 # --- margin-aware pairwise losses ------------------------------------------------------------------------
