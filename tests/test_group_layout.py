@@ -20,7 +20,7 @@ import torch
 from mmpo.config import RMConfig, load_config
 from mmpo.data.collate import SharedPromptCollator
 from mmpo.errors import DataError, UserError
-from mmpo.losses import LOSSES, LossSettings, group_losses, listwise_soft_loss, mmpo_loss
+from mmpo.losses import LOSSES, LossSettings, group_losses, group_pairs, listwise_soft_loss, mmpo_loss
 from mmpo.models.logps import response_logps, shared_response_logps
 from mmpo.models.reward import shared_sequence_rewards
 from mmpo.training.rm import reward_pair_loss
@@ -292,6 +292,28 @@ def test_margin_only_pairs_cannot_be_grouped_but_a_lone_pair_can(tiny_tokenizer,
     assert group["scores"] == [3.0, 0.0]
 
 
+@pytest.mark.parametrize("loss", ["bt", "mmpo"])
+def test_scores_equal_up_to_float_error_tie_in_both_layouts(tiny_tokenizer, write_jsonl, tmp_path, loss):
+    """0.3 and 0.1 + 0.2 are one score: a tie as a pair and in a group (bt drops it, mmpo keeps it at p = 0.5)."""
+    from mmpo.data.pipeline import prepare_data
+
+    rows = [{"prompt": "q", "chosen": "a", "rejected": "b", "score_chosen": 0.3, "score_rejected": 0.1 + 0.2},
+            {"prompt": "q", "chosen": "c", "rejected": "a", "score_chosen": 1.0, "score_rejected": 0.3},
+            {"prompt": "q", "chosen": "c", "rejected": "b", "score_chosen": 1.0, "score_rejected": 0.1 + 0.2}]
+    path = str(write_jsonl(tmp_path / "ties.jsonl", rows))
+    pairs = prepare_data(data_config(path, "pairs", eval_split=0.0, loss=loss), tiny_tokenizer).train
+    groups = prepare_data(data_config(path, "groups", eval_split=0.0, loss=loss), tiny_tokenizer).train
+    batch = SharedPromptCollator(pad_token_id=PAD)(groups)
+    rewards = torch.zeros(batch["group_mask"].shape)
+    drop = loss == "bt"
+    chosen, _, pair_batch = group_pairs(rewards, batch["scores"], batch["group_mask"], 1.0, drop_ties=drop)
+    assert len(pairs) == chosen.numel() == (2 if drop else 3)
+    assert sorted(pair_batch["margin"].tolist()) == sorted(torch.tensor([f["margin"] for f in pairs]).tolist())
+    ties = pair_batch["margin"] == 0
+    assert ties.sum() == sum(f["margin"] == 0 for f in pairs) == (0 if drop else 1)
+    assert (pair_batch["p"][ties] == 0.5).all() and all(f["p"] == 0.5 for f in pairs if f["margin"] == 0)
+
+
 def test_layout_keys_are_checked(tmp_path):
     from mmpo.config import DPOConfig
 
@@ -368,3 +390,41 @@ def test_policy_trains_on_groups_with_the_listwise_loss(tiny_model_dir, tmp_path
     k = mask.sum(dim=1).double()
     assert abs(next(r["loss"] for r in logged if "loss" in r) - k.log().mean().item()) < 1e-4
     assert (out / "config.json").is_file()
+
+
+def test_steps_of_tied_groups_add_nothing_to_the_logged_pair_statistics(tiny_model_dir, tmp_path, monkeypatch):
+    """Steps 2 and 3 train on groups whose responses all tie (bt leaves ties out: no pair). The logs come at steps
+    1, 2 and 4: step 2's holds no pair statistics, step 4's (steps 3-4) the means over step 4's pairs; none is NaN."""
+    from mmpo.training.rm import RewardTrainer, train_reward_model
+
+    steps = []
+    real = RewardTrainer.group_loss
+
+    def tie_steps_2_and_3(self, rewards, batch):
+        if len(steps) in (1, 2):
+            batch = {**batch, "scores": torch.where(batch["group_mask"], 1.0, batch["scores"])}
+        losses, chosen, rejected = real(self, rewards, batch)
+        steps.append((chosen.detach().clone(), rejected.detach().clone()))
+        return losses, chosen, rejected
+
+    monkeypatch.setattr(RewardTrainer, "group_loss", tie_steps_2_and_3)
+    data = {"source": "alpaca_graded", "path": write_alpaca(tmp_path / "a.jsonl.gz", alpaca_rows(16, models=4))}
+    out = tmp_path / "run"
+    config = load_config(RMConfig, None, dict(
+        model=str(tiny_model_dir), data=data, output_dir=str(out), max_length=96, layout="groups", group_size=4,
+        loss="bt", per_device_train_batch_size=2, per_device_eval_batch_size=8, learning_rate=5e-3,
+        max_steps=4, logging_steps=2, eval_split=0.25, bf16=False,
+    ))
+    train_reward_model(config)
+    assert [c.numel() > 0 for c, _ in steps] == [True, False, False, True]
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_logs = {r["step"]: r for r in logged if "loss" in r and "eval_loss" not in r}
+    assert sorted(train_logs) == [1, 2, 4]
+    assert not any(key.startswith("train_") for key in train_logs[2])
+    for step, (chosen, rejected) in ((1, steps[0]), (4, steps[3])):
+        h = chosen - rejected
+        expected = {"train_accuracy": ((h > 0).float() + 0.5 * (h == 0).float()).mean(), "train_margin": h.mean(),
+                    "train_chosen_reward": chosen.mean(), "train_rejected_reward": rejected.mean()}
+        for key, value in expected.items():
+            assert train_logs[step][key] == pytest.approx(value.item(), abs=1e-5)
+    assert all(math.isfinite(v) for r in train_logs.values() for v in r.values() if isinstance(v, float))

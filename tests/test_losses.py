@@ -130,3 +130,28 @@ def test_simpo_logits_are_length_normalised():
     chosen, rejected = simpo_logits(torch.tensor([-6.0]), torch.tensor([-6.0]), torch.tensor([3]), torch.tensor([2]), beta=2.0, target_margin=0.5)
     assert chosen.item() == pytest.approx(2.0 * -2.0 - 0.5)
     assert rejected.item() == pytest.approx(2.0 * -3.0)
+
+
+def test_score_margin_is_one_rule_for_floats_and_tensors():
+    from mmpo.losses import score_margin
+
+    assert score_margin(0.3, 0.1 + 0.2) == 0 and score_margin(8.7, 4.5) == score_margin(4.2, 0.0) == 4.2
+    chosen = torch.tensor([0.3, 8.7, 1.0000000004, 1.0000000006, -2.5], dtype=torch.float64)
+    rejected = torch.tensor([0.1 + 0.2, 4.5, 1.0, 1.0, 0.75], dtype=torch.float64)
+    margins = score_margin(chosen, rejected)
+    assert margins.tolist() == [score_margin(c, r) for c, r in zip(chosen.tolist(), rejected.tolist())]
+    assert margins.tolist() == [0.0, 4.2, 0.0, 1e-9, -3.25]
+
+
+def test_a_policys_response_rewards_are_the_pair_rewards_of_dpo_and_simpo():
+    from mmpo.training.dpo import response_rewards
+
+    logps, ref = torch.tensor([-6.0, -3.5, -9.0]), torch.tensor([-5.0, -4.0, -9.5])
+    lengths = torch.tensor([3, 0, 4])
+    chosen, rejected = dpo_logits(logps, logps.flip(0), ref, ref.flip(0), beta=0.3)
+    assert torch.equal(response_rewards("mmpo", logps, lengths, ref, beta=0.3), chosen)
+    assert torch.equal(response_rewards("mmpo", logps.flip(0), lengths, ref.flip(0), beta=0.3), rejected)
+    chosen, rejected = simpo_logits(logps, logps.flip(0), lengths, lengths.flip(0), beta=2.0, target_margin=0.5)
+    assert torch.equal(response_rewards("simpo", logps, lengths, None, beta=2.0), chosen + 0.5)
+    assert torch.equal(response_rewards("simpo", logps.flip(0), lengths.flip(0), None, beta=2.0), rejected)
+    assert torch.allclose(chosen, torch.tensor([-4.0, -7.0, -4.5]) - 0.5)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +26,10 @@ __all__ = [
     "bt_loss",
     "margin_loss",
     "label_smoothing_loss",
+    "dpo_rewards",
     "dpo_logits",
     "ipo_loss",
+    "simpo_rewards",
     "simpo_logits",
     "odpo_offset",
     "odpo_loss",
@@ -40,6 +42,7 @@ __all__ = [
     "preference_strength",
     "scaled_bt_loss",
     "listwise_soft_loss",
+    "score_margin",
     "group_pairs",
     "drops_ties",
     "group_losses",
@@ -126,6 +129,13 @@ def label_smoothing_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.T
     return mmpo_loss(chosen_rewards, rejected_rewards, torch.tensor(1.0 - epsilon))
 
 
+def dpo_rewards(logps: torch.Tensor, reference_logps: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO's implicit reward of each response: ``beta * (log pi(y|x) - log pi_ref(y|x))``."""
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0 (got {beta})")
+    return beta * (logps.float() - reference_logps.float())
+
+
 def dpo_logits(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
@@ -133,15 +143,12 @@ def dpo_logits(
     reference_rejected_logps: torch.Tensor,
     beta: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """DPO's implicit rewards ``beta * (log pi(y|x) - log pi_ref(y|x))`` for chosen and rejected.
+    """DPO's implicit rewards ``beta * (log pi(y|x) - log pi_ref(y|x))`` for chosen and rejected
+    (:func:`dpo_rewards` of each).
 
     Their difference is the policy's preference logit ``h``; feed the pair to any loss above.
     """
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0 (got {beta})")
-    chosen = beta * (policy_chosen_logps.float() - reference_chosen_logps.float())
-    rejected = beta * (policy_rejected_logps.float() - reference_rejected_logps.float())
-    return chosen, rejected
+    return dpo_rewards(policy_chosen_logps, reference_chosen_logps, beta), dpo_rewards(policy_rejected_logps, reference_rejected_logps, beta)
 
 
 def ipo_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, beta: float) -> torch.Tensor:
@@ -153,6 +160,13 @@ def ipo_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, beta:
     return (log_ratio_diff - 1.0 / (2.0 * beta)) ** 2
 
 
+def simpo_rewards(logps: torch.Tensor, lengths: torch.Tensor, beta: float) -> torch.Tensor:
+    """SimPO's reference-free reward of each response: ``beta * log pi(y|x) / |y|`` (``|y|`` at least 1)."""
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0 (got {beta})")
+    return beta * logps.float() / lengths.float().clamp(min=1)
+
+
 def simpo_logits(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
@@ -161,16 +175,14 @@ def simpo_logits(
     beta: float,
     target_margin: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """SimPO's reference-free rewards: ``beta * log pi(y|x) / |y|``; the target margin is taken off chosen.
+    """SimPO's reference-free rewards (:func:`simpo_rewards`): ``beta * log pi(y|x) / |y|``; the target margin is
+    taken off chosen.
 
     ``h = beta * (avg_logp_w - avg_logp_l) - target_margin``; use with :func:`bt_loss` (SimPO) or
     :func:`mmpo_loss` (its soft-target variant).
     """
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0 (got {beta})")
-    chosen = beta * policy_chosen_logps.float() / chosen_lengths.float().clamp(min=1) - target_margin
-    rejected = beta * policy_rejected_logps.float() / rejected_lengths.float().clamp(min=1)
-    return chosen, rejected
+    chosen = simpo_rewards(policy_chosen_logps, chosen_lengths, beta) - target_margin
+    return chosen, simpo_rewards(policy_rejected_logps, rejected_lengths, beta)
 
 
 # --- margin-aware pairwise losses ------------------------------------------------------------------------
@@ -332,6 +344,32 @@ def listwise_soft_loss(
     return -(q * torch.where(q > 0, log_model, torch.zeros_like(log_model))).sum(dim=-1)
 
 
+MARGIN_DECIMALS = 9
+_MARGIN_SCALE = 10.0**MARGIN_DECIMALS
+
+
+@overload
+def score_margin(chosen: float, rejected: float) -> float: ...
+
+
+@overload
+def score_margin(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor: ...
+
+
+def score_margin(chosen: torch.Tensor | float, rejected: torch.Tensor | float) -> torch.Tensor | float:
+    """The margin of two scores, ``s_chosen - s_rejected`` rounded to :data:`MARGIN_DECIMALS` decimals.
+
+    ``round(d * 10**9) / 10**9`` (half to even), so that scores equal up to float error are a tie (``0.3`` and
+    ``0.1 + 0.2``: margin 0) and ``8.7 - 4.5`` is the same margin as ``4.2 - 0.0``. The one rule for both
+    layouts: the pair pipeline applies it to Python floats, :func:`group_pairs` to float64 tensors, with
+    bit-identical results (the same IEEE float64 operations).
+    """
+    scaled = (chosen - rejected) * _MARGIN_SCALE
+    if isinstance(scaled, torch.Tensor):
+        return torch.round(scaled) / _MARGIN_SCALE
+    return round(scaled) / _MARGIN_SCALE
+
+
 def group_pairs(
     rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, gamma: float | None, drop_ties: bool
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -340,7 +378,8 @@ def group_pairs(
     For responses ``a < b`` of a group (``rewards``, ``scores``, ``mask`` all ``[groups, k]``), in group order then
     ``(a, b)`` order, the pair is oriented as the pair pipeline orients it (chosen = the higher score, ``b`` only
     when it scores strictly higher): ``margin = s_chosen - s_rejected >= 0`` and ``p = sigmoid(gamma * margin)``
-    (1 under ``gamma=None``; a tie then has no target). Ties (``margin = 0``) are left out when ``drop_ties`` or
+    (1 under ``gamma=None``; a tie then has no target). The margin is :func:`score_margin` of the two scores, so
+    ties are decided as the pair pipeline decides them; ties (``margin = 0``) are left out when ``drop_ties`` or
     ``gamma`` is None, as :func:`mmpo.data.pairs.retarget` drops them. The margin and ``p`` are computed in
     float64, then rounded to float32, as the pair pipeline computes them. Returns
     ``(chosen_rewards, rejected_rewards, {"p", "margin"})``, one entry per pair.
@@ -350,10 +389,10 @@ def group_pairs(
     s = scores.double()
     s_a, s_b, r_a, r_b = s[:, a], s[:, b], rewards[:, a], rewards[:, b]
     keep = mask[:, a].bool() & mask[:, b].bool()
-    margin = (s_a - s_b).abs()
+    b_wins = s_b > s_a
+    margin = torch.where(b_wins, score_margin(s_b, s_a), score_margin(s_a, s_b))
     if drop_ties or gamma is None:
         keep = keep & (margin != 0)
-    b_wins = s_b > s_a
     chosen = torch.where(b_wins, r_b, r_a)[keep]
     rejected = torch.where(b_wins, r_a, r_b)[keep]
     margin = margin[keep]

@@ -28,6 +28,7 @@ from mmpo.data.records import Message, PreferencePair
 from mmpo.data.report import DataReport
 from mmpo.data.sources import RowRef, number
 from mmpo.errors import UserError
+from mmpo.losses import score_margin
 
 STRENGTH_KINDS = {"margin": ("margin",), "scores": ("score_chosen", "score_rejected"), "p_chosen": ("p_chosen",)}
 
@@ -197,9 +198,8 @@ def make_pair(raw: dict[str, Any], ref: RowRef, options: PairOptions, report: Da
         if kind == "margin":
             margin = number(raw["margin"], ref, "margin")
         else:
-            # Rounded so that 4.2 - 0.0 and 8.7 - 4.5 are the same margin in reports and bins.
             scores = (number(raw.get("score_chosen"), ref, "score_chosen"), number(raw.get("score_rejected"), ref, "score_rejected"))
-            margin = round(scores[0] - scores[1], 9)
+            margin = score_margin(*scores)
         if margin < 0:
             if not _order_conflict(ref, "margin" if kind == "margin" else "score_chosen", options, report):
                 return None

@@ -183,7 +183,8 @@ class PairTrainer(Trainer):
         self.trunk_cache = trunk_cache
         # We average the per-pair loss ourselves; let Trainer scale for gradient accumulation.
         self.model_accepts_loss_kwargs = False
-        self._train_metrics: dict[str, list[float]] = defaultdict(list)
+        self._train_sums: dict[str, float] = defaultdict(float)
+        self._train_pairs = 0
         self._staging: str | None = None
         self.add_callback(MetricsJsonlCallback())
         if any(isinstance(cb, ProgressCallback) for cb in self.callback_handler.callbacks):
@@ -323,16 +324,20 @@ class PairTrainer(Trainer):
             )
         with torch.no_grad():
             h = (chosen - rejected).detach().float()
-            stats = {
-                "accuracy": ((h > 0).float() + 0.5 * (h == 0).float()).mean(),
-                "margin": h.mean(),
-                "chosen_reward": chosen.detach().float().mean(),
-                "rejected_reward": rejected.detach().float().mean(),
-                **{k: v.detach().float().mean() for k, v in extras.items()},
-            }
-            # One device-to-host copy per step, not one per statistic.
-            for k, v in zip(stats, torch.stack(list(stats.values())).tolist()):
-                self._train_metrics[k].append(v)
+            # Sums over this step's pairs: the log divides by the pairs since the last log, so a step of groups
+            # with no trainable pair (all ties) adds nothing rather than a NaN mean.
+            if h.numel():
+                stats = {
+                    "accuracy": ((h > 0).float() + 0.5 * (h == 0).float()).sum(),
+                    "margin": h.sum(),
+                    "chosen_reward": chosen.detach().float().sum(),
+                    "rejected_reward": rejected.detach().float().sum(),
+                    **{k: v.detach().float().sum() for k, v in extras.items()},
+                }
+                # One device-to-host copy per step, not one per statistic.
+                for k, v in zip(stats, torch.stack(list(stats.values())).tolist()):
+                    self._train_sums[k] += v
+                self._train_pairs += h.numel()
         return (loss, {"h": h}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -366,9 +371,10 @@ class PairTrainer(Trainer):
         return out.metrics
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Training logs carry the running means of the pair statistics since the last log.
-        if "loss" in logs and self._train_metrics:
-            for k, v in self._train_metrics.items():
-                logs[f"train_{k}"] = float(np.mean(v)) if v else math.nan
-            self._train_metrics.clear()
+        # Training logs carry the means of the pair statistics over the pairs trained on since the last log.
+        if "loss" in logs and self._train_pairs:
+            for k, v in self._train_sums.items():
+                logs[f"train_{k}"] = v / self._train_pairs
+            self._train_sums.clear()
+            self._train_pairs = 0
         super().log(logs, start_time)

@@ -57,7 +57,7 @@ from mmpo.config import DPOConfig, check_loss
 from mmpo.data.pipeline import PreparedData
 from mmpo.errors import UserError
 from mmpo.evaluation.metrics import pair_metrics
-from mmpo.losses import LOSSES, LossSettings, group_losses, needs_reference
+from mmpo.losses import LOSSES, LossSettings, dpo_rewards, group_losses, needs_reference, simpo_rewards
 from mmpo.models.embedded import resolve_model_path
 from mmpo.models.loading import (
     adapter_base,
@@ -89,20 +89,18 @@ def response_rewards(
     loss: str, logps: torch.Tensor, lengths: torch.Tensor, reference_logps: torch.Tensor | None, beta: float,
     average_logps: bool = False,
 ) -> torch.Tensor:
-    """Each response's implicit reward: ``beta * (log pi(y|x) - log pi_ref(y|x))`` for the DPO family (on
-    per-token averages ``log pi / |y|``, policy and reference alike, with ``average_logps``), ``beta * log pi(y|x)
-    / |y|`` for the reference-free SimPO family. A pair's ``h`` is the difference of its two responses' rewards
-    (SimPO's target margin aside, :func:`policy_rewards`)."""
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0 (got {beta})")
+    """Each response's implicit reward: :func:`mmpo.losses.dpo_rewards` for the DPO family (on per-token averages
+    ``log pi / |y|``, policy and reference alike, with ``average_logps``), :func:`mmpo.losses.simpo_rewards` for
+    the reference-free SimPO family. A pair's ``h`` is the difference of its two responses' rewards (SimPO's
+    target margin aside, :func:`policy_rewards`)."""
     if not needs_reference(loss):
-        return beta * logps.float() / lengths.float().clamp(min=1)
+        return simpo_rewards(logps, lengths, beta)
     if reference_logps is None:
         raise ValueError(f"loss {loss!r} needs reference log-probabilities")
     if average_logps:
         n = lengths.float().clamp(min=1)
         logps, reference_logps = logps / n, reference_logps.float() / n
-    return beta * (logps.float() - reference_logps.float())
+    return dpo_rewards(logps, reference_logps, beta)
 
 
 def policy_rewards(
@@ -118,8 +116,7 @@ def policy_rewards(
     average_logps: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair (chosen, rejected) rewards whose difference is ``h``: :func:`response_rewards` of each side, with
-    SimPO's ``simpo_margin`` taken off chosen (as :func:`mmpo.losses.simpo_logits`; the DPO family's are
-    :func:`mmpo.losses.dpo_logits`).
+    SimPO's ``simpo_margin`` taken off chosen (as :func:`mmpo.losses.simpo_logits` takes its target margin off).
     """
     if needs_reference(loss) and (reference_chosen_logps is None or reference_rejected_logps is None):
         raise ValueError(f"loss {loss!r} needs reference log-probabilities")
