@@ -530,7 +530,8 @@ def summarize_online(run_dirs: dict[str, dict[int, Path]], losses: list[str], se
     bases = {values[loss][s]["base_grade"] for loss in losses for s in seeds}
     if max(bases) - min(bases) > 1e-9:
         raise UserError(f"the runs start from different held-out grades ({sorted(bases)}): give every run the same "
-                        "model, eval_prompts and max_new_tokens")
+                        "model, eval_prompts, max_new_tokens and torch thread count (OMP_NUM_THREADS: under bf16 "
+                        "the thread count changes greedy answers)")
     comparison = compare_values(values, losses, seeds, ONLINE_METRICS)
     comparison["kind"] = "online"
     comparison["base_grade"] = bases.pop()
