@@ -194,12 +194,9 @@ def get_lora_model(model: Any, lora: Any) -> Any:
 def continue_lora(model: Any, adapter_dir: str) -> Any:
     """``model`` (the adapter's base, loaded) with the LoRA adapter of ``adapter_dir`` on it, trainable: training
     goes on from that adapter, so the result is still one adapter on the same base (what a LoRA server loads)."""
-    import warnings
-
     from peft import PeftModel
 
-    with warnings.catch_warnings():  # the same peft / transformers skew as in get_lora_model
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with quiet_peft_wrapping():
         return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
 
 

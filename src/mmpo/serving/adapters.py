@@ -97,6 +97,7 @@ class LoraAdapters:
     def _attach(self, name: str, path: str, trained_on: str | None) -> None:
         from peft import PeftConfig, PeftModelForCausalLM
 
+        from mmpo.models.loading import quiet_peft_wrapping
         from mmpo.models.policy import freeze
 
         model = self.chat.model
@@ -104,9 +105,7 @@ class LoraAdapters:
         try:
             if first:
                 # Built from the config first, then loaded, so a failed load can be undone by unwrapping.
-                with warnings.catch_warnings():
-                    # peft reads transformers' deprecated is_gradient_checkpointing: a version skew, not ours.
-                    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+                with quiet_peft_wrapping():
                     model = PeftModelForCausalLM(self._base, PeftConfig.from_pretrained(path), adapter_name=name)
             model.load_adapter(path, adapter_name=name)
         except Exception as e:  # noqa: BLE001 - any failure to fit the weights is the request's fault
