@@ -11,6 +11,9 @@ Model: the embedded SmolLM2-135M-Instruct, full fine-tuning. Mixes (``--mix NAME
   same pairs cut beforehand to fit);
 * ``prompt-heavy``: synthetic, sequences 50-70% of max length, prompts 40-50% of the tokens.
 
+A mix named ``KIND-ANYTHING`` is a mix of that kind, so one run can hold one kind at several lengths
+(``--mix prompt-heavy-512:512:4 --mix prompt-heavy-1024:1024:4``).
+
 Cases, on every mix: ``mmpo dpo`` / ``mmpo rm`` at mmpo's defaults (whatever this checkout's config gives; extra
 keys with ``--mmpo-override``) and with the keys each setting needs (MMPO_ARGS); TRL 1.16's DPOTrainer (live
 reference), DPOTrainer with ``precompute_ref_log_probs=True`` and RewardTrainer, each under every ``--settings`` entry
@@ -86,6 +89,7 @@ COMPARISONS = [
     ("reward model vs RewardTrainer", "mmpo-rm", "trl-rm", 1.3),
 ]
 DEFAULT_MIXES = ["synthetic:128:4", "real:256:4", "prompt-heavy:256:4"]
+MIX_KINDS = ("synthetic", "real", "prompt-heavy")
 # Two warm-up steps: the first allocates Adam's state, the second still page-faults in its memory around it
 # (README.md, "Method"). Peak memory is read at the end of the timed window.
 DEFAULT_WARMUP, DEFAULT_STEPS = 2, 2
@@ -201,20 +205,19 @@ def build_data(mixes: dict[str, tuple[int, int]], n_steps: int, model_path: str,
     out = {}
     for mix, (L, batch) in mixes.items():
         n = n_steps * batch
-        root = cache_dir() / "bench" / f"{mix}-L{L}-n{n}"
-        if mix == "synthetic":
+        kind = mix_kind(mix)
+        root = cache_dir() / "bench" / f"{kind}-L{L}-n{n}"
+        if kind == "synthetic":
             pairs = make_pairs(tokenizer, n, L, seed=L)
             files = {"dpo": write_pairs(pairs, root), "rm": None}
-        elif mix == "prompt-heavy":
+        elif kind == "prompt-heavy":
             pairs = make_pairs(tokenizer, n, L, seed=L + 1, fill_low=0.5, fill_high=0.7, prompt_share=0.48)
             files = {"dpo": write_pairs(pairs, root), "rm": None}
-        elif mix == "real":
+        elif kind == "real":
             assert real_data is not None
             pairs = real_pairs(tokenizer, real_data, n, L, seed=0)
             fitted = real_pairs(tokenizer, real_data, n, L, seed=0, fit=True)
             files = {"dpo": write_pairs(pairs, root), "rm": write_pairs(fitted, root / "fitted")}
-        else:
-            raise SystemExit(f"unknown mix {mix!r} (synthetic, real, prompt-heavy)")
         files["rm"] = files["rm"] or files["dpo"]
         stats = token_stats(pairs, L)
         print(f"{mix}: L={L}, {batch} pairs/step, {stats['mean_tokens_per_pair']:.0f} tokens/pair, prompts "
@@ -316,8 +319,16 @@ def path_replacements() -> dict[str, str]:
 
 
 # --- main ----------------------------------------------------------------------------------------------------
+def mix_kind(name: str) -> str:
+    """The kind of data a mix named ``name`` holds: ``name`` itself or, for ``KIND-ANYTHING``, ``KIND``."""
+    for kind in MIX_KINDS:
+        if name == kind or name.startswith(kind + "-"):
+            return kind
+    raise SystemExit(f"unknown mix {name!r}: a mix is named after its kind ({', '.join(MIX_KINDS)}), optionally with a -SUFFIX")
+
+
 def parse_mixes(items: list[str]) -> dict[str, tuple[int, int]]:
-    """``["real:256:2", ...]`` -> ``{"real": (256, 2), ...}``."""
+    """``["real:256:2", ...]`` -> ``{"real": (256, 2), ...}``; every name must be of a known kind (:func:`mix_kind`)."""
     out = {}
     for item in items:
         try:
@@ -325,6 +336,7 @@ def parse_mixes(items: list[str]) -> dict[str, tuple[int, int]]:
             out[name] = (int(length), int(batch))
         except ValueError:
             raise SystemExit(f"--mix wants NAME:MAX_LENGTH:PAIRS_PER_STEP, got {item!r}") from None
+        mix_kind(name)
     return out
 
 
@@ -377,7 +389,7 @@ def main(argv: list[str]) -> tuple[Path, Path, Path]:
         if args.model == "tiny":
             model_path = tiny_model(model_path)
     profile = not args.no_profile
-    real = find_real_data(args.real_data) if "real" in mixes else None
+    real = find_real_data(args.real_data) if any(mix_kind(m) == "real" for m in mixes) else None
     data = build_data(mixes, args.warmup + args.steps + profile, model_path, real)
     from mmpo.paths import cache_dir
 

@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .bench import CASES, SETTINGS, comparisons
+from .bench import CASES, SETTINGS, comparisons, mix_kind
 
 HERE = Path(__file__).resolve().parent
 
@@ -156,7 +156,7 @@ def write_report(json_path: Path, out_path: Path) -> None:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mix, d in meta["mixes"].items():
-        lines.append(f"| {mix} | {MIX_LABELS.get(mix, mix)} | {d['max_length']} | {d['batch']} | {d['mean_tokens_per_pair']:.0f} | "
+        lines.append(f"| {mix} | {MIX_LABELS[mix_kind(mix)]} | {d['max_length']} | {d['batch']} | {d['mean_tokens_per_pair']:.0f} | "
                      f"{d['mean_prompt_tokens']:.0f} | {d['prompt_share']:.0%} | {d['chosen_cut']:.0%} | {d['rejected_cut']:.0%} |")
     lines += ["", "## Runs (median over repeats)", ""]
     for mix in meta["mixes"]:

@@ -47,6 +47,16 @@ def test_parse_mixes_reads_name_length_batch_and_rejects_garbage():
     assert bench.parse_mixes(["real:256:1", "synthetic:128:2"]) == {"real": (256, 1), "synthetic": (128, 2)}
     with pytest.raises(SystemExit, match="NAME:MAX_LENGTH:PAIRS_PER_STEP"):
         bench.parse_mixes(["real:256"])
+    with pytest.raises(SystemExit, match="unknown mix 'long'"):
+        bench.parse_mixes(["long:256:1"])
+
+
+def test_a_mix_kind_can_run_at_several_lengths():
+    mixes = bench.parse_mixes(["prompt-heavy-512:512:4", "prompt-heavy-1024:1024:4"])
+    assert mixes == {"prompt-heavy-512": (512, 4), "prompt-heavy-1024": (1024, 4)}
+    assert {bench.mix_kind(m) for m in mixes} == {"prompt-heavy"}
+    with pytest.raises(SystemExit, match="unknown mix 'realistic'"):
+        bench.mix_kind("realistic")
 
 
 def test_real_pairs_order_by_judge_cut_when_asked_and_count_cuts(tmp_path):

@@ -509,13 +509,14 @@ def _causal_attention_float64(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_float32_attention_is_closer_to_exact_than_the_bfloat16_kernel(seed):
+def test_float32_backward_attention_is_closer_to_exact_than_the_bfloat16_kernel(seed):
     """Under bf16 autocast q and k reach attention in float32 (after the rotary embedding), v in bfloat16.
-    Float32CausalAttention returns what SDPA under autocast returns, in the same dtypes, and its gradients are
-    closer to float64 attention on the same inputs than SDPA's bfloat16 kernel's."""
+    Float32BackwardAttention's forward is SDPA's under autocast, bit for bit and in the same dtypes (the faster
+    bfloat16 kernel), and its gradients are closer to float64 attention on the same inputs than SDPA's bfloat16
+    kernel's."""
     import torch.nn.functional as F
 
-    from mmpo.models.shared_prefix import Float32CausalAttention
+    from mmpo.models.shared_prefix import Float32BackwardAttention
 
     torch.manual_seed(seed)
     q, k = torch.randn(2, 6, 96, 16), torch.randn(2, 2, 96, 16)
@@ -533,9 +534,10 @@ def test_float32_attention_is_closer_to_exact_than_the_bfloat16_kernel(seed):
             return F.scaled_dot_product_attention(*x, is_causal=True, enable_gqa=True)
 
     exact = run(_causal_attention_float64, torch.float64)
-    ours = run(lambda *x: Float32CausalAttention.apply(*x, None), torch.float32)  # v stays bfloat16
+    ours = run(lambda *x: Float32BackwardAttention.apply(*x, None), torch.float32)  # v stays bfloat16
     theirs = run(sdpa_autocast, torch.float32)
     assert [t.dtype for t in ours] == [t.dtype for t in theirs] == [torch.bfloat16, torch.float32, torch.float32, torch.bfloat16]
+    assert torch.equal(ours[0], theirs[0])
     error = lambda got: [((a.double() - b).abs().max() / b.abs().max()).item() for a, b in zip(got, exact)]  # noqa: E731
     ours_err, theirs_err = error(ours), error(theirs)
     assert max(ours_err) < 5e-3  # bfloat16 outputs: one rounding (2^-8 relative) and float32 arithmetic
@@ -544,14 +546,14 @@ def test_float32_attention_is_closer_to_exact_than_the_bfloat16_kernel(seed):
 
 @pytest.mark.parametrize("kind", ["rm", "dpo"])
 def test_span_attention_under_bf16_autocast_runs_in_float32(monkeypatch, kind):
-    """On CPU under bf16 autocast the shared batch's attention goes through Float32CausalAttention (one call a
+    """On CPU under bf16 autocast the shared batch's attention goes through Float32BackwardAttention (one call a
     layer) and gives the values and gradients of the dense-mask SDPA under the same autocast, to bfloat16
     precision."""
     import mmpo.models.shared_prefix as sp
 
     calls = []
-    forward = sp.Float32CausalAttention.forward
-    monkeypatch.setattr(sp.Float32CausalAttention, "forward", staticmethod(lambda ctx, *a: calls.append(1) or forward(ctx, *a)))
+    forward = sp.Float32BackwardAttention.forward
+    monkeypatch.setattr(sp.Float32BackwardAttention, "forward", staticmethod(lambda ctx, *a: calls.append(1) or forward(ctx, *a)))
     batch = COLLATORS["packed"](make_features())
     results = []
     for with_layout in (True, False):

@@ -159,33 +159,31 @@ def two_row_gather(spans: list[tuple[int, ...]], rows: int, width: int, device: 
 
 def _bfloat16_on_cpu(value: torch.Tensor) -> bool:
     """Attention on the CPU that SDPA would run in bfloat16 (bf16 autocast or bf16 weights), where torch has the
-    CPU flash-attention ops :class:`Float32CausalAttention` calls."""
+    CPU flash-attention ops :class:`Float32BackwardAttention` calls."""
     if value.device.type != "cpu" or not hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
         return False
     autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     return autocast_bf16 or value.dtype == torch.bfloat16
 
 
-class Float32CausalAttention(torch.autograd.Function):
+class Float32BackwardAttention(torch.autograd.Function):
     """Causal attention ``softmax(q k^T * scale + causal) v`` (grouped-query heads allowed) on bfloat16-rounded
-    inputs, computed by torch's CPU flash-attention kernels in float32; returned and stored in bfloat16.
+    inputs: the forward is SDPA's under bf16 autocast (torch's CPU flash-attention kernel in bfloat16, which
+    accumulates in float32), the backward runs the same kernel's float32 instantiation.
 
-    Under bf16 autocast SDPA rounds q, k and v to bfloat16 and runs the kernels' bfloat16 instantiation, whose
-    backward accumulates the key and value gradients in bfloat16, block by block, and on AVX512-BF16 CPUs runs
-    slower than the float32 one (docs/performance.md). Here the kernels get the same rounded inputs as float32
-    and accumulate in float32 (gradients closer to exact attention, tests/test_prefix_sharing.py). What is saved for the backward is what SDPA under autocast saves (q, k, v and
-    the output in bfloat16, the log-sum-exp in float32), so memory is unchanged. Gradients come back in each
-    input's dtype. No dropout.
+    Under bf16 autocast SDPA's bfloat16 backward accumulates the key and value gradients in bfloat16, block by
+    block, and on AVX512-BF16 CPUs runs slower than the float32 one; its bfloat16 forward is the faster one
+    (docs/performance.md). The backward here gets exactly what SDPA's saves (q, k, v and the output in bfloat16,
+    the float32 log-sum-exp), upcast, and accumulates in float32: gradients closer to exact attention
+    (tests/test_prefix_sharing.py) at unchanged memory. Returns bfloat16; gradients come back in each input's
+    dtype. No dropout.
     """
 
     @staticmethod
     def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None) -> torch.Tensor:
         q, k, v = (x.to(torch.bfloat16) for x in (query, key, value))
         with torch.autocast("cpu", enabled=False):
-            out, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                q.float(), k.float(), v.float(), 0.0, True, scale=scale
-            )
-        out = out.to(torch.bfloat16)
+            out, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True, scale=scale)
         ctx.save_for_backward(q, k, v, out, logsumexp)
         ctx.scale, ctx.dtypes = scale, (query.dtype, key.dtype, value.dtype)
         return out
@@ -213,7 +211,7 @@ def span_attention(
     diagonal, where the dense ``[T, T]`` mask makes them visit every block, the chosen-for-rejected ones and other
     pairs' included) and gathered back. The model's linear layers still see each prompt once. Padding outputs are
     arbitrary (never read). Under bfloat16 (autocast or bf16 weights) the rows go through
-    :class:`Float32CausalAttention` rather than SDPA's bfloat16 kernel.
+    :class:`Float32BackwardAttention`: SDPA's bfloat16 forward, a float32 backward.
     Without the layout (any other batch), or with a sliding window or attention sinks, this is transformers' SDPA.
     """
     layout = kwargs.pop(SPANS_KWARG, None)
@@ -229,7 +227,7 @@ def span_attention(
 
     dropout = kwargs.get("dropout", 0.0) or 0.0
     if dropout == 0.0 and _bfloat16_on_cpu(value):
-        out = Float32CausalAttention.apply(to_two_rows(query), to_two_rows(key), to_two_rows(value), kwargs.get("scaling"))
+        out = Float32BackwardAttention.apply(to_two_rows(query), to_two_rows(key), to_two_rows(value), kwargs.get("scaling"))
     else:
         out = F.scaled_dot_product_attention(
             to_two_rows(query), to_two_rows(key), to_two_rows(value), is_causal=True, scale=kwargs.get("scaling"),
