@@ -16,7 +16,8 @@ import pytest
 from mmpo.errors import UserError
 from mmpo.io import read_jsonl
 from mmpo.training.online import OnlineConfig, OnlineRun, train_online
-from mmpo.training.sampling import SamplingSettings, ServerSampler, parse_urls
+from mmpo.evaluation.judge_client import parse_urls
+from mmpo.training.sampling import SamplingSettings, ServerSampler
 
 
 class FakeServer:

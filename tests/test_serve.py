@@ -254,14 +254,14 @@ def test_request_time_limit_stops_generation(impatient_server):
 def test_generation_stops_when_the_client_disconnects(tiny_server):
     finished = []
     chat = tiny_server.chat_model
-    original = chat.generate
+    original = chat.generate_n
 
     def recording_generate(**kwargs):
-        completion = original(**kwargs)
-        finished.append(completion)
-        return completion
+        completions = original(**kwargs)
+        finished.extend(completions)
+        return completions
 
-    chat.generate = recording_generate
+    chat.generate_n = recording_generate
     try:
         body = json.dumps({"messages": [{"role": "user", "content": "talk"}], "temperature": 1.0, "seed": 3,
                            "max_tokens": 900, "stop": ["\u0000never"]}).encode()
@@ -274,7 +274,7 @@ def test_generation_stops_when_the_client_disconnects(tiny_server):
                 break
             time.sleep(0.05)
     finally:
-        chat.generate = original
+        chat.generate_n = original
     assert finished and finished[0].finish_reason == "cancelled"
     assert finished[0].completion_tokens < 900
 

@@ -41,7 +41,8 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmpo.errors import UserError
     from mmpo.evaluation.scoring import model_kind
-    from mmpo.models.chat import ChatModel, default_model_name, is_adapter_dir
+    from mmpo.models.chat import ChatModel, default_model_name
+    from mmpo.models.loading import is_adapter_dir
     from mmpo.serving.adapters import AdapterError
     from mmpo.serving.server import make_server
 

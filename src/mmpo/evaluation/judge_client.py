@@ -56,6 +56,29 @@ def chat_completions_url(url: str) -> str:
     return url + "/chat/completions"
 
 
+def base_url(url: str) -> str:
+    """``http://host:port`` from ``http://host:port``, ``.../v1`` or ``.../v1/chat/completions``."""
+    url = url.strip().rstrip("/")
+    for tail in ("/chat/completions", "/v1"):
+        if url.endswith(tail):
+            url = url[: -len(tail)]
+    return url
+
+
+def parse_urls(value: Any, key: str) -> list[str]:
+    """A list of ``http(s)://`` URLs from a list or a comma-separated string (one-line UserError naming ``key``)."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    urls = [str(u).strip() for u in items if str(u).strip()]
+    if not urls:
+        raise UserError(f"{key}: give at least one URL (a list, or URLs separated by commas)")
+    for u in urls:
+        if not u.startswith(("http://", "https://")):
+            raise UserError(f"{key}: {u!r} is not a URL: write http://HOST:PORT (or .../v1)")
+    if len(set(map(base_url, urls))) != len(urls):
+        raise UserError(f"{key}: a URL is given twice ({', '.join(urls)})")
+    return urls
+
+
 def api_key_from_env() -> str | None:
     """``$MMPO_JUDGE_API_KEY`` if set, else ``$OPENAI_API_KEY``, else None (no Authorization header)."""
     for name in API_KEY_ENV:

@@ -45,7 +45,7 @@ ADAPTER_KINDS: dict[str, ModelKind] = {"SEQ_CLS": "reward", "CAUSAL_LM": "policy
 def model_kind(model_dir: str) -> ModelKind:
     """``reward`` for a ``*ForSequenceClassification`` checkpoint, ``policy`` for ``*ForCausalLM``; a peft adapter
     directory by its ``task_type`` (``SEQ_CLS``: reward, ``CAUSAL_LM``: policy)."""
-    from mmpo.models.chat import is_adapter_dir
+    from mmpo.models.loading import is_adapter_dir
     from mmpo.models.loading import adapter_config
 
     resolved = resolve_model_path(model_dir)

@@ -41,7 +41,7 @@ from typing import Any
 
 from mmpo.data.records import Message
 from mmpo.errors import UserError
-from mmpo.evaluation.judge_client import JudgeClient, JudgeClientPool, JudgeRequestError, api_key_from_env
+from mmpo.evaluation.judge_client import JudgeClient, JudgeClientPool, JudgeRequestError, api_key_from_env, parse_urls
 from mmpo.evaluation.mtbench import parse_rating
 from mmpo.graders.base import Grader, PairItem, ScoreItem
 
@@ -153,14 +153,6 @@ def average_orders(p_first: float, p_second: float, averaging: str = "logit") ->
     raise UserError(f"judge averaging must be one of {', '.join(AVERAGING)} (got {averaging!r})")
 
 
-def judge_urls(url: Any) -> list[str]:
-    """The judge's endpoints from one URL, URLs separated by commas, or a list of them."""
-    urls = [u.strip() for u in (url.split(",") if isinstance(url, str) else list(url)) if str(u).strip()]
-    if not urls:
-        raise UserError("a judge needs a URL: judge:MODEL@URL (or URL1,URL2 to spread requests over several)")
-    return urls
-
-
 class JudgeGrader(Grader):
     """An LLM judge behind ``url`` (``http://host:port/v1`` or the full chat-completions URL) serving ``model``;
     several URLs (a list, or separated by commas) serving the same model share the requests
@@ -193,7 +185,7 @@ class JudgeGrader(Grader):
         if samples < 1:
             raise UserError(f"judge samples must be >= 1 (got {samples})")
         if client is None:
-            urls = judge_urls(url)
+            urls = parse_urls(url, "judge URL")
             clients = [JudgeClient(u, model, api_key=api_key or api_key_from_env(), max_retries=max_retries, timeout=timeout) for u in urls]
             client = clients[0] if len(clients) == 1 else JudgeClientPool(clients)
         self.client = client

@@ -122,39 +122,45 @@ class TextTracker:
         return text
 
 
-class _Streamer:
-    """transformers' streamer protocol (``put`` / ``end``) feeding a :class:`TextTracker`; the first ``put``
-    carries the prompt, which is skipped."""
+def token_budget(max_positions: int | None, prompt_tokens: int, max_new_tokens: int | None, strict_length: bool) -> int:
+    """New tokens an answer may have: ``max_new_tokens`` or, when None, all the context leaves.
 
-    def __init__(self, tracker: TextTracker):
-        self.tracker = tracker
-        self.prompt_seen = False
+    Raises :class:`PromptTooLong` when the prompt fills the context, :class:`ContextOverflow` when
+    ``strict_length`` and prompt + ``max_new_tokens`` exceed it; otherwise the budget is cut to fit.
+    """
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    if not max_positions:
+        if max_new_tokens is None:
+            raise ValueError("this model does not say its context length: give max_new_tokens")
+        return max_new_tokens
+    room = max_positions - prompt_tokens
+    if room < 1:
+        raise PromptTooLong(f"prompt of {prompt_tokens} tokens does not fit the model's context of {max_positions}")
+    if max_new_tokens is None:
+        return room
+    if strict_length and max_new_tokens > room:
+        raise ContextOverflow(prompt_tokens, max_new_tokens, max_positions)
+    return min(max_new_tokens, room)
 
-    def put(self, value: Any) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        for token_id in value.reshape(-1).tolist():
-            self.tracker.add(int(token_id))
 
-    def end(self) -> None:
-        pass
-
-
-def _stopping_criteria(tracker: TextTracker, deadline: float | None, cancelled: Callable[[], bool] | None, why: dict[str, str]) -> Any:
-    """Stop generating at a stop string, past ``deadline`` (time.monotonic) or once ``cancelled()`` is true;
-    ``why["reason"]`` records which limit stopped it."""
+def _row_stops(trackers: list[TextTracker], deadline: float | None, cancelled: Callable[[], bool] | None, why: dict[str, str]) -> Any:
+    """A stopping criterion that feeds each row's newest token to its tracker and ends a row at its EOS or stop
+    string; every row past ``deadline`` (time.monotonic) or once ``cancelled()`` is true (``why["reason"]``
+    records which)."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     class _Stop(StoppingCriteria):
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            stop = tracker.stopped
-            if not stop and deadline is not None and time.monotonic() > deadline:
-                why["reason"], stop = "timeout", True
-            if not stop and cancelled is not None and cancelled():
-                why["reason"], stop = "cancelled", True
-            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+            for tracker, token_id in zip(trackers, input_ids[:, -1].tolist()):
+                tracker.add(int(token_id))  # a finished row's padding is ignored: its tracker saw EOS or a stop
+            done = [t.stopped for t in trackers]
+            if deadline is not None and time.monotonic() > deadline:
+                why["reason"], done = "timeout", [True] * len(done)
+            elif cancelled is not None and cancelled():
+                why["reason"], done = "cancelled", [True] * len(done)
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([_Stop()])
 
@@ -232,7 +238,7 @@ class ChatModel:
         from transformers import AutoModelForCausalLM
 
         from mmpo.models.embedded import resolve_model_path
-        from mmpo.models.loading import load_tokenizer
+        from mmpo.models.loading import is_adapter_dir, load_tokenizer
 
         path = resolve_model_path(name_or_path)
         device, torch_dtype = _pick_device_and_dtype(device, dtype)
@@ -287,43 +293,63 @@ class ChatModel:
         ``logprobs`` = k >= 0 adds each generated token's log-probability under the model (before temperature
         and top-p) with its ``k`` most likely alternatives, in OpenAI's ``logprobs.content`` shape.
         """
+        return self.generate_n(messages, 1, max_new_tokens, temperature, top_p, seed, stop, model_defaults, strict_length,
+                               deadline, cancelled, on_text, logprobs)[0]
+
+    def generate_n(
+        self,
+        messages: list[Message],
+        n: int,
+        max_new_tokens: int | None = 512,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        model_defaults: bool = False,
+        strict_length: bool = False,
+        deadline: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        on_text: Callable[[str], None] | None = None,
+        logprobs: int | None = None,
+    ) -> list[Completion]:
+        """``n`` answers to ``messages`` (OpenAI's ``n``) from one batched ``generate``
+        (``num_return_sequences = n``), each ended and scored per row as :meth:`generate` ends one answer; the
+        deadline and ``cancelled`` stop the whole batch. ``seed`` seeds the batch (``torch.manual_seed`` right
+        before ``generate``), so the same call gives the same answers. Greedy decoding (``temperature`` below
+        :data:`GREEDY_BELOW`) has one answer, returned ``n`` times. ``on_text`` streams one answer: n = 1 only.
+        """
         import torch
         from transformers import GenerationConfig
 
-        if max_new_tokens is not None and max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
+        if n < 1:
+            raise ValueError("n must be at least 1")
+        if on_text is not None and n != 1:
+            raise ValueError("on_text streams one answer: n must be 1")
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
         ids = self.prompt_ids(messages)
-        if self.max_positions:
-            room = self.max_positions - len(ids)
-            if room < 1:
-                raise PromptTooLong(f"prompt of {len(ids)} tokens does not fit the model's context of {self.max_positions}")
-            if max_new_tokens is not None and strict_length and max_new_tokens > room:
-                raise ContextOverflow(len(ids), max_new_tokens, self.max_positions)
-            max_new_tokens = room if max_new_tokens is None else min(max_new_tokens, room)
-        elif max_new_tokens is None:
-            raise ValueError("this model does not say its context length: give max_new_tokens")
+        budget = token_budget(self.max_positions, len(ids), max_new_tokens, strict_length)
         sample = temperature >= GREEDY_BELOW
+        rows = n if sample else 1
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
         if model_defaults:
             config = copy.deepcopy(self.model.generation_config)
-            config.update(max_new_tokens=max_new_tokens, do_sample=sample, eos_token_id=self.eos_ids or None, pad_token_id=pad_id)
+            config.update(max_new_tokens=budget, do_sample=sample, eos_token_id=self.eos_ids or None, pad_token_id=pad_id)
             if sample:
                 config.temperature = temperature
         else:
             config = GenerationConfig(
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=budget,
                 do_sample=sample,
                 eos_token_id=self.eos_ids or None,
                 pad_token_id=pad_id,
                 **({"temperature": temperature, "top_p": top_p, "top_k": 0} if sample else {}),
             )
-        want_logprobs = logprobs is not None
-        if want_logprobs:
+        config.num_return_sequences = rows
+        if logprobs is not None:
             config.return_dict_in_generate = True
             config.output_logits = True
-        tracker = TextTracker(self.tokenizer, self.eos_ids, stop, on_text)
+        trackers = [TextTracker(self.tokenizer, self.eos_ids, stop, on_text) for _ in range(rows)]
         why: dict[str, str] = {}
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)
@@ -334,19 +360,18 @@ class ChatModel:
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
                 generation_config=config,
-                streamer=_Streamer(tracker),
-                stopping_criteria=_stopping_criteria(tracker, deadline, cancelled, why),
+                stopping_criteria=_row_stops(trackers, deadline, cancelled, why),
             )
-        sequences = out.sequences if want_logprobs else out
-        new = sequences[0, len(ids):].tolist()
-        for i, t in enumerate(new):
-            if t in self.eos_ids:
-                new = new[:i]
-                break
-        text = tracker.finish()
-        finish = "stop" if tracker.saw_eos or tracker.stopped else why.get("reason", "length")
-        token_logprobs = self._logprobs(out.logits, new, logprobs) if want_logprobs else None
-        return Completion(text=text, prompt_tokens=len(ids), completion_tokens=len(new), finish_reason=finish, logprobs=token_logprobs)
+        completions = []
+        for row, tracker in enumerate(trackers):
+            text = tracker.finish()
+            finish = "stop" if tracker.saw_eos or tracker.stopped else why.get("reason", "length")
+            token_logprobs = None
+            if logprobs is not None:  # the row's logits as a batch of one
+                token_logprobs = self._logprobs(tuple(step[row : row + 1] for step in out.logits), tracker.ids, logprobs)
+            completions.append(Completion(text=text, prompt_tokens=len(ids), completion_tokens=len(tracker.ids),
+                                          finish_reason=finish, logprobs=token_logprobs))
+        return completions if sample else completions * n
 
     def _logprobs(self, logits: tuple[Any, ...], new: list[int], top: int | None) -> list[dict[str, Any]]:
         """OpenAI's ``logprobs.content``: per generated token ``{token, logprob, bytes, top_logprobs}``."""
@@ -367,11 +392,6 @@ class ChatModel:
                 item["top_logprobs"] = []
             content.append(item)
         return content
-
-
-def is_adapter_dir(path: str) -> bool:
-    """True when ``path`` is a peft adapter directory (it holds ``adapter_config.json``)."""
-    return (Path(path) / "adapter_config.json").is_file()
 
 
 def default_model_name(name_or_path: str) -> str:

@@ -29,6 +29,11 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
     return tokenizer
 
 
+def is_adapter_dir(path: str | Path) -> bool:
+    """True when ``path`` is a peft adapter directory (it holds ``adapter_config.json``)."""
+    return (Path(path) / "adapter_config.json").is_file()
+
+
 def adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
     """A peft adapter directory's ``adapter_config.json`` (``base_model_name_or_path``, ``task_type``, ...)."""
     import json
@@ -46,7 +51,7 @@ def adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
 def adapter_base(adapter_dir: str | Path) -> str | None:
     """The model a peft adapter directory was trained on (``adapter_config.json``'s ``base_model_name_or_path``),
     resolved like any model; None when ``adapter_dir`` holds no ``adapter_config.json``."""
-    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+    if not is_adapter_dir(adapter_dir):
         return None
     base = adapter_config(adapter_dir).get("base_model_name_or_path")
     if not base:

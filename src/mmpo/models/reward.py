@@ -82,7 +82,7 @@ def load_reward_model(name_or_path: str, tokenizer: Any, dtype: torch.dtype | No
     """
     from transformers import AutoModelForSequenceClassification
 
-    from mmpo.models.chat import is_adapter_dir
+    from mmpo.models.loading import is_adapter_dir
     from mmpo.models.loading import adapter_base
 
     path = resolve_model_path(name_or_path, load_kwargs.get("revision"))

@@ -11,7 +11,6 @@ request's adapter active.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import warnings
@@ -20,7 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmpo.models.chat import ChatModel, is_adapter_dir
+from mmpo.errors import UserError
+from mmpo.models.chat import ChatModel
+from mmpo.models.loading import adapter_config, is_adapter_dir
 
 
 class AdapterError(Exception):
@@ -79,12 +80,11 @@ class LoraAdapters:
         if not is_adapter_dir(path):
             raise AdapterError(400, f"{path!r} is not a peft adapter directory (it has no adapter_config.json)", "lora_path")
         try:
-            settings = json.loads((Path(path) / "adapter_config.json").read_text())
-        except (OSError, ValueError) as e:
-            raise AdapterError(400, f"{path}/adapter_config.json cannot be read: {e}", "lora_path") from None
-        if not isinstance(settings, dict) or settings.get("peft_type") != "LORA":
-            kind = settings.get("peft_type") if isinstance(settings, dict) else None
-            raise AdapterError(400, f"{path!r} holds a {kind or 'non-peft'} adapter; only LoRA adapters are served", "lora_path")
+            settings = adapter_config(path)
+        except UserError as e:
+            raise AdapterError(400, str(e), "lora_path") from None
+        if settings.get("peft_type") != "LORA":
+            raise AdapterError(400, f"{path!r} holds a {settings.get('peft_type') or 'non-peft'} adapter; only LoRA adapters are served", "lora_path")
         with self.lock:
             if name in self._loaded:  # loaded by a request that held the lock first
                 raise AdapterError(400, f"The lora adapter '{name}' has already been loaded.")

@@ -8,9 +8,9 @@ Chat model endpoints:
   "logprobs", "top_logprobs"}``; answers ``{"id", "object": "chat.completion", "created", "model",
   "choices": [{"index", "message": {"role": "assistant", "content"}, "logprobs", "finish_reason"}],
   "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}``. ``n`` answers (default 1, at most
-  :data:`MAX_CHOICES`) are generated in one batch (:mod:`mmpo.serving.choices`): choices ``0 .. n-1``, usage
-  counting the prompt once and every answer's tokens; ``n > 1`` is for non-streaming requests. A ``seed``
-  makes the answers reproducible. Other OpenAI fields are ignored.
+  :data:`MAX_CHOICES`) are generated in one batch (:meth:`mmpo.models.chat.ChatModel.generate_n`): choices
+  ``0 .. n-1``, usage counting the prompt once and every answer's tokens; ``n > 1`` is for non-streaming
+  requests. A ``seed`` makes the answers reproducible. Other OpenAI fields are ignored.
 
   Limits: prompt tokens + ``max_tokens`` over the model's context is a 400 (as OpenAI and vLLM answer); without
   ``max_tokens`` the answer gets ``min(1024, what the context leaves)``. Generation stops after the server's
@@ -76,7 +76,6 @@ from typing import Any
 
 from mmpo.models.chat import ChatModel, ContextOverflow, PromptTooLong, check_messages
 from mmpo.serving.adapters import AdapterError, LoraAdapters
-from mmpo.serving.choices import generate_choices
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 # OpenAI's defaults where a request leaves a field out (max_tokens: a bound, cut to what the context leaves).
@@ -533,10 +532,8 @@ class ChatHandler(BaseHTTPRequestHandler):
         chat = self.server.chat_model
         try:
             with self.server.adapters.using(adapter):
-                if n == 1:
-                    choices = [chat.generate(**request, deadline=deadline, cancelled=self._client_gone, on_text=on_text if stream else None)]
-                else:
-                    choices = generate_choices(chat, n=n, **request, deadline=deadline, cancelled=self._client_gone)
+                choices = chat.generate_n(n=n, **request, deadline=deadline, cancelled=self._client_gone,
+                                          on_text=on_text if stream else None)
         except AdapterError:  # unloaded while this request waited for the model
             raise self.server.model_not_found(adapter or "") from None
         except ContextOverflow as e:

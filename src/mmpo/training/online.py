@@ -97,14 +97,14 @@ class OnlineConfig(DPOConfig):
             raise UserError("ref_model is the reference of round_reference: initial only; with round_reference: previous "
                             "each round's reference is the last round's policy: drop ref_model or use round_reference: initial")
         if self.sampler_urls is not None:
-            from mmpo.training.sampling import parse_urls
+            from mmpo.evaluation.judge_client import parse_urls
 
             self.sampler_urls = parse_urls(self.sampler_urls, "sampler_urls")
             if self.lora_r <= 0:
                 # vLLM loads LoRA adapters at run time but cannot swap a server's base weights.
                 raise UserError("sampler_urls needs lora_r > 0: servers load each round's LoRA adapter at run time but "
                                 "cannot swap full weights; for full fine-tuning drop sampler_urls (sample in this process)")
-            from mmpo.models.chat import is_adapter_dir
+            from mmpo.models.loading import is_adapter_dir
 
             if is_adapter_dir(os.path.expanduser(str(self.model))):
                 # The servers serve the base model; round 1 and round 0's evaluation would sample it, not the adapter.

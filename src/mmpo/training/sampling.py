@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 from mmpo.data.records import Message
 from mmpo.errors import UserError
-from mmpo.evaluation.judge_client import JudgeClient, JudgeConfigError, JudgeRequestError, api_key_from_env
+from mmpo.evaluation.judge_client import JudgeClient, JudgeConfigError, JudgeRequestError, api_key_from_env, base_url
 
 # on_batch(index into ``batches``, answers[prompt][sample]) is called once per finished batch.
 BatchDone = Callable[[int, list[list[str]]], None]
@@ -93,29 +93,6 @@ class InProcessSampler:
                                        temperature=settings.temperature, top_p=settings.top_p, seed=seeds[b],
                                        autocast_dtype=self.autocast_dtype))
         del chat
-
-
-def base_url(url: str) -> str:
-    """``http://host:port`` from ``http://host:port``, ``.../v1`` or ``.../v1/chat/completions``."""
-    url = url.strip().rstrip("/")
-    for tail in ("/chat/completions", "/v1"):
-        if url.endswith(tail):
-            url = url[: -len(tail)]
-    return url
-
-
-def parse_urls(value: Any, key: str) -> list[str]:
-    """A list of ``http(s)://`` URLs from a list or a comma-separated string (one-line UserError naming ``key``)."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    urls = [str(u).strip() for u in items if str(u).strip()]
-    if not urls:
-        raise UserError(f"{key}: give at least one URL (a list, or URLs separated by commas)")
-    for u in urls:
-        if not u.startswith(("http://", "https://")):
-            raise UserError(f"{key}: {u!r} is not a URL: write http://HOST:PORT (or .../v1)")
-    if len(set(map(base_url, urls))) != len(urls):
-        raise UserError(f"{key}: a URL is given twice ({', '.join(urls)})")
-    return urls
 
 
 class ServerDown(Exception):
