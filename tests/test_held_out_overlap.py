@@ -69,6 +69,19 @@ def test_eval_split_holds_out_prompts_with_zero_overlap(tmp_path, write_jsonl, t
     assert report.prompts > 0 and report.prompts_in_training == 0
 
 
+def test_max_eval_pairs_samples_the_held_out_split(tmp_path, write_jsonl, tiny_tokenizer):
+    # max_eval_pairs caps the held-out pairs of an eval_split as it caps eval_data's: a seeded sample, counted.
+    data = write_jsonl(tmp_path / "train.jsonl", _rows([f"q{i}" for i in range(40)]))
+    settings = {"data": str(data), "eval_split": 0.5}
+    whole = prepare_data(load_config(RMConfig, overrides=settings), tiny_tokenizer)
+    capped = [prepare_data(load_config(RMConfig, overrides={**settings, "max_eval_pairs": 5}), tiny_tokenizer) for _ in range(2)]
+    assert len(whole.eval) > 5 and len(capped[0].eval) == 5
+    assert [p["row"] for p in capped[0].eval] == [p["row"] for p in capped[1].eval]  # seeded
+    assert {p["row"] for p in capped[0].eval} < {p["row"] for p in whole.eval}
+    assert len(capped[0].train) == len(whole.train)  # the training side is untouched
+    assert capped[0].reports["eval"].dropped["over max_pairs=5"] == len(whole.eval) - 5
+
+
 def test_online_refuses_eval_prompts_that_are_the_training_prompts(tmp_path, write_jsonl):
     train = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in "abc"])
     out = tmp_path / "run"

@@ -196,6 +196,8 @@ def split_stage(plan: DataPlan, pairs: list[PreferencePair], report: DataReport)
         eval_report = DataReport(source=f"{report.source} (held-out {plan.eval_fraction:.0%} of prompts)")
         eval_report.pairs = len(held)  # pairs split off the training data: no rows of its own
         report.dropped["held out for evaluation"] += len(held)
+        # max_eval_pairs samples the held-out pairs wherever they come from (eval_data's are sampled as read).
+        held = select_pairs(held, None, 0, plan.eval_options.max_pairs, plan.seed, eval_report)
         held = retarget(held, plan.eval_gamma, eval_report)
     # A split of one source keeps each prompt on one side, so it counts none here.
     check_held_out(train, held, eval_report, plan.allow_eval_overlap)
