@@ -19,6 +19,24 @@ def test_plain_log_lines_show_a_few_numbers():
         "step 20/100 held-out: loss 0.5  nll 0.51")
     assert plain_log_line(3, 3, {"train_runtime": 12.34, "train_loss": 0.6}) == "step 3/3: trained in 12.3 s, mean loss 0.6"
     assert plain_log_line(3, 3, {"total_flos": 5}) is None
+    # A finished run resumed trains no step: no "mean loss 0".
+    assert plain_log_line(3, 3, {"train_runtime": 0.0, "train_loss": 0.0}, steps_this_run=0) == (
+        "step 3/3: already trained (resumed from its last checkpoint)")
+    assert plain_log_line(3, 3, {"train_runtime": 1.0, "train_loss": 0.6}, steps_this_run=1).endswith("mean loss 0.6")
+
+
+def test_the_plain_log_counts_the_steps_this_process_trained(capsys):
+    from types import SimpleNamespace
+
+    from mmpo.training.base import PlainLogCallback
+
+    done = {"train_runtime": 0.0, "train_loss": 0.0}
+    for resumed_at, final in ((3, 3), (1, 3)):
+        callback = PlainLogCallback()
+        callback.on_train_begin(None, SimpleNamespace(global_step=resumed_at), None)
+        callback.on_log(None, SimpleNamespace(global_step=final, max_steps=3, is_world_process_zero=True), None, logs=done)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["step 3/3: already trained (resumed from its last checkpoint)", "step 3/3: trained in 0.0 s, mean loss 0"]
 
 
 @pytest.mark.slow

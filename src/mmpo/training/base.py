@@ -85,11 +85,14 @@ PLAIN_TRAIN_KEYS = (("loss", "loss"), ("train_accuracy", "accuracy"), ("train_ma
 PLAIN_EVAL_KEYS = (("eval_loss", "loss"), ("eval_accuracy", "accuracy"), ("eval_nll", "nll"), ("eval_ece", "ece"))
 
 
-def plain_log_line(step: int, max_steps: int, logs: dict[str, Any]) -> str | None:
+def plain_log_line(step: int, max_steps: int, logs: dict[str, Any], steps_this_run: int | None = None) -> str | None:
     """One short line for a log that goes to a file: ``step 20/100: loss 0.6931  accuracy 0.625  margin 0.1234
     grad_norm 0.1302  lr 1e-05``, ``step 20/100 held-out: loss ...`` or ``step 100/100: trained in 12.3 s, mean
-    loss 0.6012``; None for a log with none of those numbers."""
+    loss 0.6012`` (the mean over the steps this process trained; ``steps_this_run`` 0: a finished run resumed,
+    which trains nothing); None for a log with none of those numbers."""
     where = f"step {step}/{max_steps}" if max_steps > 0 else f"step {step}"
+    if "train_runtime" in logs and steps_this_run == 0:
+        return f"{where}: already trained (resumed from its last checkpoint)"
     if "train_runtime" in logs:
         mean = logs.get("train_loss")
         return f"{where}: trained in {logs['train_runtime']:.1f} s" + (f", mean loss {mean:.4g}" if mean is not None else "")
@@ -102,9 +105,14 @@ def plain_log_line(step: int, max_steps: int, logs: dict[str, Any]) -> str | Non
 class PlainLogCallback(TrainerCallback):
     """For output that is not a terminal (a log file, a pipe): no progress bar, one plain line per log."""
 
+    start_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start_step = state.global_step  # after a resume: the checkpoint's step
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            line = plain_log_line(state.global_step, state.max_steps, logs)
+            line = plain_log_line(state.global_step, state.max_steps, logs, state.global_step - self.start_step)
             if line:
                 print(line, flush=True)
 
