@@ -64,6 +64,29 @@ def test_compare_values_and_table_on_recorded_values():
     assert "t-interval over seeds" in c["interval"]
 
 
+def test_differences_during_training_pair_each_evaluation_by_seed():
+    from mmpo.experiments.compare import differences_during_training, render_during_training
+
+    def run(nlls):  # one run's metrics.jsonl: a training log between evaluations, as the trainers write it
+        return [row for e, v in enumerate(nlls, 1) for row in ({"loss": 1.0}, {"epoch": e, "eval_nll": v, "eval_accuracy": 0.5})]
+
+    base = [[0.70, 0.65, 0.60], [0.72, 0.66, 0.61], [0.69, 0.64, 0.62]]
+    ours = [[b[0], b[1] - 0.02, b[2] - 0.04 + 0.001 * i] for i, b in enumerate(base)]  # equal, then lower by ~0.02, ~0.04
+    rows = differences_during_training({"ours": [run(x) for x in ours], "base": [run(x) for x in base]}, ["ours", "base"])
+    assert [r["epoch"] for r in rows] == [1.0, 2.0, 3.0]
+    for i, row in enumerate(rows):
+        d = row["metrics"]["nll"]["ours"]
+        expected = paired_difference([x[i] for x in ours], [x[i] for x in base])
+        assert (d["diff"], d["low"], d["high"]) == pytest.approx((expected["diff"], expected["low"], expected["high"]))
+    assert not rows[0]["metrics"]["nll"]["ours"]["distinguishable"]  # no difference at epoch 1
+    assert rows[2]["metrics"]["nll"]["ours"]["distinguishable"] and rows[2]["metrics"]["nll"]["ours"]["diff"] < 0
+    table = render_during_training(rows, ["ours", "base"])
+    assert table.count(" * |") == 2 and "| nll: epoch | ours |" in table
+    # A run cut short: only the evaluations every run has.
+    short = differences_during_training({"ours": [run(x[:2]) for x in ours], "base": [run(x) for x in base]}, ["ours", "base"])
+    assert len(short) == 2
+
+
 def test_parse_list():
     assert parse_list("mmpo, bt", "losses") == ["mmpo", "bt"]
     assert parse_list("0,1,2", "seeds", int) == [0, 1, 2]
@@ -124,6 +147,13 @@ def test_compare_trains_every_loss_and_seed_and_resumes(tiny_model_dir, pair_fil
     assert sorted({r["step"] for r in logged if "eval_nll" in r}) == [2, 4]
     for name in ("comparison.md", "comparison.png", "curves.png"):
         assert (out / name).stat().st_size > 0
+    # ... and each of those evaluations compared, loss minus baseline, paired by seed.
+    at_2 = {(l, s): next(json.loads(r)["eval_nll"] for r in (out / f"{l}-seed{s}" / "metrics.jsonl").read_text().splitlines()
+                         if json.loads(r).get("step") == 2 and "eval_nll" in json.loads(r)) for l in ("mmpo", "bt") for s in (0, 1)}
+    during = c["during_training"]
+    assert len(during) == 2
+    assert during[0]["metrics"]["nll"]["mmpo"]["diff"] == pytest.approx(np.mean([at_2["mmpo", s] - at_2["bt", s] for s in (0, 1)]))
+    assert "During training" in (out / "comparison.md").read_text()
     assert "distinguishable from 0?" in capsys.readouterr().out
     # A rerun reuses every finished run.
     stamp = (out / "bt-seed1" / "eval_scores.jsonl").stat().st_mtime_ns
@@ -247,7 +277,7 @@ def test_two_losses_keep_their_json_shape(tmp_path):
     dirs, scores = _fake_runs(tmp_path / "runs", ["mmpo", "bt"], seeds)
     summarize(dirs, ["mmpo", "bt"], seeds, tmp_path / "cmp")
     c = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
-    assert set(c) == {"losses", "seeds", "interval", "metrics", "n_eval_pairs", "runs", "plots"}
+    assert set(c) == {"losses", "seeds", "interval", "metrics", "n_eval_pairs", "runs", "plots", "during_training"}
     nll = c["metrics"]["nll"]
     assert set(nll) == {"mmpo", "bt", "intervals", "diff", "low", "high", "distinguishable", "per_seed"}
     diff, low, high = _t_interval(_by_hand(scores, "mmpo", seeds)["nll"] - _by_hand(scores, "bt", seeds)["nll"])

@@ -13,7 +13,9 @@ directory), and
 * ``comparison.md``: the same as a table (with more than two losses: ranked per metric, best first);
   ``comparison.png``: each metric's means with error bars;
 * ``curves.png``: held-out NLL, ECE and accuracy against training progress (every evaluation the runs logged
-  to ``metrics.jsonl``), one line per loss (the mean over seeds) with a band from the lowest to the highest seed.
+  to ``metrics.jsonl``), one line per loss (the mean over seeds) with a band from the lowest to the highest seed;
+  ``comparison.json``'s ``"during_training"`` and a table in ``comparison.md`` give, at each of those
+  evaluations, each loss minus the baseline with its paired interval (:func:`differences_during_training`).
 
 Every run of a seed is trained on the same sample of pairs in the same order (``seed`` sets the sample, the
 order and the head's initialisation; a loss that ignores ``p`` trains on it less its ties, see docs/data.md) and
@@ -396,6 +398,54 @@ def seed_band(curves: list[list[tuple[float, float]]]) -> tuple[np.ndarray, np.n
     return x, y.mean(axis=0), y.min(axis=0), y.max(axis=0)
 
 
+def differences_during_training(logs_by_loss: dict[str, list[list[dict[str, Any]]]], losses: list[str],
+                                metrics: tuple[str, ...] = ("nll", "accuracy")) -> list[dict[str, Any]]:
+    """How the differences move with training: at every evaluation during training that each run logged (matched
+    by position, as in :func:`seed_band`), each loss minus the baseline (the last loss) per metric, paired by
+    seed, ``d_s = loss_s - baseline_s``, with the 95% interval of :func:`~mmpo.reports.intervals.paired_difference`.
+
+    Returns ``[{"epoch", "metrics": {metric: {loss: {diff, low, high, distinguishable}}}}, ...]``; empty when a
+    run logged no evaluation. These are the trainer's evaluations under its training precision, so the last one
+    can differ slightly from the final float32 scores of the main table.
+    """
+    baseline = losses[-1]
+    curves = {(loss, m): [eval_curve(run, m) for run in logs_by_loss[loss]] for loss in losses for m in metrics}
+    n = min((len(c) for runs in curves.values() for c in runs), default=0)
+    rows = []
+    for i in range(n):
+        per_metric: dict[str, Any] = {}
+        for m in metrics:
+            at = {loss: [c[i][1] for c in curves[(loss, m)]] for loss in losses}
+            per_metric[m] = {}
+            for loss in losses[:-1]:
+                d = paired_difference(at[loss], at[baseline])
+                per_metric[m][loss] = {"diff": d["diff"], "low": d["low"], "high": d["high"],
+                                       "distinguishable": distinguishable(d["low"], d["high"])}
+        rows.append({"epoch": curves[(baseline, metrics[0])][0][i][0], "metrics": per_metric})
+    return rows
+
+
+def render_during_training(rows: list[dict[str, Any]], losses: list[str]) -> str:
+    """Markdown: per metric, one row per evaluation during training, a cell per loss: ``loss - baseline [95% CI]``,
+    starred where the interval excludes zero."""
+    if not rows:
+        return ""
+    baseline = losses[-1]
+    lines = [f"During training (held-out, each loss minus {baseline}, paired by seed; * where the 95% interval "
+             "excludes 0):", ""]
+    for metric in rows[0]["metrics"]:
+        lines += ["| " + " | ".join([f"{metric}: epoch", *losses[:-1]]) + " |", "|" + "---|" * len(losses)]
+        for row in rows:
+            cells = [f"{row['epoch']:.2g}"]
+            for loss in losses[:-1]:
+                d = row["metrics"][metric][loss]
+                span = f" [{d['low']:+.3f}, {d['high']:+.3f}]" if d["low"] is not None else ""
+                cells.append(f"{d['diff']:+.3f}{span}" + (" *" if d["distinguishable"] else ""))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 def plot_curves(logs_by_loss: dict[str, list[list[dict[str, Any]]]], path: Path, title: str = "",
                 metrics: tuple[str, ...] = ("nll", "ece", "accuracy"), xlabel: str = "training epochs") -> bool:
     """Held-out metrics against training progress: per loss the mean over seeds and a min-max band.
@@ -447,8 +497,10 @@ def summarize(run_dirs: dict[str, dict[int, Path]], losses: list[str], seeds: li
     comparison["plots"] = {"comparison": str(out / "comparison.png")}
     if plot_curves(logs, out / "curves.png", title):
         comparison["plots"]["curves"] = str(out / "curves.png")
+    comparison["during_training"] = differences_during_training(logs, losses)
+    during = render_during_training(comparison["during_training"], losses)
     atomic_write_text(out / "comparison.json", json.dumps(comparison, indent=2, default=_json_default))
-    atomic_write_text(out / "comparison.md", table + "\n")
+    atomic_write_text(out / "comparison.md", table + ("\n\n" + during if during else "") + "\n")
     return comparison
 
 
