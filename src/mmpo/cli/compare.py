@@ -15,7 +15,8 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.epilog = ("Trains the recipe once per loss and seed under DIR (finished runs are reused, unfinished ones resume) "
                 "and writes DIR/comparison.json, comparison.md, comparison.png and curves.png: each metric's mean "
                 "per loss and each loss's paired difference from the baseline (loss - baseline), both with a 95% "
-                "t-interval over seeds; with more than two losses the table ranks them per metric.")
+                "t-interval over seeds, also at every evaluation during training; with more than two losses the "
+                "table ranks them per metric.")
     p.add_argument("--losses", required=True, help="comma-separated losses, two or more (e.g. mmpo,dpo,odpo)")
     p.add_argument("--baseline", default=None,
                    help="the loss every other one is compared with (loss - baseline, paired by seed); default: the "
