@@ -317,12 +317,13 @@ def test_online_comparison_of_three_losses(tmp_path):
     assert "| mean_grade (higher better) | 1 | mmpo |" in md and "- odpo: +2.167" in md
 
 
-def test_plot_with_many_long_loss_names_has_no_overlapping_tick_labels(tmp_path, monkeypatch):
+@pytest.mark.parametrize("losses", [["mmpo", "margin", "label_smoothing", "scaled_bt", "rpo_fwd_kl", "bt"],
+                                    ["mmpo", "rpo_sq", "dpo"], ["mmpo", "rpo_fwd_kl", "label_smoothing"]])
+def test_plot_with_long_loss_names_has_no_overlapping_tick_labels(tmp_path, monkeypatch, losses):
     import matplotlib.pyplot as plt
 
     from mmpo.experiments.compare import plot_comparison
 
-    losses = ["mmpo", "margin", "label_smoothing", "scaled_bt", "rpo_fwd_kl", "bt"]
     rng = np.random.default_rng(0)
     values = {loss: {s: {"nll": float(rng.uniform(0.6, 0.8)), "accuracy": float(rng.uniform(0.5, 0.7))} for s in range(3)}
               for loss in losses}

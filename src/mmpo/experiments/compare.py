@@ -341,8 +341,10 @@ def plot_comparison(comparison: dict[str, Any], path: Path, title: str = "") -> 
 
     losses = comparison["losses"]
     metrics = list(comparison["metrics"])
-    many = len(losses) > 3  # names slanted, so several long ones do not overlap
     panel = max(2.7, 0.5 * len(losses) + 0.5)
+    # Names slanted when upright ones would not fit their share of the panel (~0.075 in a character at 8.5 pt).
+    longest = max(len(loss) + (len(" (baseline)") if loss == losses[-1] else 1) for loss in losses)
+    many = len(losses) > 3 or (len(losses) > 2 and longest * 0.075 > panel / len(losses))
     fig, axes = plt.subplots(1, len(metrics), figsize=(panel * len(metrics) + 0.6, 4.4 if many else 3.6))
     axes = np.atleast_1d(axes)
     baseline = losses[-1]
