@@ -240,6 +240,14 @@ def data_config(data, layout: str, **overrides) -> RMConfig:
     return load_config(RMConfig, None, values)
 
 
+def group_run_config(kind, tmp_path, model_dir, rows: list[dict], **keys):
+    """A tiny training run under ``layout: groups`` on ``rows`` of alpaca_graded, into ``tmp_path / "run"``."""
+    data = {"source": "alpaca_graded", "path": write_alpaca(tmp_path / "a.jsonl.gz", rows)}
+    values = dict(model=str(model_dir), data=data, output_dir=str(tmp_path / "run"), max_length=96, layout="groups",
+                  per_device_eval_batch_size=8, learning_rate=5e-3, eval_split=0.25, bf16=False)
+    return load_config(kind, None, {**values, **keys})
+
+
 def test_groups_keep_the_pair_layouts_held_out_prompts_and_pairs(tiny_tokenizer, tmp_path):
     from mmpo.data.pipeline import prepare_data
 
@@ -339,13 +347,9 @@ def test_reward_model_trains_on_groups_with_the_listwise_loss(tiny_model_dir, tm
     scored = RewardTrainer.group_rewards
     monkeypatch.setattr(RewardTrainer, "group_rewards", lambda self, model, batch: shapes.append(tuple(batch["group_mask"].shape)) or scored(self, model, batch))
 
-    data = {"source": "alpaca_graded", "path": write_alpaca(tmp_path / "a.jsonl.gz", alpaca_rows(16, models=4))}
     out = tmp_path / "run"
-    config = load_config(RMConfig, None, dict(
-        model=str(tiny_model_dir), data=data, output_dir=str(out), max_length=96, layout="groups", group_size=4,
-        loss="listwise", per_device_train_batch_size=2, per_device_eval_batch_size=8, learning_rate=5e-3,
-        max_steps=3, logging_steps=1, eval_split=0.25, bf16=False,
-    ))
+    config = group_run_config(RMConfig, tmp_path, tiny_model_dir, alpaca_rows(16, models=4), group_size=4, loss="listwise",
+                              per_device_train_batch_size=2, max_steps=3, logging_steps=1)
     summary = train_reward_model(config)
     assert summary.global_step == 3 and summary.metrics["n"] > 0 and math.isfinite(summary.metrics["loss"])
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -373,13 +377,9 @@ def test_policy_trains_on_groups_with_the_listwise_loss(tiny_model_dir, tmp_path
 
     monkeypatch.setattr(PolicyTrainer, "group_rewards", spy)
     monkeypatch.setenv("MMPO_CACHE", str(tmp_path / "cache"))
-    data = {"source": "alpaca_graded", "path": write_alpaca(tmp_path / "a.jsonl.gz", alpaca_rows(12, models=5))}
     out = tmp_path / "run"
-    config = load_config(DPOConfig, None, dict(
-        model=str(tiny_model_dir), data=data, output_dir=str(out), max_length=96, layout="groups", group_size=3,
-        loss="listwise", reference=reference, per_device_train_batch_size=4, per_device_eval_batch_size=8,
-        learning_rate=5e-3, max_steps=2, logging_steps=1, eval_split=0.25, bf16=False, seed=3,
-    ))
+    config = group_run_config(DPOConfig, tmp_path, tiny_model_dir, alpaca_rows(12, models=5), group_size=3, loss="listwise",
+                              reference=reference, per_device_train_batch_size=4, max_steps=2, logging_steps=1, seed=3)
     summary = train_policy(config)
     assert summary.global_step == 2 and summary.details["reference"] == reference and summary.metrics["n"] > 0
     (first, mask), (second, _) = seen
@@ -408,13 +408,9 @@ def test_steps_of_tied_groups_add_nothing_to_the_logged_pair_statistics(tiny_mod
         return losses, chosen, rejected
 
     monkeypatch.setattr(RewardTrainer, "group_loss", tie_steps_2_and_3)
-    data = {"source": "alpaca_graded", "path": write_alpaca(tmp_path / "a.jsonl.gz", alpaca_rows(16, models=4))}
     out = tmp_path / "run"
-    config = load_config(RMConfig, None, dict(
-        model=str(tiny_model_dir), data=data, output_dir=str(out), max_length=96, layout="groups", group_size=4,
-        loss="bt", per_device_train_batch_size=2, per_device_eval_batch_size=8, learning_rate=5e-3,
-        max_steps=4, logging_steps=2, eval_split=0.25, bf16=False,
-    ))
+    config = group_run_config(RMConfig, tmp_path, tiny_model_dir, alpaca_rows(16, models=4), group_size=4, loss="bt",
+                              per_device_train_batch_size=2, max_steps=4, logging_steps=2)
     train_reward_model(config)
     assert [c.numel() > 0 for c, _ in steps] == [True, False, False, True]
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
